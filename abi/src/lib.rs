@@ -1,0 +1,25 @@
+//! The contract between twill's eBPF programs and userspace: map names, key and value
+//! layouts, and the stable numeric codes both sides agree on.
+//!
+//! Architecture invariant: this crate depends on nothing (but `aya` behind the `user`
+//! feature, to mark types as plain old data) and does no I/O. Every map's layout is
+//! defined here once; the kernel side and userspace import it from here.
+#![no_std]
+
+pub mod metrics;
+pub mod programs;
+
+/// Names of the maps in the object file, as userspace looks them up and pins them.
+/// BPF map names are limited to 15 bytes.
+pub mod maps {
+    /// Per-CPU packet and byte counters indexed by [`crate::metrics::MetricKey`].
+    pub const METRICS: &str = "TWILL_METRICS";
+}
+
+/// Return codes of tc (`sched_cls`) programs, from `include/uapi/linux/pkt_cls.h`.
+pub mod tc {
+    /// Let the packet continue.
+    pub const TC_ACT_OK: i32 = 0;
+    /// Drop the packet.
+    pub const TC_ACT_SHOT: i32 = 2;
+}

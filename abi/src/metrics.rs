@@ -1,0 +1,125 @@
+//! Datapath counters: every packet a program sees is counted once, under the reason for
+//! what the program did with it and the direction it was travelling.
+//!
+//! The map is a per-CPU array (no locking on the fast path); userspace sums the CPUs.
+//! Reason codes are stable ABI: never renumber one, only add. Drops carry a reason so
+//! `netctl` can say why a packet was dropped, not just that it was.
+
+/// Why a program passed or dropped a packet. Values below [`Reason::FIRST_DROP`] pass.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// An IPv4 packet that no rule applied to, passed on.
+    Forwarded = 0,
+    /// Not IPv4 (ARP, IPv6, ...): passed untouched.
+    NotIpv4 = 1,
+    /// The Ethernet or IPv4 header is truncated or invalid: dropped.
+    DropMalformed = 16,
+}
+
+impl Reason {
+    /// Codes at or above this one are drops.
+    pub const FIRST_DROP: u32 = 16;
+    /// Every reason, in code order.
+    pub const ALL: [Reason; 3] = [Reason::Forwarded, Reason::NotIpv4, Reason::DropMalformed];
+
+    /// The reason for a code read back from the map, if this build knows it.
+    pub const fn from_code(code: u32) -> Option<Reason> {
+        match code {
+            0 => Some(Reason::Forwarded),
+            1 => Some(Reason::NotIpv4),
+            16 => Some(Reason::DropMalformed),
+            _ => None,
+        }
+    }
+
+    /// Short, stable name used by the CLI and in metric labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Forwarded => "forwarded",
+            Reason::NotIpv4 => "not-ipv4",
+            Reason::DropMalformed => "drop-malformed",
+        }
+    }
+
+    /// Whether packets counted under this reason were dropped.
+    pub const fn is_drop(self) -> bool {
+        self as u32 >= Self::FIRST_DROP
+    }
+}
+
+/// Which way the packet was going, seen from the pod.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Sent by the pod (tc ingress on the host-side veth).
+    FromPod = 0,
+    /// On its way to the pod (tc egress on the host-side veth).
+    ToPod = 1,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 2] = [Direction::FromPod, Direction::ToPod];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Direction::FromPod => "from-pod",
+            Direction::ToPod => "to-pod",
+        }
+    }
+}
+
+/// Room for reason codes 0..64 in each direction.
+pub const REASON_SLOTS: u32 = 64;
+/// Number of entries in the metrics map.
+pub const METRICS_ENTRIES: u32 = REASON_SLOTS * Direction::ALL.len() as u32;
+
+/// Index of a (direction, reason) counter in the metrics map.
+pub const fn metric_index(direction: Direction, reason: Reason) -> u32 {
+    direction as u32 * REASON_SLOTS + reason as u32
+}
+
+/// One counter: how many packets and bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetricValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<MetricValue>() == 16);
+const _: () = assert!((Reason::DropMalformed as u32) < REASON_SLOTS);
+
+#[cfg(feature = "user")]
+// SAFETY: `MetricValue` is `repr(C)`, made of two `u64`s, has no padding and every bit
+// pattern is a valid value.
+unsafe impl aya::Pod for MetricValue {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_a_distinct_slot_in_each_direction() {
+        let mut seen = [false; METRICS_ENTRIES as usize];
+        for d in Direction::ALL {
+            for r in Reason::ALL {
+                let i = metric_index(d, r) as usize;
+                assert!(i < seen.len(), "{d:?}/{r:?} out of range");
+                assert!(!seen[i], "{d:?}/{r:?} shares slot {i}");
+                seen[i] = true;
+            }
+        }
+    }
+
+    #[test]
+    fn codes_round_trip_and_drops_are_marked() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_code(r as u32), Some(r));
+        }
+        assert_eq!(Reason::from_code(63), None);
+        assert!(Reason::DropMalformed.is_drop());
+        assert!(!Reason::Forwarded.is_drop());
+        assert!(!Reason::NotIpv4.is_drop());
+    }
+}

@@ -1,0 +1,239 @@
+//! Userspace side of twill's dataplane: the eBPF object embedded in this crate, loaded with
+//! aya, its programs attached to interfaces and its maps pinned per node and read back.
+//!
+//! Architecture invariant: this is the only crate that talks to the kernel's BPF
+//! interface. Map and program names and layouts come from `twill-abi`.
+//!
+//! Interfaces are named, and names resolve in the network namespace of the calling
+//! thread: call [`Datapath::attach_pod`] from a thread inside the node's namespace.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Map, MapData, PerCpuArray},
+    programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions, tc},
+};
+use twill_abi::{
+    maps,
+    metrics::{Direction, MetricValue, Reason, metric_index},
+    programs,
+};
+
+/// The eBPF object built from `ebpf/` by this crate's build script.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/twill"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("creating bpffs pin directory {path}")]
+    PinDirectory {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the eBPF object (maps pinned under {pin_dir})")]
+    Load {
+        pin_dir: PathBuf,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("program {name} is missing from the eBPF object or is not a tc classifier")]
+    MissingProgram { name: &'static str },
+    #[error("kernel rejected program {name}")]
+    ProgramLoad {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("attaching {program} to interface {interface}")]
+    Attach {
+        program: &'static str,
+        interface: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("test run of program {name}")]
+    TestRun {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map {name} (at {path})")]
+    Map {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+}
+
+type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+/// The loaded programs and maps of one node.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl Datapath {
+    /// Loads every program in [`OBJECT`] into the kernel. Maps are pinned under `pin_dir`
+    /// (created if missing); maps already pinned there are reused, so a restarted daemon
+    /// finds its counters and tables as it left them.
+    pub fn load(pin_dir: &Path) -> Result<Self> {
+        fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDirectory {
+            path: pin_dir.to_owned(),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(OBJECT)
+            .map_err(|source| DatapathError::Load {
+                pin_dir: pin_dir.to_owned(),
+                source: Box::new(source),
+            })?;
+        for name in programs::ALL {
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DatapathError::ProgramLoad {
+                    name,
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+        })
+    }
+
+    /// The bpffs directory this datapath's maps are pinned in.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Attaches the pod programs to the host side of a pod's veth: [`programs::FROM_POD`] on
+    /// tc ingress, [`programs::TO_POD`] on tc egress. Equivalent to
+    /// `tc filter add dev IF ingress|egress bpf ...` (through tcx on kernels that have it).
+    /// The programs stay attached while this `Datapath` lives.
+    pub fn attach_pod(&mut self, interface: &str) -> Result<()> {
+        // tcx (kernel 6.6+) needs no qdisc; older kernels need clsact. Adding it when it is
+        // already there, or when tcx makes it unnecessary, is harmless.
+        let _ = tc::qdisc_add_clsact(interface);
+        for (name, attach_type) in [
+            (programs::FROM_POD, TcAttachType::Ingress),
+            (programs::TO_POD, TcAttachType::Egress),
+        ] {
+            classifier(&mut self.ebpf, name)?
+                .attach(interface, attach_type)
+                .map_err(|source| DatapathError::Attach {
+                    program: name,
+                    interface: interface.to_owned(),
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Runs a program once on `packet` with `BPF_PROG_TEST_RUN`, without any interface.
+    pub fn test_run(&mut self, name: &'static str, packet: &[u8]) -> Result<TestVerdict> {
+        // Room for programs that grow the packet (encapsulation, later).
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = classifier(&mut self.ebpf, name)?
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| DatapathError::TestRun {
+                name,
+                source: Box::new(source),
+            })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestVerdict {
+            action: result.return_value as i32,
+            packet: out,
+        })
+    }
+
+    /// Reads the packet counters, summed over CPUs.
+    pub fn metrics(&self) -> Result<Metrics> {
+        read_metrics(&self.pin_dir)
+    }
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+        .ok_or(DatapathError::MissingProgram { name })
+}
+
+/// What a program did with a packet in a test run.
+#[derive(Debug)]
+pub struct TestVerdict {
+    /// The program's return code (`TC_ACT_*`).
+    pub action: i32,
+    /// The packet as the program left it.
+    pub packet: Vec<u8>,
+}
+
+/// One counter of the metrics map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricRow {
+    pub direction: Direction,
+    pub reason: Reason,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Every known counter, summed over CPUs.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub rows: Vec<MetricRow>,
+}
+
+impl Metrics {
+    /// The counter for one direction and reason.
+    pub fn get(&self, direction: Direction, reason: Reason) -> MetricValue {
+        self.rows
+            .iter()
+            .find(|r| r.direction == direction && r.reason == reason)
+            .map(|r| MetricValue {
+                packets: r.packets,
+                bytes: r.bytes,
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Reads the pinned metrics map of a node, e.g. from the CLI, while its daemon runs.
+pub fn read_metrics(pin_dir: &Path) -> Result<Metrics> {
+    let path = pin_dir.join(maps::METRICS);
+    let map_err = |source| DatapathError::Map {
+        name: maps::METRICS,
+        path: path.clone(),
+        source: Box::new(source),
+    };
+    let data = MapData::from_pin(&path).map_err(map_err)?;
+    let array: PerCpuArray<MapData, MetricValue> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_err)?;
+    let mut rows = Vec::new();
+    for direction in Direction::ALL {
+        for reason in Reason::ALL {
+            let per_cpu = array
+                .get(&metric_index(direction, reason), 0)
+                .map_err(map_err)?;
+            let (packets, bytes) = per_cpu
+                .iter()
+                .fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
+            rows.push(MetricRow {
+                direction,
+                reason,
+                packets,
+                bytes,
+            });
+        }
+    }
+    Ok(Metrics { rows })
+}
