@@ -468,12 +468,13 @@ pub fn teardown(manifest: &Manifest) -> Result<(), LabError> {
     if let Err(e) = resources::remove_pins(&manifest.bpffs_dir) {
         problems.push(e.to_string());
     }
-    if problems.is_empty() {
-        if let Err(e) = fs::remove_dir_all(&manifest.state_dir)
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            problems.push(format!("removing {}: {e}", manifest.state_dir.display()));
-        }
+    // The manifest goes last, and only when all else is gone, so a failed teardown can be
+    // retried by `netctl lab down` or `netctl lab cleanup`.
+    if problems.is_empty()
+        && let Err(e) = fs::remove_dir_all(&manifest.state_dir)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        problems.push(format!("removing {}: {e}", manifest.state_dir.display()));
     }
     if problems.is_empty() {
         Ok(())

@@ -16,11 +16,11 @@ use crate::{LabError, plan::UNDERLAY};
 pub(crate) fn with_netlink<T, F, Fut>(ns: &NetNs, what: &str, f: F) -> Result<T, LabError>
 where
     F: FnOnce(Handle) -> Fut + Send,
-    Fut: Future<Output = Result<T, rtnetlink::Error>>,
+    Fut: Future<Output = Result<T, StepError>>,
     T: Send,
 {
     let ns_path = ns.path().display().to_string();
-    let result = ns.run(|| -> Result<T, LabError> {
+    ns.run(|| -> Result<T, LabError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -43,11 +43,19 @@ where
                 message: e.to_string(),
             })
         })
-    })?;
-    result
+    })?
 }
 
-async fn link_index(handle: &Handle, name: &str) -> Result<u32, rtnetlink::Error> {
+/// A failed netlink step.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StepError {
+    #[error(transparent)]
+    Netlink(#[from] rtnetlink::Error),
+    #[error("no interface named {0}")]
+    NoLink(String),
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<u32, StepError> {
     let link = handle
         .link()
         .get()
@@ -56,16 +64,17 @@ async fn link_index(handle: &Handle, name: &str) -> Result<u32, rtnetlink::Error
         .try_next()
         .await?;
     link.map(|l| l.header.index)
-        .ok_or_else(|| rtnetlink::Error::RequestFailed)
+        .ok_or_else(|| StepError::NoLink(name.to_owned()))
 }
 
-async fn loopback_up(handle: &Handle) -> Result<(), rtnetlink::Error> {
+async fn loopback_up(handle: &Handle) -> Result<(), StepError> {
     let lo = link_index(handle, "lo").await?;
     handle
         .link()
         .set(LinkUnspec::new_with_index(lo).up().build())
         .execute()
-        .await
+        .await?;
+    Ok(())
 }
 
 /// In the underlay namespace: loopback up, bridge `br0` up with the gateway address
@@ -88,7 +97,8 @@ pub(crate) fn make_underlay(ns: &NetNs) -> Result<(), LabError> {
             .link()
             .set(LinkUnspec::new_with_index(br).up().build())
             .execute()
-            .await
+            .await?;
+        Ok(())
     })
 }
 
@@ -125,7 +135,8 @@ pub(crate) fn plug_host(underlay: &NetNs, host: &NetNs, port: &str) -> Result<()
                         .build(),
                 )
                 .execute()
-                .await
+                .await?;
+            Ok(())
         },
     )
 }
@@ -150,6 +161,7 @@ pub(crate) fn configure_host(host: &NetNs, ip: Ipv4Addr) -> Result<(), LabError>
             .gateway(crate::plan::GATEWAY)
             .output_interface(eth0)
             .build();
-        handle.route().add(default).execute().await
+        handle.route().add(default).execute().await?;
+        Ok(())
     })
 }

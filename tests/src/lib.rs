@@ -1,13 +1,9 @@
-//! Helpers shared by twill's integration tests: root checks, paths to the workspace's
-//! binaries, crafted packets, and checks that a lab left nothing behind.
+//! Helpers shared by twill's integration tests: root checks, crafted packets, and checks that a lab left nothing behind.
 //!
 //! These tests need root and a real kernel. CI runs as root; run without root they fail
 //! with a message saying so, never skip.
 
-use std::{
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-};
+use std::net::Ipv4Addr;
 
 use twill_lab::{Manifest, process::ProcessRef};
 use twill_netns::NetNs;
@@ -19,24 +15,6 @@ pub fn require_root() {
         "this test needs root (network namespaces, eBPF, cgroups); run it as root, \
          as CI does: sudo scripts/test"
     );
-}
-
-/// A binary built from this workspace (`netctl`, `twilld`, `twill`), next to the test
-/// executables' directory.
-pub fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary knows its path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binaries live in target/<profile>/deps")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is not built; `cargo test` at the workspace root builds it",
-        path.display()
-    );
-    path
 }
 
 /// What a lab would leave behind if teardown failed: every part of it that still exists.

@@ -1,0 +1,153 @@
+//! The lab itself: what `up` makes works, and `down`, a panic or a refused spec leave
+//! nothing behind.
+
+use std::{panic, path::Path};
+
+use twill_lab::{Lab, LabError, LabSpec, STATE_ROOT, plan::GATEWAY};
+use twill_netns::NetNs;
+use twill_tests::{alive, leftovers, require_root};
+
+#[test]
+fn up_builds_every_part_and_down_removes_every_part() {
+    require_root();
+    let lab = Lab::up(&LabSpec::for_test(2, 1)).expect("lab up");
+    let manifest = lab.manifest().clone();
+
+    // Every namespace exists, etcd runs inside the underlay namespace, each node has its
+    // cgroup and bpffs directory.
+    let namespaces = NetNs::list().unwrap();
+    for ns in manifest.plan.namespaces() {
+        assert!(namespaces.iter().any(|n| n == ns), "netns {ns} missing");
+    }
+    let etcd = manifest.etcd.expect("etcd recorded");
+    assert!(alive(etcd.pid));
+    assert!(lab.underlay().unwrap().pids().unwrap().contains(&etcd.pid));
+    for node in lab.nodes() {
+        assert!(
+            twill_lab::resources::is_cgroup2(&node.cgroup_dir),
+            "{node:?}"
+        );
+        assert!(node.bpffs_dir.is_dir(), "{node:?}");
+    }
+
+    // Hosts are on one LAN: every host reaches every other and the gateway.
+    let hosts: Vec<_> = lab.nodes().into_iter().chain(lab.externals()).collect();
+    assert_eq!(hosts.len(), 3);
+    for from in &hosts {
+        let mut targets: Vec<String> = hosts
+            .iter()
+            .filter(|h| h.name() != from.name())
+            .map(|h| h.plan.underlay_ip.to_string())
+            .collect();
+        targets.push(GATEWAY.to_string());
+        for to in targets {
+            let out = from.output("ping", &["-c", "1", "-W", "2", &to]).unwrap();
+            assert!(out.status.success(), "{} cannot reach {to}", from.name());
+        }
+    }
+    // A process started on a node lands in that node's cgroup.
+    let node = &lab.nodes()[0];
+    let mut sleeper = std::process::Command::new("sleep");
+    sleeper.arg("30");
+    let mut child = node.spawn(sleeper).unwrap();
+    let procs = std::fs::read_to_string(node.cgroup_dir.join("cgroup.procs")).unwrap();
+    assert!(
+        procs.lines().any(|l| l == child.id().to_string()),
+        "{procs}"
+    );
+
+    lab.down().expect("lab down");
+    assert!(
+        !child.wait().unwrap().success(),
+        "teardown stops the node's processes"
+    );
+    assert_eq!(leftovers(&manifest), Vec::<String>::new());
+}
+
+#[test]
+fn a_test_that_panics_still_removes_its_lab() {
+    require_root();
+    let spec = LabSpec::for_test(1, 0);
+    let state_dir = Path::new(STATE_ROOT).join(&spec.name);
+    let manifest = panic::catch_unwind(|| {
+        let lab = Lab::up(&spec).expect("lab up");
+        panic::panic_any(lab.manifest().clone());
+    })
+    .expect_err("the closure panics")
+    .downcast::<twill_lab::Manifest>()
+    .expect("the panic carries the manifest");
+    assert_eq!(manifest.state_dir, state_dir);
+    assert_eq!(leftovers(&manifest), Vec::<String>::new());
+}
+
+#[test]
+fn two_labs_run_side_by_side_without_seeing_each_other() {
+    require_root();
+    let a = Lab::up(&LabSpec::for_test(1, 0)).expect("lab a");
+    let b = Lab::up(&LabSpec::for_test(1, 0)).expect("lab b");
+    // Same addresses, different namespaces: both work.
+    for lab in [&a, &b] {
+        let node = &lab.nodes()[0];
+        let out = node
+            .output("ping", &["-c", "1", "-W", "2", &GATEWAY.to_string()])
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{} cannot reach its gateway",
+            lab.name()
+        );
+    }
+    assert_ne!(a.name(), b.name());
+    let (ma, mb) = (a.manifest().clone(), b.manifest().clone());
+    a.down().unwrap();
+    // Taking one down leaves the other intact.
+    assert_eq!(leftovers(&ma), Vec::<String>::new());
+    assert!(alive(mb.etcd.unwrap().pid));
+    b.down().unwrap();
+    assert_eq!(leftovers(&mb), Vec::<String>::new());
+}
+
+#[test]
+fn a_refused_spec_names_the_problem_and_makes_nothing() {
+    require_root();
+    let bad = LabSpec {
+        name: "Bad Name".to_owned(),
+        nodes: 1,
+        externals: 0,
+        persistent: false,
+    };
+    let err = Lab::up(&bad).unwrap_err();
+    assert!(matches!(err, LabError::Plan(_)), "{err:?}");
+    assert!(err.to_string().contains("\"Bad Name\""), "{err}");
+
+    let zero = LabSpec {
+        nodes: 0,
+        ..LabSpec::for_test(1, 0)
+    };
+    let err = Lab::up(&zero).unwrap_err();
+    assert!(err.to_string().contains("between 1 and 89 nodes"), "{err}");
+    assert!(!Path::new(STATE_ROOT).join(&zero.name).exists());
+
+    // A second lab of the same name is refused and the first is untouched.
+    let lab = Lab::up(&LabSpec::for_test(1, 0)).unwrap();
+    let manifest = lab.manifest().clone();
+    let again = LabSpec {
+        name: lab.name().to_owned(),
+        ..LabSpec::for_test(1, 0)
+    };
+    let err = Lab::up(&again).unwrap_err();
+    assert!(matches!(err, LabError::Exists { .. }), "{err:?}");
+    assert!(alive(lab.manifest().etcd.unwrap().pid));
+    lab.down().unwrap();
+    assert_eq!(leftovers(&manifest), Vec::<String>::new());
+    // Other tests make namespaces at the same time: look only for this test's names.
+    let ours: Vec<_> = NetNs::list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.contains("Bad") || n.contains(&zero.name))
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "namespaces made for refused specs: {ours:?}"
+    );
+}
