@@ -168,7 +168,8 @@ impl Manifest {
 #[derive(Clone, Debug)]
 pub struct Host {
     pub plan: HostPlan,
-    /// This host's cgroup v2 directory (nodes put `twilld` and their hooks here).
+    /// This host's cgroup v2 directory (nodes put `twilld` and their hooks here). Only
+    /// nodes have one.
     pub cgroup_dir: PathBuf,
     /// This host's bpffs pin directory.
     pub bpffs_dir: PathBuf,
@@ -188,7 +189,7 @@ impl Host {
         Ok(self.netns()?.run(f)?)
     }
 
-    /// Starts a process inside this host's network namespace and cgroup.
+    /// Starts a process inside this host's network namespace and, on a node, its cgroup.
     pub fn spawn(&self, mut cmd: Command) -> Result<Child, LabError> {
         let child = self
             .run(move || cmd.spawn())?
@@ -197,6 +198,9 @@ impl Host {
                 path: self.cgroup_dir.clone(),
                 message: e.to_string(),
             })?;
+        if self.plan.role != Role::Node {
+            return Ok(child);
+        }
         let procs = self.cgroup_dir.join("cgroup.procs");
         // The child may exit at once (a quick command); then there is nothing to move.
         if let Err(e) = fs::write(&procs, child.id().to_string())
