@@ -1,0 +1,294 @@
+//! The local API between `twilld` and its clients on the same node: the CNI binary and
+//! `netctl`. One request and one response per connection, each a single line of JSON, over
+//! a unix socket that only root can open.
+//!
+//! Every message carries [`API_VERSION`]; a daemon refuses a version it does not speak
+//! with an error that names both, so a CNI binary and a daemon of different releases fail
+//! loudly instead of misreading each other.
+//!
+//! Architecture invariant: types and framing only; the client is blocking std I/O so the
+//! CNI binary, which runs once per pod, starts without an async runtime.
+#![forbid(unsafe_code)]
+
+use std::{
+    io::{self, BufRead as _, BufReader, Write as _},
+    net::Ipv4Addr,
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+pub use twill_ipam::AttachmentKey;
+
+/// Version of the messages below. Bump on any incompatible change.
+pub const API_VERSION: u32 = 1;
+/// Where `twilld` listens unless configured otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/twill/twilld.sock";
+/// The pod's default gateway: a link-local address the host side answers for, so no
+/// per-node bridge or in-subnet gateway is needed.
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// Host-side interface names start with this.
+pub const HOST_IFNAME_PREFIX: &str = "tw";
+
+/// The host-side veth name of an attachment: deterministic, so DEL, CHECK and GC find it
+/// again from the container id and interface name alone, and 14 characters (the kernel
+/// allows 15).
+pub fn host_ifname(key: &AttachmentKey) -> String {
+    let digest = Sha256::new()
+        .chain_update(key.container_id.as_bytes())
+        .chain_update(b"/")
+        .chain_update(key.ifname.as_bytes())
+        .finalize();
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("{HOST_IFNAME_PREFIX}{hex}")
+}
+
+/// What a client asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// An address for a pod attachment (the same one again if it already has one).
+    Allocate {
+        #[serde(flatten)]
+        key: AttachmentKey,
+        /// `namespace/name` of the pod, from CNI_ARGS, when the runtime gives it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pod: Option<String>,
+    },
+    /// The attachment's address, if it has one (CHECK).
+    Lookup {
+        #[serde(flatten)]
+        key: AttachmentKey,
+    },
+    /// Frees the attachment's address. Freeing one that has none succeeds.
+    Release {
+        #[serde(flatten)]
+        key: AttachmentKey,
+    },
+    /// Frees every address whose attachment is not in `valid` (CNI GC).
+    Gc { valid: Vec<AttachmentKey> },
+    /// Whether the node can wire pods now (CNI STATUS).
+    Status,
+}
+
+/// An attachment's address and how to wire it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodAddress {
+    pub ip: Ipv4Addr,
+    /// The node's pod subnet the address comes from.
+    pub subnet: Ipv4Network,
+    /// The pod's default gateway ([`POD_GATEWAY`]).
+    pub gateway: Ipv4Addr,
+    /// MTU for the pod's interface: the underlay MTU minus the overlay's overhead.
+    pub mtu: u32,
+}
+
+/// The node's readiness, as STATUS reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    /// The node's pod subnet, once leased.
+    pub subnet: Option<Ipv4Network>,
+    /// Whether the daemon's last contact with etcd succeeded recently.
+    pub etcd_reachable: bool,
+    /// Addresses still free in the node's subnet.
+    pub available_addresses: u32,
+    /// Why the node cannot wire pods, when it cannot.
+    pub not_ready: Option<String>,
+}
+
+/// Why a request failed, in terms a client can act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The node has no subnet yet, or etcd is unreachable: retry later.
+    NotReady,
+    /// The node's pod subnet has no free address.
+    Exhausted,
+    /// The request was malformed or of another API version.
+    BadRequest,
+    /// Something failed inside the daemon (a disk write, say).
+    Internal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Allocated { address: PodAddress },
+    Found { address: Option<PodAddress> },
+    Released { released: bool },
+    Collected { released: Vec<AttachmentKey> },
+    Status { status: NodeStatus },
+    Error { kind: ErrorKind, message: String },
+}
+
+/// A message on the wire: the version and the body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub api: u32,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach twilld at {socket}: {source}")]
+    Unreachable {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("talking to twilld at {socket}: {source}")]
+    Io {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("twilld at {socket} answered something unreadable: {message}")]
+    Protocol { socket: PathBuf, message: String },
+}
+
+/// Sends one request and waits for its response, for at most `timeout` in total per step.
+pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let io_err = |source| ClientError::Io {
+        socket: socket.to_owned(),
+        source,
+    };
+    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Unreachable {
+        socket: socket.to_owned(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
+    let mut line = serde_json::to_string(&Envelope {
+        api: API_VERSION,
+        body: request,
+    })
+    .map_err(|e| ClientError::Protocol {
+        socket: socket.to_owned(),
+        message: e.to_string(),
+    })?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes()).map_err(io_err)?;
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .map_err(io_err)?;
+    decode_response(&reply).map_err(|message| ClientError::Protocol {
+        socket: socket.to_owned(),
+        message,
+    })
+}
+
+/// Reads a request line. The error says what was wrong, for the reply.
+pub fn decode_request(line: &str) -> Result<Request, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    check_version(&value)?;
+    let envelope: Envelope<Request> =
+        serde_json::from_value(value).map_err(|e| format!("bad request: {e}"))?;
+    Ok(envelope.body)
+}
+
+/// Reads a response line.
+pub fn decode_response(line: &str) -> Result<Response, String> {
+    if line.trim().is_empty() {
+        return Err("the connection closed without an answer".to_owned());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    check_version(&value)?;
+    let envelope: Envelope<Response> =
+        serde_json::from_value(value).map_err(|e| format!("bad response: {e}"))?;
+    Ok(envelope.body)
+}
+
+/// Writes a response line.
+pub fn encode_response(response: &Response) -> String {
+    let mut line = serde_json::to_string(&Envelope {
+        api: API_VERSION,
+        body: response,
+    })
+    .expect("responses are plain data and always serialize");
+    line.push('\n');
+    line
+}
+
+fn check_version(value: &serde_json::Value) -> Result<(), String> {
+    match value.get("api").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(API_VERSION) => Ok(()),
+        Some(v) => Err(format!(
+            "API version {v} is not spoken here (this side speaks {API_VERSION}); \
+             upgrade twilld and the twill CNI binary together"
+        )),
+        None => Err("the message has no API version".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str, ifname: &str) -> AttachmentKey {
+        AttachmentKey {
+            container_id: id.to_owned(),
+            ifname: ifname.to_owned(),
+        }
+    }
+
+    #[test]
+    fn host_ifnames_are_short_stable_and_distinct() {
+        let a = host_ifname(&key("abc123", "eth0"));
+        assert_eq!(a, host_ifname(&key("abc123", "eth0")));
+        assert_eq!(a.len(), 14);
+        assert!(a.starts_with("tw"));
+        assert_ne!(a, host_ifname(&key("abc123", "eth1")));
+        assert_ne!(a, host_ifname(&key("abc124", "eth0")));
+        // The separator keeps ("a", "b/c") and ("a/b", "c") apart... as far as a hash can.
+        assert_ne!(host_ifname(&key("ab", "c")), host_ifname(&key("a", "bc")));
+    }
+
+    #[test]
+    fn a_request_survives_the_wire_and_names_its_fields_in_json() {
+        let req = Request::Allocate {
+            key: key("c1", "eth0"),
+            pod: Some("default/web".to_owned()),
+        };
+        let line = serde_json::to_string(&Envelope {
+            api: API_VERSION,
+            body: &req,
+        })
+        .unwrap();
+        assert_eq!(
+            line,
+            r#"{"api":1,"op":"allocate","container_id":"c1","ifname":"eth0","pod":"default/web"}"#
+        );
+        assert_eq!(decode_request(&line).unwrap(), req);
+    }
+
+    #[test]
+    fn another_api_version_or_garbage_is_refused_with_the_reason() {
+        let err = decode_request(r#"{"api":2,"op":"status"}"#).unwrap_err();
+        assert!(err.contains("API version 2"), "{err}");
+        let err = decode_request(r#"{"op":"status"}"#).unwrap_err();
+        assert!(err.contains("no API version"), "{err}");
+        let err = decode_request("hello").unwrap_err();
+        assert!(err.starts_with("not JSON"), "{err}");
+        let err = decode_request(r#"{"api":1,"op":"format_disk"}"#).unwrap_err();
+        assert!(err.contains("format_disk"), "{err}");
+        let err = decode_response("").unwrap_err();
+        assert!(err.contains("closed"), "{err}");
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let resp = Response::Error {
+            kind: ErrorKind::Exhausted,
+            message: "pod subnet 10.244.1.0/24 has no free address".to_owned(),
+        };
+        assert_eq!(decode_response(&encode_response(&resp)).unwrap(), resp);
+    }
+}
