@@ -140,7 +140,7 @@ impl PodSubnet {
 
     /// Addresses a pod may get.
     pub fn capacity(&self) -> u32 {
-        (self.0.size() as u32).saturating_sub(3)
+        self.0.size().saturating_sub(3)
     }
 
     pub fn is_assignable(&self, ip: Ipv4Addr) -> bool {
