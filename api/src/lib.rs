@@ -10,6 +10,8 @@
 //! CNI binary, which runs once per pod, starts without an async runtime.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
+
 use std::{
     io::{self, BufRead as _, BufReader, Write as _},
     net::Ipv4Addr,
@@ -98,6 +100,10 @@ pub struct NodeStatus {
     pub available_addresses: u32,
     /// Why the node cannot wire pods, when it cannot.
     pub not_ready: Option<String>,
+    /// Trouble an operator must know about even while the node works (for example, the
+    /// subnet this node had before is now held by another node).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// Why a request failed, in terms a client can act on.
@@ -226,6 +232,19 @@ fn check_version(value: &serde_json::Value) -> Result<(), String> {
         )),
         None => Err("the message has no API version".to_owned()),
     }
+}
+
+/// Where the CNI binary leaves a release it could not hand to a stopped daemon, inside the
+/// daemon's state directory. The daemon honours these when it starts and before every
+/// allocation, so DEL always works and an address is never held by a deleted pod.
+pub const PENDING_RELEASES_DIR: &str = "pending-releases";
+
+/// The file for one pending release: named after the host interface, which is unique per
+/// attachment.
+pub fn pending_release_path(state_dir: &Path, key: &AttachmentKey) -> PathBuf {
+    state_dir
+        .join(PENDING_RELEASES_DIR)
+        .join(format!("{}.json", host_ifname(key)))
 }
 
 #[cfg(test)]

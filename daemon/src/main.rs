@@ -1,12 +1,35 @@
-//! `twilld`, twill's node daemon. It carries the eBPF object inside its binary (through
-//! `twill-bpf`), so a node needs nothing else to run the dataplane.
+//! `twilld`, twill's node daemon. It leases the node's pod subnet in etcd, hands out pod
+//! addresses to the CNI binary over a local socket, and carries the eBPF object inside its
+//! binary (through `twill-bpf`), so a node needs nothing else to run the dataplane.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+mod config;
+mod lease;
+mod node;
+mod server;
+mod state;
+mod underlay;
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use tracing::{error, info, warn};
 use twill_bpf::{Datapath, OBJECT};
+
+use crate::{
+    config::{Config, Overrides},
+    lease::{LeaseSpec, Outcome, Renewal},
+    node::Node,
+};
+
+/// Read when `--config` is not given, if it exists.
+const DEFAULT_CONFIG: &str = "/etc/twill/twilld.toml";
 
 #[derive(Parser)]
 #[command(name = "twilld", version, about = "twill node daemon")]
@@ -17,6 +40,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the node daemon.
+    Run {
+        /// Configuration file (TOML); see twilld.example.toml. Default: /etc/twill/twilld.toml
+        /// if it exists, else built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Check a configuration file and print the result, without running.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
     /// Load every embedded eBPF program into this kernel, report what loaded, and unload
     /// them: a quick "will twill's dataplane run on this node" check.
     Check {
@@ -35,6 +74,21 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run { config, overrides } => {
+            let config = load_config(config, &overrides)?;
+            init_logging();
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(daemon(config))
+        }
+        Command::CheckConfig { config, overrides } => {
+            let config = load_config(config, &overrides)?;
+            println!("{config:#?}");
+            Ok(())
+        }
         Command::Check { pin_dir } => {
             let existed = pin_dir.exists();
             let loaded = Datapath::load(&pin_dir);
@@ -54,6 +108,202 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("dataplane check passed");
             Ok(())
+        }
+    }
+}
+
+fn load_config(path: Option<PathBuf>, overrides: &Overrides) -> anyhow::Result<Config> {
+    let (name, text) = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            (path.display().to_string(), text)
+        }
+        None => match std::fs::read_to_string(DEFAULT_CONFIG) {
+            Ok(text) => (DEFAULT_CONFIG.to_owned(), text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                ("(defaults)".to_owned(), String::new())
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {DEFAULT_CONFIG}")),
+        },
+    };
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+        .to_lowercase();
+    Ok(Config::from_toml(&name, &text, overrides, &hostname)?)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TWILL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn daemon(config: Config) -> anyhow::Result<()> {
+    info!(node = %config.node_name, "starting twilld {}", env!("CARGO_PKG_VERSION"));
+    // Pods are routed through the node: forwarding must be on.
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .context("enabling IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")?;
+
+    let (connection, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
+    tokio::spawn(connection);
+    let underlay = underlay::detect(&handle, config.underlay_interface.as_deref()).await?;
+    let pod_mtu = config
+        .mtu
+        .unwrap_or(underlay.mtu.saturating_sub(config.overlay.overhead()));
+    info!(interface = %underlay.name, ip = %underlay.ip, mtu = underlay.mtu, pod_mtu, "underlay");
+
+    let state = state::StateDir::open(&config.state_dir)?;
+    let node = Arc::new(Node::new(
+        config.node_name.clone(),
+        pod_mtu,
+        state,
+        config.lease_ttl,
+    )?);
+    let listener = server::bind(&config.socket)?;
+    info!(socket = %config.socket.display(), "listening");
+    tokio::spawn(server::serve(listener, node.clone()));
+
+    let spec = LeaseSpec {
+        node: config.node_name.clone(),
+        cluster: config.cluster,
+        ttl: config.lease_ttl,
+        quarantine: config.lease_quarantine,
+        underlay_ip: underlay.ip,
+        timeout: config.etcd_timeout,
+    };
+    tokio::select! {
+        () = lease_loop(&config, &spec, &node) => unreachable!("the lease loop never ends"),
+        signal = shutdown_signal() => {
+            // The leases are left to expire on their own: a restart within the TTL keeps
+            // the subnet and other nodes' routes to it.
+            info!("{signal}: stopping; the subnet lease stays until it expires");
+            let _ = std::fs::remove_file(&config.socket);
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+async fn connect(config: &Config) -> anyhow::Result<Client> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(config.etcd_timeout)
+        .with_timeout(config.etcd_timeout);
+    if let Some(tls) = &config.etcd_tls {
+        let ca = std::fs::read(&tls.ca_file)
+            .with_context(|| format!("reading {}", tls.ca_file.display()))?;
+        let mut tls_options = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            let cert =
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+            tls_options = tls_options.identity(Identity::from_pem(cert, key));
+        }
+        options = options.with_tls(tls_options);
+    }
+    Client::connect(&config.etcd_endpoints, Some(options))
+        .await
+        .with_context(|| format!("connecting to etcd at {}", config.etcd_endpoints.join(",")))
+}
+
+/// Leases the subnet, keeps the lease alive, and leases again when it is lost. Never
+/// returns: etcd trouble and an exhausted cluster CIDR are waited out, not fatal.
+async fn lease_loop(config: &Config, spec: &LeaseSpec, node: &Node) {
+    const MAX_BACKOFF: Duration = Duration::from_secs(5);
+    const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+    let mut backoff = FIRST_BACKOFF;
+    let retry = |node: &Node, problem: String, backoff: &mut Duration| {
+        node.etcd_failed(problem);
+        let wait = *backoff;
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        wait
+    };
+    loop {
+        let mut client = match connect(config).await {
+            Ok(client) => client,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                warn!("{msg}");
+                tokio::time::sleep(retry(node, msg, &mut backoff)).await;
+                continue;
+            }
+        };
+        let held = match lease::acquire(&mut client, spec, node.remembered_subnet()).await {
+            Ok(Outcome::Held { held, lost }) => {
+                if let Some((subnet, holder)) = lost {
+                    node.warn(format!(
+                        "this node's previous pod subnet {subnet} is now held by node \
+                         {holder}; refusing to use it"
+                    ));
+                }
+                held
+            }
+            Ok(Outcome::Exhausted { subnets }) => {
+                let msg = format!(
+                    "cluster CIDR {} is exhausted: all {subnets} /{} subnets are held by other \
+                     nodes or in quarantine; retrying",
+                    spec.cluster.network(),
+                    spec.cluster.node_prefix()
+                );
+                error!("{msg}");
+                node.etcd_ok();
+                node.etcd_failed(msg);
+                tokio::time::sleep(MAX_BACKOFF).await;
+                continue;
+            }
+            Err(e) => {
+                let msg = format!("leasing a pod subnet: {e}");
+                warn!("{msg}");
+                tokio::time::sleep(retry(node, msg, &mut backoff)).await;
+                continue;
+            }
+        };
+        if let Err(e) = node.subnet_leased(held.subnet) {
+            error!("recording pod subnet {}: {e:#}", held.subnet);
+            tokio::time::sleep(MAX_BACKOFF).await;
+            continue;
+        }
+        info!(subnet = %held.subnet, "holding pod subnet");
+        backoff = FIRST_BACKOFF;
+
+        let period = spec.ttl / 3;
+        let mut last_ok = Instant::now();
+        loop {
+            tokio::time::sleep(period).await;
+            match lease::renew(&mut client, spec, &held).await {
+                Ok(Renewal::Renewed) => {
+                    node.etcd_ok();
+                    last_ok = Instant::now();
+                }
+                Ok(Renewal::Lost(why)) => {
+                    warn!(subnet = %held.subnet, "lease lost: {why}; leasing again");
+                    node.subnet_lost(why);
+                    break;
+                }
+                Err(e) => {
+                    warn!("renewing the lease: {e}");
+                    node.etcd_failed(format!("renewing the lease: {e}"));
+                    if last_ok.elapsed() > spec.ttl + spec.quarantine {
+                        node.subnet_lost("etcd unreachable past the quarantine".to_owned());
+                        break;
+                    }
+                }
+            }
         }
     }
 }

@@ -1,0 +1,70 @@
+//! What twill keeps in etcd: the key layout and the records under it. Every twill key lives
+//! under [`ROOT`]; see `docs/architecture.md` for the table.
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+/// Every twill key starts with this.
+pub const ROOT: &str = "/twill/v1/";
+/// `SUBNETS` + `10.244.1.0-24`: which node holds a pod subnet. Bound to the holder's
+/// "hold" lease, whose TTL is the lease TTL plus the quarantine, so a dead node's subnet is
+/// kept from others for the quarantine after its node record is gone.
+pub const SUBNETS: &str = "/twill/v1/subnets/";
+/// `NODES` + node name: the node record other nodes build their routes from. Bound to the
+/// node's "alive" lease (the lease TTL).
+pub const NODES: &str = "/twill/v1/nodes/";
+
+/// The etcd key of a pod subnet (`/` in the CIDR becomes `-`).
+pub fn subnet_key(subnet: Ipv4Network) -> String {
+    format!("{SUBNETS}{}-{}", subnet.network(), subnet.prefix())
+}
+
+/// The subnet a [`subnet_key`] names.
+pub fn subnet_from_key(key: &str) -> Option<Ipv4Network> {
+    let (ip, prefix) = key.strip_prefix(SUBNETS)?.rsplit_once('-')?;
+    Ipv4Network::new(ip.parse().ok()?, prefix.parse().ok()?).ok()
+}
+
+pub fn node_key(node: &str) -> String {
+    format!("{NODES}{node}")
+}
+
+/// Value under a subnet key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetRecord {
+    /// The node holding the subnet.
+    pub node: String,
+}
+
+/// Value under a node key: what other nodes need to reach this node's pods.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub subnet: Ipv4Network,
+    /// The node's address on the underlay.
+    pub underlay_ip: Ipv4Addr,
+    /// MAC of the node's VXLAN device, once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_keys_round_trip_and_reject_strangers() {
+        let s: Ipv4Network = "10.244.7.0/24".parse().unwrap();
+        assert_eq!(subnet_key(s), "/twill/v1/subnets/10.244.7.0-24");
+        assert_eq!(subnet_from_key(&subnet_key(s)), Some(s));
+        for bad in [
+            "/twill/v1/nodes/x",
+            "/twill/v1/subnets/10.244.7.0",
+            "/twill/v1/subnets/x-24",
+        ] {
+            assert_eq!(subnet_from_key(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! `twilld`'s configuration: one TOML file plus command-line flags that override it.
+//!
+//! Parsing and validation are pure: [`Config::from_toml`] turns text into a checked
+//! configuration or an error that names the key. Unknown keys are errors, so a typo never
+//! silently falls back to a default.
+
+use std::{path::PathBuf, time::Duration};
+
+use ipnetwork::Ipv4Network;
+use serde::Deserialize;
+use twill_ipam::ClusterCidr;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{source_name}: {message}")]
+    Parse {
+        source_name: String,
+        message: String,
+    },
+    #[error("{source_name}: {key}: {message}")]
+    Invalid {
+        source_name: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// The overlay between nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverlayMode {
+    Vxlan,
+    Bgp,
+}
+
+impl OverlayMode {
+    /// Bytes the overlay adds to each packet: the pod MTU is the underlay MTU minus this.
+    pub fn overhead(self) -> u32 {
+        match self {
+            // Outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8.
+            OverlayMode::Vxlan => 50,
+            OverlayMode::Bgp => 0,
+        }
+    }
+}
+
+/// The file as written: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_name: Option<String>,
+    #[serde(default)]
+    etcd: FileEtcd,
+    #[serde(default)]
+    network: FileNetwork,
+    #[serde(default)]
+    lease: FileLease,
+    #[serde(default)]
+    paths: FilePaths,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEtcd {
+    endpoints: Option<Vec<String>>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNetwork {
+    cluster_cidr: Option<String>,
+    node_subnet_prefix: Option<u8>,
+    underlay_interface: Option<String>,
+    overlay: Option<OverlayMode>,
+    mtu: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLease {
+    ttl_seconds: Option<u64>,
+    quarantine_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePaths {
+    socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    bpffs_root: Option<PathBuf>,
+    cgroup_root: Option<PathBuf>,
+}
+
+/// Values given on the command line; each one, when set, wins over the file.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// etcd client URLs, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// The cluster's pod CIDR.
+    #[arg(long)]
+    pub cluster_cidr: Option<String>,
+    /// Prefix length of each node's pod subnet.
+    #[arg(long)]
+    pub node_subnet_prefix: Option<u8>,
+    /// Underlay interface (default: the one the default route uses).
+    #[arg(long)]
+    pub underlay_interface: Option<String>,
+    /// Seconds a node's lease lives without renewal.
+    #[arg(long)]
+    pub lease_ttl_seconds: Option<u64>,
+    /// Seconds an expired node's subnet is kept from other nodes.
+    #[arg(long)]
+    pub lease_quarantine_seconds: Option<u64>,
+    /// Unix socket for the CNI plugin and netctl.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Directory for the daemon's state (subnet, allocations).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// bpffs directory for this node's pinned maps.
+    #[arg(long)]
+    pub bpffs_root: Option<PathBuf>,
+}
+
+/// TLS material for etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca_file: PathBuf,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// A checked configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub node_name: String,
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_tls: Option<EtcdTls>,
+    pub etcd_timeout: Duration,
+    pub cluster: ClusterCidr,
+    /// `None`: the interface of the default route.
+    pub underlay_interface: Option<String>,
+    pub overlay: OverlayMode,
+    /// Pod MTU; `None`: underlay MTU minus the overlay's overhead.
+    pub mtu: Option<u32>,
+    pub lease_ttl: Duration,
+    pub lease_quarantine: Duration,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub bpffs_root: PathBuf,
+    pub cgroup_root: PathBuf,
+}
+
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.244.0.0/16";
+pub const DEFAULT_NODE_SUBNET_PREFIX: u8 = 24;
+pub const DEFAULT_LEASE_TTL: u64 = 30;
+pub const DEFAULT_QUARANTINE: u64 = 300;
+
+impl Config {
+    /// Parses `text` (named `source_name` in errors), applies `overrides`, and checks every
+    /// value. `hostname` is the default node name.
+    pub fn from_toml(
+        source_name: &str,
+        text: &str,
+        overrides: &Overrides,
+        hostname: &str,
+    ) -> Result<Self, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            source_name: source_name.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            source_name: source_name.to_owned(),
+            key,
+            message,
+        };
+
+        let node_name = overrides
+            .node_name
+            .clone()
+            .or(file.node_name)
+            .unwrap_or_else(|| hostname.to_owned());
+        check_node_name(&node_name).map_err(|m| invalid("node_name", m))?;
+
+        let etcd_endpoints = overrides
+            .etcd_endpoints
+            .clone()
+            .or(file.etcd.endpoints)
+            .unwrap_or_else(|| vec!["http://127.0.0.1:2379".to_owned()]);
+        if etcd_endpoints.is_empty() {
+            return Err(invalid(
+                "etcd.endpoints",
+                "at least one endpoint is needed".into(),
+            ));
+        }
+        for endpoint in &etcd_endpoints {
+            let ok = endpoint
+                .strip_prefix("http://")
+                .or_else(|| endpoint.strip_prefix("https://"))
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+            if !ok {
+                return Err(invalid(
+                    "etcd.endpoints",
+                    format!("{endpoint:?} is not an http:// or https:// host:port URL"),
+                ));
+            }
+        }
+        let etcd_tls = match (file.etcd.ca_file, file.etcd.cert_file, file.etcd.key_file) {
+            (None, None, None) => None,
+            (Some(ca_file), cert_file, key_file) => {
+                if cert_file.is_some() != key_file.is_some() {
+                    return Err(invalid(
+                        "etcd.cert_file",
+                        "cert_file and key_file go together".into(),
+                    ));
+                }
+                Some(EtcdTls {
+                    ca_file,
+                    cert_file,
+                    key_file,
+                })
+            }
+            (None, _, _) => {
+                return Err(invalid(
+                    "etcd.ca_file",
+                    "a client certificate needs ca_file as well".into(),
+                ));
+            }
+        };
+        let etcd_timeout = Duration::from_secs(file.etcd.timeout_seconds.unwrap_or(5));
+        if etcd_timeout.is_zero() {
+            return Err(invalid("etcd.timeout_seconds", "must be at least 1".into()));
+        }
+
+        let cidr_text = overrides
+            .cluster_cidr
+            .clone()
+            .or(file.network.cluster_cidr)
+            .unwrap_or_else(|| DEFAULT_CLUSTER_CIDR.to_owned());
+        let cidr: Ipv4Network = cidr_text.parse().map_err(|e| {
+            invalid(
+                "network.cluster_cidr",
+                format!("{cidr_text:?} is not an IPv4 CIDR: {e}"),
+            )
+        })?;
+        let prefix = overrides
+            .node_subnet_prefix
+            .or(file.network.node_subnet_prefix)
+            .unwrap_or(DEFAULT_NODE_SUBNET_PREFIX);
+        let cluster = ClusterCidr::new(cidr, prefix).map_err(|e| {
+            let key = if matches!(e, twill_ipam::IpamError::NotNetwork(..)) {
+                "network.cluster_cidr"
+            } else {
+                "network.node_subnet_prefix"
+            };
+            invalid(key, e.to_string())
+        })?;
+
+        let underlay_interface = overrides
+            .underlay_interface
+            .clone()
+            .or(file.network.underlay_interface);
+        if let Some(name) = &underlay_interface
+            && (name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(' '))
+        {
+            return Err(invalid(
+                "network.underlay_interface",
+                format!("{name:?} is not a valid interface name"),
+            ));
+        }
+        let overlay = file.network.overlay.unwrap_or(OverlayMode::Vxlan);
+        if overlay == OverlayMode::Bgp {
+            return Err(invalid(
+                "network.overlay",
+                "\"bgp\" is not available yet; use \"vxlan\"".into(),
+            ));
+        }
+        let mtu = file.network.mtu;
+        if let Some(m) = mtu
+            && !(576..=65535).contains(&m)
+        {
+            return Err(invalid(
+                "network.mtu",
+                format!("{m} is outside 576..=65535"),
+            ));
+        }
+
+        let ttl = overrides
+            .lease_ttl_seconds
+            .or(file.lease.ttl_seconds)
+            .unwrap_or(DEFAULT_LEASE_TTL);
+        if !(2..=3600).contains(&ttl) {
+            return Err(invalid(
+                "lease.ttl_seconds",
+                format!("{ttl} is outside 2..=3600 (etcd's lease granularity is about a second)"),
+            ));
+        }
+        let quarantine = overrides
+            .lease_quarantine_seconds
+            .or(file.lease.quarantine_seconds)
+            .unwrap_or(DEFAULT_QUARANTINE);
+        if quarantine > 7 * 24 * 3600 {
+            return Err(invalid(
+                "lease.quarantine_seconds",
+                format!("{quarantine} is more than a week"),
+            ));
+        }
+
+        let absolute = |key: &'static str, path: PathBuf| {
+            if path.is_absolute() {
+                Ok(path)
+            } else {
+                Err(invalid(
+                    key,
+                    format!("{} is not an absolute path", path.display()),
+                ))
+            }
+        };
+        let socket = absolute(
+            "paths.socket",
+            overrides
+                .socket
+                .clone()
+                .or(file.paths.socket)
+                .unwrap_or_else(|| twill_api::DEFAULT_SOCKET.into()),
+        )?;
+        let state_dir = absolute(
+            "paths.state_dir",
+            overrides
+                .state_dir
+                .clone()
+                .or(file.paths.state_dir)
+                .unwrap_or_else(|| "/var/lib/twill".into()),
+        )?;
+        let bpffs_root = absolute(
+            "paths.bpffs_root",
+            overrides
+                .bpffs_root
+                .clone()
+                .or(file.paths.bpffs_root)
+                .unwrap_or_else(|| "/sys/fs/bpf/twill".into()),
+        )?;
+        let cgroup_root = absolute(
+            "paths.cgroup_root",
+            file.paths
+                .cgroup_root
+                .unwrap_or_else(|| "/sys/fs/cgroup".into()),
+        )?;
+
+        Ok(Self {
+            node_name,
+            etcd_endpoints,
+            etcd_tls,
+            etcd_timeout,
+            cluster,
+            underlay_interface,
+            overlay,
+            mtu,
+            lease_ttl: Duration::from_secs(ttl),
+            lease_quarantine: Duration::from_secs(quarantine),
+            socket,
+            state_dir,
+            bpffs_root,
+            cgroup_root,
+        })
+    }
+}
+
+/// Node names become etcd keys and log fields: keep them to DNS-label-like characters.
+fn check_node_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid node name (lower-case letters, digits, '-' and '.')"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml("twilld.toml", text, &Overrides::default(), "host-a")
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_documented_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.node_name, "host-a");
+        assert_eq!(c.etcd_endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(c.cluster.network().to_string(), "10.244.0.0/16");
+        assert_eq!(c.cluster.node_prefix(), 24);
+        assert_eq!(c.overlay, OverlayMode::Vxlan);
+        assert_eq!(c.overlay.overhead(), 50);
+        assert_eq!(c.lease_ttl, Duration::from_secs(30));
+        assert_eq!(c.lease_quarantine, Duration::from_secs(300));
+        assert_eq!(c.socket, PathBuf::from("/run/twill/twilld.sock"));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/twill"));
+        assert_eq!(c.underlay_interface, None);
+        assert_eq!(c.mtu, None);
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = include_str!("../twilld.example.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.node_name, "node1");
+        assert_eq!(c.lease_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let overrides = Overrides {
+            node_name: Some("from-flag".into()),
+            cluster_cidr: Some("10.50.0.0/16".into()),
+            lease_ttl_seconds: Some(5),
+            ..Overrides::default()
+        };
+        let text = "node_name = \"from-file\"\n[lease]\nttl_seconds = 60\n";
+        let c = Config::from_toml("f", text, &overrides, "h").unwrap();
+        assert_eq!(c.node_name, "from-flag");
+        assert_eq!(c.cluster.network().to_string(), "10.50.0.0/16");
+        assert_eq!(c.lease_ttl, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors_that_name_the_key() {
+        let cases = [
+            ("nodename = \"x\"", "unknown field `nodename`"),
+            (
+                "[network]\nclustr_cidr = \"10.0.0.0/8\"",
+                "unknown field `clustr_cidr`",
+            ),
+            (
+                "[network]\ncluster_cidr = \"10.244.0.0/33\"",
+                "network.cluster_cidr: \"10.244.0.0/33\" is not an IPv4 CIDR",
+            ),
+            (
+                "[network]\ncluster_cidr = \"10.244.1.0/16\"",
+                "network.cluster_cidr: cluster CIDR 10.244.1.0/16 is not a network address",
+            ),
+            (
+                "[network]\nnode_subnet_prefix = 8",
+                "network.node_subnet_prefix: node subnet size /8",
+            ),
+            ("[network]\noverlay = \"ipip\"", "unknown variant `ipip`"),
+            (
+                "[network]\noverlay = \"bgp\"",
+                "network.overlay: \"bgp\" is not available yet",
+            ),
+            ("[network]\nmtu = 100", "network.mtu: 100 is outside"),
+            (
+                "[network]\nunderlay_interface = \"a-name-that-is-too-long\"",
+                "network.underlay_interface",
+            ),
+            (
+                "[lease]\nttl_seconds = 1",
+                "lease.ttl_seconds: 1 is outside 2..=3600",
+            ),
+            (
+                "[etcd]\nendpoints = []",
+                "etcd.endpoints: at least one endpoint",
+            ),
+            (
+                "[etcd]\nendpoints = [\"127.0.0.1:2379\"]",
+                "etcd.endpoints: \"127.0.0.1:2379\" is not an http",
+            ),
+            (
+                "[etcd]\ncert_file = \"/c\"\nkey_file = \"/k\"",
+                "etcd.ca_file: a client certificate needs ca_file",
+            ),
+            (
+                "[paths]\nsocket = \"relative.sock\"",
+                "paths.socket: relative.sock is not an absolute path",
+            ),
+            (
+                "node_name = \"Node_1\"",
+                "node_name: \"Node_1\" is not a valid node name",
+            ),
+            ("[lease]\nttl_seconds = \"ten\"", "invalid type"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.starts_with("twilld.toml: "), "{text}: {err}");
+            assert!(
+                err.contains(expected),
+                "{text}:\n  got {err}\n  want {expected}"
+            );
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The node's pod-networking state: its subnet, its pod addresses, and whether it can wire
+//! pods now. The socket server asks it; the lease loop tells it what etcd said.
+
+use std::{
+    fs,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use ipnetwork::Ipv4Network;
+use tracing::{error, info, warn};
+use twill_api::{AttachmentKey, ErrorKind, NodeStatus, POD_GATEWAY, PodAddress, Request, Response};
+use twill_ipam::{Allocation, Allocations, IpamError, PodSubnet};
+
+use crate::state::StateDir;
+
+pub struct Node {
+    name: String,
+    pod_mtu: u32,
+    state: StateDir,
+    /// How long after the last good answer from etcd it still counts as reachable.
+    etcd_grace: Duration,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    allocations: Option<Allocations>,
+    /// The subnet etcd confirmed this node holds; `None` until then.
+    leased: Option<Ipv4Network>,
+    last_etcd_ok: Option<Instant>,
+    etcd_problem: Option<String>,
+    warnings: Vec<String>,
+}
+
+impl Node {
+    /// The node as its state directory left it. Addresses recorded there stay allocated,
+    /// so a restarted daemon never hands one out twice.
+    pub fn new(
+        name: String,
+        pod_mtu: u32,
+        state: StateDir,
+        etcd_grace: Duration,
+    ) -> anyhow::Result<Self> {
+        let allocations = state.load_allocations()?;
+        if let Some(a) = &allocations {
+            info!(subnet = %a.subnet.0, pods = a.len(), "restored pod addresses");
+        }
+        let node = Self {
+            name,
+            pod_mtu,
+            state,
+            etcd_grace,
+            inner: Mutex::new(Inner {
+                allocations,
+                ..Inner::default()
+            }),
+        };
+        Ok(node)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock would be a bug; the data is still consistent
+        // because every change is a single assignment or a saved whole.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// etcd confirmed `subnet` is this node's. If the node's addresses belong to another
+    /// subnet (the old one went to another node), they are set aside, loudly.
+    pub fn subnet_leased(&self, subnet: Ipv4Network) -> anyhow::Result<()> {
+        let mut inner = self.lock();
+        let keep = inner
+            .allocations
+            .as_ref()
+            .is_some_and(|a| a.subnet.0 == subnet);
+        if !keep {
+            if let Some(old) = inner.allocations.take() {
+                let aside = self.state.set_aside_allocations(old.subnet.0)?;
+                let message = format!(
+                    "pod subnet changed from {} to {subnet}: {} pod address(es) of the old \
+                     subnet are no longer valid and those pods must be recreated (their \
+                     records are in {})",
+                    old.subnet.0,
+                    old.len(),
+                    aside.display()
+                );
+                error!("{message}");
+                inner.warnings.push(message);
+            }
+            let fresh = Allocations::new(PodSubnet(subnet));
+            self.state.save_allocations(&fresh)?;
+            inner.allocations = Some(fresh);
+        }
+        self.state.save_subnet(subnet)?;
+        inner.leased = Some(subnet);
+        inner.last_etcd_ok = Some(Instant::now());
+        inner.etcd_problem = None;
+        Ok(())
+    }
+
+    /// The previous subnet, as the state directory remembers it.
+    pub fn remembered_subnet(&self) -> Option<Ipv4Network> {
+        self.state.load_subnet().ok().flatten()
+    }
+
+    pub fn warn(&self, message: String) {
+        error!("{message}");
+        self.lock().warnings.push(message);
+    }
+
+    pub fn etcd_ok(&self) {
+        let mut inner = self.lock();
+        inner.last_etcd_ok = Some(Instant::now());
+        inner.etcd_problem = None;
+    }
+
+    pub fn etcd_failed(&self, problem: String) {
+        self.lock().etcd_problem = Some(problem);
+    }
+
+    /// The lease is gone; until a new one is held, no new pods.
+    pub fn subnet_lost(&self, why: String) {
+        let mut inner = self.lock();
+        inner.leased = None;
+        inner.etcd_problem = Some(why);
+    }
+
+    /// Why the node cannot wire a pod now, if it cannot.
+    fn not_ready(&self, inner: &Inner) -> Option<String> {
+        if inner.leased.is_none() {
+            return Some(match &inner.etcd_problem {
+                Some(p) => format!("node {} holds no pod subnet yet: {p}", self.name),
+                None => format!("node {} holds no pod subnet yet", self.name),
+            });
+        }
+        let fresh = inner
+            .last_etcd_ok
+            .is_some_and(|t| t.elapsed() <= self.etcd_grace);
+        if !fresh {
+            return Some(format!(
+                "etcd has not answered for more than {:?}: {}",
+                self.etcd_grace,
+                inner.etcd_problem.as_deref().unwrap_or("no contact")
+            ));
+        }
+        None
+    }
+
+    /// Applies releases the CNI binary queued while the daemon was down.
+    fn apply_pending_releases(&self, inner: &mut Inner) {
+        let pending = self.state.pending_releases();
+        if pending.is_empty() {
+            return;
+        }
+        if let Some(a) = inner.allocations.as_mut() {
+            for (_, key) in &pending {
+                if let Some(freed) = a.release(key) {
+                    info!(ip = %freed.ip, container = %key.container_id, "released (queued by DEL)");
+                }
+            }
+            if let Err(e) = self.state.save_allocations(a) {
+                warn!("{e}; queued releases will be applied again");
+                return;
+            }
+        }
+        for (path, _) in pending {
+            let _ = fs::remove_file(path);
+        }
+    }
+
+    fn address(&self, inner: &Inner, allocation: &Allocation) -> PodAddress {
+        PodAddress {
+            ip: allocation.ip,
+            subnet: inner
+                .allocations
+                .as_ref()
+                .map(|a| a.subnet.0)
+                .expect("an allocation implies allocations"),
+            gateway: POD_GATEWAY,
+            mtu: self.pod_mtu,
+        }
+    }
+
+    pub fn handle(&self, request: Request) -> Response {
+        let mut inner = self.lock();
+        self.apply_pending_releases(&mut inner);
+        match request {
+            Request::Allocate { key, pod } => {
+                if let Some(reason) = self.not_ready(&inner) {
+                    return error(ErrorKind::NotReady, reason);
+                }
+                let Some(allocations) = inner.allocations.as_mut() else {
+                    return error(ErrorKind::NotReady, "no pod subnet".to_owned());
+                };
+                let before = allocations.clone();
+                match allocations.allocate(key.clone(), pod) {
+                    Ok(allocation) => {
+                        if let Err(e) = self.state.save_allocations(allocations) {
+                            // Not recorded means not handed out.
+                            *allocations = before;
+                            return error(ErrorKind::Internal, e.to_string());
+                        }
+                        info!(ip = %allocation.ip, container = %key.container_id, ifname = %key.ifname, "allocated");
+                        Response::Allocated {
+                            address: self.address(&inner, &allocation),
+                        }
+                    }
+                    Err(e @ IpamError::Exhausted { .. }) => {
+                        error(ErrorKind::Exhausted, e.to_string())
+                    }
+                    Err(e) => error(ErrorKind::Internal, e.to_string()),
+                }
+            }
+            Request::Lookup { key } => {
+                let found = inner
+                    .allocations
+                    .as_ref()
+                    .and_then(|a| a.get(&key))
+                    .cloned();
+                Response::Found {
+                    address: found.map(|a| self.address(&inner, &a)),
+                }
+            }
+            Request::Release { key } => {
+                let Some(allocations) = inner.allocations.as_mut() else {
+                    return Response::Released { released: false };
+                };
+                let before = allocations.clone();
+                let freed = allocations.release(&key);
+                if freed.is_some() {
+                    if let Err(e) = self.state.save_allocations(allocations) {
+                        *allocations = before;
+                        return error(ErrorKind::Internal, e.to_string());
+                    }
+                    info!(container = %key.container_id, ifname = %key.ifname, "released");
+                }
+                Response::Released {
+                    released: freed.is_some(),
+                }
+            }
+            Request::Gc { valid } => {
+                let Some(allocations) = inner.allocations.as_mut() else {
+                    return Response::Collected {
+                        released: Vec::new(),
+                    };
+                };
+                let before = allocations.clone();
+                let valid: std::collections::BTreeSet<AttachmentKey> = valid.into_iter().collect();
+                let freed = allocations.retain(|k| valid.contains(k));
+                if !freed.is_empty() {
+                    if let Err(e) = self.state.save_allocations(allocations) {
+                        *allocations = before;
+                        return error(ErrorKind::Internal, e.to_string());
+                    }
+                    for a in &freed {
+                        info!(ip = %a.ip, container = %a.key.container_id, "released by GC");
+                    }
+                }
+                Response::Collected {
+                    released: freed.into_iter().map(|a| a.key).collect(),
+                }
+            }
+            Request::Status => Response::Status {
+                status: NodeStatus {
+                    node: self.name.clone(),
+                    subnet: inner.leased,
+                    etcd_reachable: inner
+                        .last_etcd_ok
+                        .is_some_and(|t| t.elapsed() <= self.etcd_grace),
+                    available_addresses: inner.allocations.as_ref().map_or(0, |a| a.available()),
+                    not_ready: self.not_ready(&inner),
+                    warnings: inner.warnings.clone(),
+                },
+            },
+        }
+    }
+}
+
+fn error(kind: ErrorKind, message: String) -> Response {
+    Response::Error { kind, message }
+}

@@ -1,0 +1,112 @@
+//! The node's underlay interface: named in the config, or the one the default route uses.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    address::AddressAttribute,
+    link::LinkAttribute,
+    route::{RouteAttribute, RouteHeader, RouteMessage},
+};
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnderlayError {
+    #[error("netlink: {0}")]
+    Netlink(#[from] rtnetlink::Error),
+    #[error(
+        "no IPv4 default route to find the underlay interface by; set network.underlay_interface"
+    )]
+    NoDefaultRoute,
+    #[error("underlay interface {0} does not exist")]
+    NoSuchInterface(String),
+    #[error("underlay interface {0} has no IPv4 address")]
+    NoAddress(String),
+}
+
+/// What twill needs to know about the underlay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Underlay {
+    pub name: String,
+    pub index: u32,
+    pub ip: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// Finds the underlay interface (`ip route show default`, then `ip addr show dev X`).
+pub async fn detect(handle: &Handle, name: Option<&str>) -> Result<Underlay, UnderlayError> {
+    let index = match name {
+        Some(name) => {
+            handle
+                .link()
+                .get()
+                .match_name(name.to_owned())
+                .execute()
+                .try_next()
+                .await
+                .map_err(|_| UnderlayError::NoSuchInterface(name.to_owned()))?
+                .ok_or_else(|| UnderlayError::NoSuchInterface(name.to_owned()))?
+                .header
+                .index
+        }
+        None => {
+            let routes: Vec<RouteMessage> = handle
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute()
+                .try_collect()
+                .await?;
+            routes
+                .iter()
+                .filter(|r| {
+                    r.header.destination_prefix_length == 0
+                        && r.header.table == RouteHeader::RT_TABLE_MAIN
+                })
+                .find_map(|r| {
+                    r.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Oif(i) => Some(*i),
+                        _ => None,
+                    })
+                })
+                .ok_or(UnderlayError::NoDefaultRoute)?
+        }
+    };
+    let link = handle
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await?
+        .ok_or_else(|| UnderlayError::NoSuchInterface(format!("#{index}")))?;
+    let mut link_name = format!("#{index}");
+    let mut mtu = 1500;
+    for attr in &link.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link_name = n.clone(),
+            LinkAttribute::Mtu(m) => mtu = *m,
+            _ => {}
+        }
+    }
+    let addrs: Vec<_> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await?;
+    let ip = addrs
+        .iter()
+        .flat_map(|a| a.attributes.iter())
+        .find_map(|a| match a {
+            AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        })
+        .ok_or_else(|| UnderlayError::NoAddress(link_name.clone()))?;
+    Ok(Underlay {
+        name: link_name,
+        index,
+        ip,
+        mtu,
+    })
+}
