@@ -226,11 +226,23 @@ pub async fn renew(
     held: &HeldSubnet,
 ) -> Result<Renewal, LeaseError> {
     for (name, id) in [("alive", held.alive_lease), ("hold", held.hold_lease)] {
-        let (mut keeper, mut stream) = timed(spec.timeout, client.lease_keep_alive(id)).await?;
-        timed(spec.timeout, keeper.keep_alive()).await?;
-        let resp = timed(spec.timeout, stream.message()).await?;
-        if resp.is_none_or(|r| r.ttl() <= 0) {
-            return Ok(Renewal::Lost(format!("the {name} lease {id:x} expired")));
+        let expired = || Renewal::Lost(format!("the {name} lease {id:x} expired"));
+        let renewed = async {
+            let (mut keeper, mut stream) = client.lease_keep_alive(id).await?;
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        match timed(spec.timeout, renewed).await {
+            Ok(Some(resp)) if resp.ttl() > 0 => {}
+            Ok(_) => return Ok(expired()),
+            // etcd says so as an error when it already revoked the lease (for instance
+            // after its own clock jumped past the TTL).
+            Err(LeaseError::Etcd(etcd_client::Error::LeaseKeepAliveError(m)))
+                if m.contains("not found") =>
+            {
+                return Ok(expired());
+            }
+            Err(e) => return Err(e),
         }
     }
     let key = cluster::subnet_key(held.subnet);

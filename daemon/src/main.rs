@@ -298,8 +298,9 @@ async fn lease_loop(config: &Config, spec: &LeaseSpec, node: &Node) {
                 Err(e) => {
                     warn!("renewing the lease: {e}");
                     node.etcd_failed(format!("renewing the lease: {e}"));
-                    if last_ok.elapsed() > spec.ttl + spec.quarantine {
-                        node.subnet_lost("etcd unreachable past the quarantine".to_owned());
+                    // Past the TTL the leases may be gone on etcd's side: start over with
+                    // a fresh connection, which takes the subnet back if it is still ours.
+                    if last_ok.elapsed() > spec.ttl {
                         break;
                     }
                 }

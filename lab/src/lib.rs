@@ -151,6 +151,7 @@ impl Manifest {
         Some(Host {
             cgroup_dir: self.cgroup_dir.join(&plan.name),
             bpffs_dir: self.bpffs_dir.join(&plan.name),
+            state_dir: self.state_dir.join("hosts").join(&plan.name),
             plan: plan.clone(),
         })
     }
@@ -173,6 +174,9 @@ pub struct Host {
     pub cgroup_dir: PathBuf,
     /// This host's bpffs pin directory.
     pub bpffs_dir: PathBuf,
+    /// A directory for this host's files (daemon socket, state, logs), removed with the
+    /// lab. Hosts share one filesystem, so each needs its own.
+    pub state_dir: PathBuf,
 }
 
 impl Host {
@@ -344,6 +348,7 @@ impl Lab {
             let ns = NetNs::create(&host.plan.netns)?;
             net::plug_host(&underlay, &ns, &host.plan.bridge_port)?;
             net::configure_host(&ns, host.plan.underlay_ip)?;
+            resources::create_dir(&host.state_dir)?;
             if host.plan.role == Role::Node {
                 resources::create_dir(&host.cgroup_dir)?;
                 resources::create_dir(&host.bpffs_dir)?;
@@ -402,6 +407,31 @@ impl Lab {
     /// The underlay namespace (bridge and etcd).
     pub fn underlay(&self) -> Result<NetNs, LabError> {
         Ok(NetNs::open(&self.manifest.plan.underlay_netns)?)
+    }
+
+    /// Freezes etcd (SIGSTOP): it stops answering, as if unreachable, until
+    /// [`Lab::resume_etcd`].
+    pub fn pause_etcd(&self) -> Result<(), LabError> {
+        self.signal_etcd(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    pub fn resume_etcd(&self) -> Result<(), LabError> {
+        self.signal_etcd(nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal_etcd(&self, signal: nix::sys::signal::Signal) -> Result<(), LabError> {
+        let etcd = self
+            .manifest
+            .etcd
+            .filter(|p| p.is_alive())
+            .ok_or_else(|| LabError::Etcd {
+                message: "etcd is not running".to_owned(),
+            })?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(etcd.pid as i32), signal).map_err(|e| {
+            LabError::Etcd {
+                message: format!("sending {signal} to etcd ({}): {e}", etcd.pid),
+            }
+        })
     }
 
     /// Keeps the lab after this value is dropped (for `netctl lab up`).

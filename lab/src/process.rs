@@ -56,6 +56,8 @@ pub fn stop_all(pids: &[u32], grace: Duration) -> Vec<u32> {
         .collect();
     for pid in &targets {
         let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
+        // A stopped process (a paused etcd, say) acts on SIGTERM only once continued.
+        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGCONT);
     }
     let step = Duration::from_millis(20);
     let mut waited = Duration::ZERO;

@@ -130,3 +130,175 @@ pub mod packet {
         }
     }
 }
+
+/// A `twilld` running on a lab node, with its own socket, state and log under the node's
+/// state directory. Killed when dropped.
+pub mod daemon {
+    use std::{
+        fs,
+        path::{Path, PathBuf},
+        process::{Child, Command, Stdio},
+        thread,
+        time::{Duration, Instant},
+    };
+
+    use twill_api::{NodeStatus, Request, Response};
+    use twill_lab::{Host, Lab};
+
+    pub struct Twilld {
+        pub child: Child,
+        pub socket: PathBuf,
+        pub state_dir: PathBuf,
+        pub log: PathBuf,
+        pub node: String,
+        bin: PathBuf,
+        args: Vec<String>,
+        host: Host,
+    }
+
+    impl Twilld {
+        /// Starts `bin run` on `host` with the lab's etcd, per-node paths, `config` as its
+        /// configuration file and `extra` flags. Returns once its socket answers.
+        pub fn start(bin: &Path, lab: &Lab, host: &Host, config: &str, extra: &[&str]) -> Self {
+            let dir = host.state_dir.join("twilld");
+            fs::create_dir_all(&dir).expect("daemon directory");
+            let config_path = dir.join("twilld.toml");
+            fs::write(&config_path, config).expect("write config");
+            let socket = dir.join("twilld.sock");
+            let state_dir = dir.join("state");
+            let mut args: Vec<String> = vec![
+                "run".into(),
+                "--config".into(),
+                config_path.display().to_string(),
+                "--node-name".into(),
+                host.name().to_owned(),
+                "--etcd-endpoints".into(),
+                lab.etcd_endpoint(),
+                "--socket".into(),
+                socket.display().to_string(),
+                "--state-dir".into(),
+                state_dir.display().to_string(),
+                "--bpffs-root".into(),
+                host.bpffs_dir.display().to_string(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let mut daemon = Self {
+                child: spawn(bin, host, &args, &dir.join("twilld.log")),
+                log: dir.join("twilld.log"),
+                socket,
+                state_dir,
+                node: host.name().to_owned(),
+                bin: bin.to_owned(),
+                args,
+                host: host.clone(),
+            };
+            daemon.wait_for_socket();
+            daemon
+        }
+
+        /// Kills the daemon with SIGKILL (no cleanup of any kind) and reaps it.
+        pub fn kill(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+
+        /// Starts the daemon again with the same arguments, state and socket.
+        pub fn restart(&mut self) {
+            self.kill();
+            self.child = spawn(&self.bin, &self.host, &self.args, &self.log);
+            self.wait_for_socket();
+        }
+
+        fn wait_for_socket(&mut self) {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Response::Status { .. }) = self.try_request(&Request::Status) {
+                    return;
+                }
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    panic!(
+                        "twilld on {} exited with {status}:\n{}",
+                        self.node,
+                        self.log_text()
+                    );
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "twilld on {} never answered on {}:\n{}",
+                    self.node,
+                    self.socket.display(),
+                    self.log_text()
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        pub fn try_request(&self, request: &Request) -> Result<Response, twill_api::ClientError> {
+            twill_api::call(&self.socket, request, Duration::from_secs(10))
+        }
+
+        pub fn request(&self, request: &Request) -> Response {
+            self.try_request(request)
+                .unwrap_or_else(|e| panic!("{e}\n{}", self.log_text()))
+        }
+
+        pub fn status(&self) -> NodeStatus {
+            match self.request(&Request::Status) {
+                Response::Status { status } => status,
+                other => panic!("status answered {other:?}"),
+            }
+        }
+
+        /// Polls the status until `done` holds; panics with the last status and the log
+        /// after `timeout`.
+        pub fn wait_status(
+            &self,
+            what: &str,
+            timeout: Duration,
+            done: impl Fn(&NodeStatus) -> bool,
+        ) -> NodeStatus {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let status = self.status();
+                if done(&status) {
+                    return status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: not {what} after {timeout:?}: {status:?}\n{}",
+                    self.node,
+                    self.log_text()
+                );
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+
+        pub fn log_text(&self) -> String {
+            fs::read_to_string(&self.log).unwrap_or_default()
+        }
+
+        pub fn is_running(&mut self) -> bool {
+            self.child.try_wait().map(|s| s.is_none()).unwrap_or(false)
+        }
+    }
+
+    impl Drop for Twilld {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    fn spawn(bin: &Path, host: &Host, args: &[String], log: &Path) -> Child {
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("daemon log");
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log fd"))
+            .stderr(log_file);
+        host.spawn(cmd).expect("start twilld")
+    }
+}
