@@ -52,12 +52,8 @@ pub enum LabError {
     NotRoot,
     #[error(transparent)]
     NetNs(#[from] NetNsError),
-    #[error("netlink: {what} in {netns}: {message}")]
-    Netlink {
-        what: String,
-        netns: String,
-        message: String,
-    },
+    #[error("netlink: {0}")]
+    Netlink(#[from] twill_netlink::NetlinkError),
     #[error("{action} {path}: {message}")]
     Resource {
         action: String,
