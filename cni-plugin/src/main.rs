@@ -1,42 +1,356 @@
-//! `twill`, the CNI plugin binary. So far it answers `VERSION`; pod wiring (ADD, DEL,
-//! CHECK, STATUS, GC) comes with the node daemon's IPAM and is refused with a spec error
-//! until then, so a runtime never mistakes it for a working plugin.
+//! `twill`, the CNI plugin binary the container runtime calls once per pod and command.
+//!
+//! It is a thin client of the node's `twilld`: the daemon hands out addresses, this binary
+//! wires the pod (see [`wire`]) and speaks the CNI spec (see [`spec`]). Results and errors
+//! go to stdout as the spec says; logs go to the configured file or stderr, never stdout.
 #![forbid(unsafe_code)]
 
-use std::io::Read as _;
+mod spec;
+mod wire;
 
-/// Spec versions this plugin accepts in a network config, oldest first.
-const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
-const CURRENT_VERSION: &str = "1.1.0";
-/// CNI spec error codes 100 and up are the plugin's own.
-const ERR_NOT_AVAILABLE: u32 = 100;
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::{Read as _, Write as _},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::{Value, json};
+use twill_api::{ErrorKind, Request, Response, host_ifname, pending_release_path};
+
+use crate::spec::{
+    CURRENT_VERSION, CniError, Command, Env, NetConf, SUPPORTED_VERSIONS, code, config_version,
+    parse_config, parse_env, render_result,
+};
+
+/// How long to wait for twilld on one request.
+const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() {
-    let command = std::env::var("CNI_COMMAND").unwrap_or_default();
-    match command.as_str() {
-        "VERSION" => {
-            let reply = serde_json::json!({
-                "cniVersion": CURRENT_VERSION,
-                "supportedVersions": SUPPORTED_VERSIONS,
-            });
-            println!("{reply}");
+    let mut stdin = Vec::new();
+    let read = std::io::stdin().read_to_end(&mut stdin);
+    let version = config_version(&stdin).unwrap_or_else(|| CURRENT_VERSION.to_owned());
+    let outcome = match read {
+        Ok(_) => run(&stdin),
+        Err(e) => Err(CniError::new(
+            code::IO_FAILURE,
+            format!("reading stdin: {e}"),
+        )),
+    };
+    let mut out = std::io::stdout().lock();
+    match outcome {
+        Ok(Some(result)) => {
+            let _ = writeln!(out, "{result}");
         }
-        _ => {
-            // The config's version decides the error's version; read it if we can.
-            let mut stdin = String::new();
-            let _ = std::io::stdin().read_to_string(&mut stdin);
-            let version = serde_json::from_str::<serde_json::Value>(&stdin)
-                .ok()
-                .and_then(|c| c.get("cniVersion")?.as_str().map(str::to_owned))
-                .unwrap_or_else(|| CURRENT_VERSION.to_owned());
-            let reply = serde_json::json!({
-                "cniVersion": version,
-                "code": ERR_NOT_AVAILABLE,
-                "msg": format!("twill does not implement CNI_COMMAND {command:?} yet"),
-                "details": "only VERSION is available in this build",
-            });
-            println!("{reply}");
+        Ok(None) => {}
+        Err(e) => {
+            let _ = writeln!(out, "{}", e.to_json(&version));
+            let _ = out.flush();
             std::process::exit(1);
+        }
+    }
+}
+
+fn run(stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    let (command, env) = parse_env(|k| std::env::var(k).ok())?;
+    if command == Command::Version {
+        return Ok(Some(json!({
+            "cniVersion": config_version(stdin).filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str())).unwrap_or_else(|| CURRENT_VERSION.to_owned()),
+            "supportedVersions": SUPPORTED_VERSIONS,
+        })));
+    }
+    let conf = parse_config(stdin, command)?;
+    let log = Log::new(conf.log_file.clone(), command, &env);
+    let result = match command {
+        Command::Add => add(&conf, &env, &log),
+        Command::Del => del(&conf, &env, &log).map(|()| None),
+        Command::Check => check(&conf, &env).map(|()| None),
+        Command::Status => status(&conf).map(|()| None),
+        Command::Gc => gc(&conf, &log).map(|()| None),
+        Command::Version => unreachable!("answered above"),
+    };
+    if let Err(e) = &result {
+        log.line(&format!("failed: {e}"));
+    }
+    result
+}
+
+fn ask(conf: &NetConf, request: &Request) -> Result<Response, twill_api::ClientError> {
+    twill_api::call(&conf.socket, request, DAEMON_TIMEOUT)
+}
+
+fn unreachable_daemon(e: &twill_api::ClientError) -> CniError {
+    CniError::new(code::TRY_AGAIN_LATER, format!("try again later: {e}"))
+}
+
+fn add(conf: &NetConf, env: &Env, log: &Log) -> Result<Option<Value>, CniError> {
+    let netns = env.netns.as_deref().expect("ADD requires CNI_NETNS");
+    // Before anything is allocated or created: an existing interface is the runtime's
+    // mistake, and nothing of the attachment that owns it may be undone here.
+    if wire::interface_exists(netns, &env.ifname)? {
+        return Err(CniError::new(
+            code::INTERFACE_EXISTS,
+            format!(
+                "interface {} already exists in {}",
+                env.ifname,
+                netns.display()
+            ),
+        ));
+    }
+    let key = env.key();
+    let address = match ask(
+        conf,
+        &Request::Allocate {
+            key: key.clone(),
+            pod: env.pod.clone(),
+        },
+    ) {
+        Ok(Response::Allocated { address }) => address,
+        Ok(Response::Error {
+            kind: ErrorKind::NotReady | ErrorKind::Exhausted,
+            message,
+        }) => {
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                format!("try again later: {message}"),
+            ));
+        }
+        Ok(other) => {
+            return Err(CniError::new(
+                code::WIRING_FAILED,
+                format!("twilld refused the address: {other:?}"),
+            ));
+        }
+        Err(e) => return Err(unreachable_daemon(&e)),
+    };
+    let host_if = host_ifname(&key);
+    let plan = wire::PodPlan {
+        netns,
+        ifname: &env.ifname,
+        host_ifname: &host_if,
+        ip: address.ip,
+        gateway: address.gateway,
+        mtu: conf.mtu.unwrap_or(address.mtu),
+    };
+    match wire::add(&plan) {
+        Ok(wiring) => {
+            log.line(&format!(
+                "added {}/32 on {} (host {host_if})",
+                address.ip, env.ifname
+            ));
+            Ok(Some(render_result(conf, &wiring)))
+        }
+        Err(e) => {
+            // Undo in reverse: the veth (its pod end and the host route go with it), then
+            // the address, so a failed ADD leaks nothing.
+            if let Err(undo) = wire::remove(&host_if) {
+                log.line(&format!("rollback: removing {host_if}: {undo}"));
+            }
+            release(conf, env, log);
+            Err(e)
+        }
+    }
+}
+
+/// Frees the attachment's address, or queues the release for the daemon when it is down.
+fn release(conf: &NetConf, env: &Env, log: &Log) -> Option<CniError> {
+    let key = env.key();
+    match ask(conf, &Request::Release { key: key.clone() }) {
+        Ok(Response::Released { .. }) => None,
+        answer => {
+            let why = match answer {
+                Err(e) => e.to_string(),
+                Ok(other) => format!("{other:?}"),
+            };
+            let path = pending_release_path(&conf.state_dir, &key);
+            match queue_release(&path, &key) {
+                Ok(()) => {
+                    log.line(&format!(
+                        "twilld did not take the release ({why}); queued in {}",
+                        path.display()
+                    ));
+                    None
+                }
+                Err(e) => Some(CniError::new(
+                    code::IO_FAILURE,
+                    format!(
+                        "cannot release the address: twilld: {why}; queueing in {}: {e}",
+                        path.display()
+                    ),
+                )),
+            }
+        }
+    }
+}
+
+fn queue_release(path: &Path, key: &twill_api::AttachmentKey) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_vec(key).expect("plain data"))?;
+    fs::rename(&tmp, path)
+}
+
+fn del(conf: &NetConf, env: &Env, log: &Log) -> Result<(), CniError> {
+    let host_if = host_ifname(&env.key());
+    // Gone already (a repeated DEL, a namespace that died with its pod) is success.
+    match wire::remove(&host_if) {
+        Ok(true) => log.line(&format!("removed {host_if}")),
+        Ok(false) => {}
+        Err(e) => return Err(e),
+    }
+    match release(conf, env, log) {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
+    let key = env.key();
+    let address = match ask(conf, &Request::Lookup { key: key.clone() }) {
+        Ok(Response::Found { address: Some(a) }) => a,
+        Ok(Response::Found { address: None }) => {
+            return Err(CniError::new(
+                code::UNKNOWN_CONTAINER,
+                format!(
+                    "no address is allocated for container {} interface {}",
+                    env.container_id, env.ifname
+                ),
+            ));
+        }
+        Ok(other) => {
+            return Err(CniError::new(
+                code::CHECK_FAILED,
+                format!("twilld answered {other:?}"),
+            ));
+        }
+        Err(e) => return Err(unreachable_daemon(&e)),
+    };
+    if let Some(prev) = &conf.prev_result {
+        let want = format!("{}/32", address.ip);
+        let listed = prev
+            .get("ips")
+            .and_then(Value::as_array)
+            .is_some_and(|ips| {
+                ips.iter()
+                    .any(|ip| ip.get("address").and_then(Value::as_str) == Some(&want))
+            });
+        if !listed {
+            return Err(CniError::new(
+                code::CHECK_FAILED,
+                format!("prevResult does not list the pod's address {want}"),
+            ));
+        }
+    }
+    let host_if = host_ifname(&key);
+    let netns = env.netns.as_deref().expect("CHECK requires CNI_NETNS");
+    let problems = wire::check(&wire::PodPlan {
+        netns,
+        ifname: &env.ifname,
+        host_ifname: &host_if,
+        ip: address.ip,
+        gateway: address.gateway,
+        mtu: conf.mtu.unwrap_or(address.mtu),
+    })?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(code::CHECK_FAILED, problems.join("; ")))
+    }
+}
+
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    match ask(conf, &Request::Status) {
+        Ok(Response::Status { status }) => match status.not_ready {
+            None => Ok(()),
+            Some(reason) => {
+                // A node whose subnet went to another node has pods that may not work.
+                let code = if status.warnings.is_empty() {
+                    code::NOT_AVAILABLE
+                } else {
+                    code::LIMITED_CONNECTIVITY
+                };
+                Err(CniError::new(code, format!("twill is not ready: {reason}")))
+            }
+        },
+        Ok(other) => Err(CniError::new(
+            code::NOT_AVAILABLE,
+            format!("twilld answered {other:?}"),
+        )),
+        Err(e) => Err(CniError::new(
+            code::NOT_AVAILABLE,
+            format!("twill is not ready: {e}"),
+        )),
+    }
+}
+
+fn gc(conf: &NetConf, log: &Log) -> Result<(), CniError> {
+    let Some(valid) = conf.valid_attachments.clone() else {
+        // No list means no statement about what is valid: removing everything would be
+        // the wrong guess.
+        log.line("GC without a list of valid attachments: nothing removed");
+        return Ok(());
+    };
+    let keep: BTreeSet<String> = valid.iter().map(host_ifname).collect();
+    let removed = wire::remove_stale_host_links(&keep)?;
+    for name in &removed {
+        log.line(&format!("GC removed stale interface {name}"));
+    }
+    match ask(conf, &Request::Gc { valid }) {
+        Ok(Response::Collected { released }) => {
+            for k in released {
+                log.line(&format!(
+                    "GC released the address of {} {}",
+                    k.container_id, k.ifname
+                ));
+            }
+            Ok(())
+        }
+        Ok(other) => Err(CniError::new(
+            code::TRY_AGAIN_LATER,
+            format!("twilld answered {other:?}"),
+        )),
+        Err(e) => Err(CniError::new(
+            code::TRY_AGAIN_LATER,
+            format!(
+                "try again later: {e} (stale interfaces were removed; addresses are released when GC runs again)"
+            ),
+        )),
+    }
+}
+
+/// Log lines for the operator: to `logFile` when configured, else stderr.
+struct Log {
+    file: Option<PathBuf>,
+    prefix: String,
+}
+
+impl Log {
+    fn new(file: Option<PathBuf>, command: Command, env: &Env) -> Self {
+        let prefix = format!(
+            "twill[{}] {command:?} {} {}",
+            std::process::id(),
+            env.container_id,
+            env.ifname
+        );
+        Self { file, prefix }
+    }
+
+    fn line(&self, message: &str) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        let text = format!("{now:.3} {}: {message}\n", self.prefix);
+        match &self.file {
+            Some(path) => {
+                if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(path) {
+                    let _ = f.write_all(text.as_bytes());
+                }
+            }
+            None => eprint!("{text}"),
         }
     }
 }

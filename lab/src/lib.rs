@@ -84,6 +84,9 @@ pub struct Manifest {
     pub etcd: Option<ProcessRef>,
     /// Set once every part is up.
     pub ready: bool,
+    /// Namespaces made after `up` (pods), removed before the hosts'.
+    #[serde(default)]
+    pub extra_namespaces: Vec<String>,
 }
 
 impl Manifest {
@@ -134,6 +137,16 @@ impl Manifest {
             .collect();
         names.sort();
         names.iter().map(|n| Self::load(n)).collect()
+    }
+
+    /// Every namespace of the lab: extra ones (pods) first, then hosts, then the underlay,
+    /// which is the order they are removed in.
+    pub fn namespaces(&self) -> Vec<&str> {
+        self.extra_namespaces
+            .iter()
+            .map(String::as_str)
+            .chain(self.plan.namespaces())
+            .collect()
     }
 
     /// Whether the process that owns this lab is gone.
@@ -313,6 +326,7 @@ impl Lab {
                 bpffs_dir,
                 etcd: None,
                 ready: false,
+                extra_namespaces: Vec::new(),
             },
             children: Vec::new(),
             torn_down: false,
@@ -405,6 +419,15 @@ impl Lab {
         Ok(NetNs::open(&self.manifest.plan.underlay_netns)?)
     }
 
+    /// Creates a namespace that belongs to the lab (a pod's, say), named
+    /// `twl-<lab>-<suffix>`, and removed with the lab. It is recorded before it is made.
+    pub fn create_netns(&mut self, suffix: &str) -> Result<NetNs, LabError> {
+        let name = format!("{}-{suffix}", self.manifest.plan.resource_dir);
+        self.manifest.extra_namespaces.push(name.clone());
+        self.manifest.write()?;
+        Ok(NetNs::create(&name)?)
+    }
+
     /// Freezes etcd (SIGSTOP): it stops answering, as if unreachable, until
     /// [`Lab::resume_etcd`].
     pub fn pause_etcd(&self) -> Result<(), LabError> {
@@ -473,7 +496,7 @@ pub fn teardown(manifest: &Manifest) -> Result<(), LabError> {
         .map(|p| p.pid)
         .into_iter()
         .collect();
-    for name in manifest.plan.namespaces() {
+    for name in manifest.namespaces() {
         if let Ok(ns) = NetNs::open(name)
             && let Ok(found) = ns.pids()
         {
@@ -487,7 +510,7 @@ pub fn teardown(manifest: &Manifest) -> Result<(), LabError> {
     if !survivors.is_empty() {
         problems.push(format!("processes did not exit: {survivors:?}"));
     }
-    for name in manifest.plan.namespaces() {
+    for name in manifest.namespaces() {
         if let Err(e) = NetNs::delete(name) {
             problems.push(e.to_string());
         }
@@ -565,7 +588,7 @@ pub fn cleanup(all: bool) -> CleanupReport {
             Err(e) => report.problems.push(e.to_string()),
         }
     }
-    let claimed_ns = |name: &str| kept.iter().any(|m| m.plan.namespaces().any(|n| n == name));
+    let claimed_ns = |name: &str| kept.iter().any(|m| m.namespaces().contains(&name));
     for name in namespaces.iter().filter(|n| !claimed_ns(n)) {
         if let Ok(ns) = NetNs::open(name) {
             process::stop_all(&ns.pids().unwrap_or_default(), STOP_GRACE);

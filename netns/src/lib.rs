@@ -31,7 +31,7 @@ pub enum NetNsError {
     NotFound { name: String },
     #[error("invalid network namespace name {name:?}: use letters, digits, '-', '_' and '.'")]
     InvalidName { name: String },
-    #[error("{action} for network namespace {path}")]
+    #[error("{action} for network namespace {path}: {source}")]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -74,6 +74,7 @@ impl NetNs {
         validate_name(name)?;
         let dir = Path::new(NETNS_RUN_DIR);
         fs::create_dir_all(dir).map_err(io_err("creating directory", dir))?;
+        make_run_dir_shared(dir)?;
         let path = dir.join(name);
         match fs::OpenOptions::new()
             .write(true)
@@ -224,6 +225,31 @@ impl NetNs {
             .collect();
         names.sort();
         Ok(names)
+    }
+}
+
+/// Makes the namespace directory a shared mount point, as `ip netns add` does. Both must
+/// agree: if `ip` turns the directory into a mount point after namespaces were mounted on
+/// the plain directory, those mounts end up hidden underneath and can no longer be removed
+/// by path.
+fn make_run_dir_shared(dir: &Path) -> Result<()> {
+    let flags = MsFlags::MS_SHARED | MsFlags::MS_REC;
+    match mount(None::<&str>, dir, None::<&str>, flags, None::<&str>) {
+        Ok(()) => Ok(()),
+        // Not a mount point yet: bind it onto itself, then share it.
+        Err(nix::errno::Errno::EINVAL) => {
+            mount(
+                Some(dir),
+                dir,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(nix_err("bind-mounting", dir))?;
+            mount(None::<&str>, dir, None::<&str>, flags, None::<&str>)
+                .map_err(nix_err("sharing", dir))
+        }
+        Err(e) => Err(nix_err("sharing", dir)(e)),
     }
 }
 

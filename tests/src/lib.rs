@@ -21,7 +21,7 @@ pub fn require_root() {
 pub fn leftovers(manifest: &Manifest) -> Vec<String> {
     let mut found = Vec::new();
     let namespaces = NetNs::list().expect("listing /run/netns");
-    for ns in manifest.plan.namespaces() {
+    for ns in manifest.namespaces() {
         if namespaces.iter().any(|n| n == ns) {
             found.push(format!("netns {ns}"));
         }

@@ -157,3 +157,31 @@ fn a_refused_spec_names_the_problem_and_makes_nothing() {
         "namespaces made for refused specs: {ours:?}"
     );
 }
+
+#[test]
+fn namespaces_made_by_ip_netns_meanwhile_do_not_hide_the_labs() {
+    require_root();
+    // `ip netns add` makes /run/netns a shared bind mount of itself; the lab's namespaces
+    // must stay removable whatever order the two happen in.
+    let mut lab = Lab::up(&LabSpec::for_test(1, 0)).expect("lab up");
+    let other = format!("{}-by-ip", lab.manifest().plan.resource_dir);
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&["netns", "add", &other]);
+    let pod = lab.create_netns("pod1").expect("a lab-owned namespace");
+    assert!(pod.path().exists());
+    ip(&["netns", "delete", &other]);
+    let manifest = lab.manifest().clone();
+    assert!(manifest.namespaces().contains(&pod.name().unwrap()));
+    lab.down().expect("lab down");
+    assert_eq!(leftovers(&manifest), Vec::<String>::new());
+}

@@ -1,0 +1,294 @@
+//! Wiring a pod into the node: a veth pair, the pod end renamed to `CNI_IFNAME` inside the
+//! pod's namespace, a /32 address, and routes through a link-local gateway that the host
+//! end stands for (a permanent neighbour entry in the pod, so no ARP and no bridge).
+//!
+//! ```text
+//! host (node) namespace                     pod namespace
+//!   twXXXXXXXXXXXX  <--- veth pair --->       eth0  10.244.1.5/32
+//!   route 10.244.1.5/32 dev twXXXX            route 169.254.1.1 dev eth0 scope link
+//!                                             route default via 169.254.1.1 dev eth0
+//!                                             neigh 169.254.1.1 lladdr <twXXXX's MAC> PERMANENT
+//! ```
+
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd as _,
+    path::Path,
+};
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo},
+    neighbour::NeighbourState,
+    route::{RouteAttribute, RouteScope},
+};
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use twill_netlink::{
+    NetlinkError, StepError, delete_link, in_netns, ipv4_addresses, link_by_name, link_index,
+    link_mac, link_mac_bytes, link_mtu, link_up,
+};
+use twill_netns::NetNs;
+
+use crate::spec::{CniError, Interface, Wiring, code};
+
+/// What to wire.
+pub struct PodPlan<'a> {
+    pub netns: &'a Path,
+    pub ifname: &'a str,
+    pub host_ifname: &'a str,
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+fn host_ns() -> Result<NetNs, CniError> {
+    NetNs::from_path("/proc/self/ns/net")
+        .map_err(|e| CniError::new(code::WIRING_FAILED, e.to_string()))
+}
+
+fn pod_ns(path: &Path) -> Result<NetNs, CniError> {
+    if !path.exists() {
+        return Err(CniError::new(
+            code::INVALID_ENVIRONMENT,
+            format!("CNI_NETNS {} does not exist", path.display()),
+        ));
+    }
+    NetNs::from_path(path).map_err(|e| {
+        CniError::new(
+            code::INVALID_ENVIRONMENT,
+            format!("CNI_NETNS {} cannot be opened: {e}", path.display()),
+        )
+    })
+}
+
+fn failed(e: NetlinkError) -> CniError {
+    CniError::new(code::WIRING_FAILED, format!("wiring the pod failed: {e}"))
+}
+
+/// Whether `ifname` already exists in the pod's namespace.
+pub fn interface_exists(netns: &Path, ifname: &str) -> Result<bool, CniError> {
+    let ns = pod_ns(netns)?;
+    let name = ifname.to_owned();
+    in_netns(&ns, "looking up the pod interface", |h| async move {
+        Ok(link_by_name(&h, &name).await?.is_some())
+    })
+    .map_err(failed)
+}
+
+/// Creates and configures everything for one pod. On error the caller removes the host
+/// end with [`remove`], which takes the pod end and the host route with it.
+pub fn add(plan: &PodPlan<'_>) -> Result<Wiring, CniError> {
+    let host = host_ns()?;
+    let pod = pod_ns(plan.netns)?;
+    let pod_file = File::open(plan.netns).map_err(|e| {
+        CniError::new(
+            code::INVALID_ENVIRONMENT,
+            format!("CNI_NETNS {} cannot be opened: {e}", plan.netns.display()),
+        )
+    })?;
+    let fd = pod_file.as_raw_fd();
+    let (host_if, ip, mtu) = (plan.host_ifname.to_owned(), plan.ip, plan.mtu);
+    let ifname = plan.ifname.to_owned();
+    let (host_index, host_mac) = in_netns(&host, "creating the veth pair", |h| async move {
+        // A host end left by an ADD that was killed half-way: its pod end went with its
+        // namespace or is about to be replaced. Either way it is ours and stale.
+        delete_link(&h, &host_if).await?;
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(ifname.clone())
+            .mtu(mtu)
+            .setns_by_fd(fd)
+            .build();
+        let veth = LinkVeth::new(&host_if, &ifname)
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        h.link().add(veth).execute().await?;
+        let link = link_by_name(&h, &host_if)
+            .await?
+            .ok_or_else(|| StepError::NoLink(host_if.clone()))?;
+        let index = link.header.index;
+        let mac =
+            link_mac_bytes(&link).ok_or_else(|| StepError::Other("host veth has no MAC".into()))?;
+        link_up(&h, index).await?;
+        // ip route add IP/32 dev HOST_IF scope link
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(ip, 32)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        h.route().add(route).execute().await?;
+        Ok((index, mac))
+    })
+    .map_err(failed)?;
+    let _ = host_index;
+
+    let (ifname, gateway, mac) = (plan.ifname.to_owned(), plan.gateway, host_mac.clone());
+    let pod_mac = in_netns(&pod, "configuring the pod interface", |h| async move {
+        let index = link_index(&h, &ifname).await?;
+        h.address().add(index, IpAddr::V4(ip), 32).execute().await?;
+        link_up(&h, index).await?;
+        // ip route add 169.254.1.1 dev IFNAME scope link
+        let to_gateway = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(gateway, 32)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        h.route().add(to_gateway).execute().await?;
+        // ip route add default via 169.254.1.1 dev IFNAME
+        let default = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(index)
+            .build();
+        h.route().add(default).execute().await?;
+        // ip neigh add 169.254.1.1 lladdr HOST_MAC dev IFNAME nud permanent
+        h.neighbours()
+            .add(index, IpAddr::V4(gateway))
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .execute()
+            .await?;
+        let link = link_by_name(&h, &ifname)
+            .await?
+            .ok_or_else(|| StepError::NoLink(ifname.clone()))?;
+        Ok(link_mac(&link).unwrap_or_default())
+    })
+    .map_err(failed)?;
+
+    Ok(Wiring {
+        host: Interface {
+            name: plan.host_ifname.to_owned(),
+            mac: host_mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+            sandbox: None,
+            mtu: Some(plan.mtu),
+        },
+        pod: Interface {
+            name: plan.ifname.to_owned(),
+            mac: pod_mac,
+            sandbox: Some(plan.netns.display().to_string()),
+            mtu: Some(plan.mtu),
+        },
+        ip: plan.ip,
+        gateway: plan.gateway,
+    })
+}
+
+/// Removes the host end of a pod's veth (`ip link del HOST_IF`), which takes the pod end
+/// and the host route with it. `false` if it was already gone.
+pub fn remove(host_ifname: &str) -> Result<bool, CniError> {
+    let host = host_ns()?;
+    let name = host_ifname.to_owned();
+    in_netns(&host, "deleting the host veth", |h| async move {
+        delete_link(&h, &name).await
+    })
+    .map_err(failed)
+}
+
+/// What CHECK finds wrong with a pod's wiring; empty when all is as ADD left it.
+pub fn check(plan: &PodPlan<'_>) -> Result<Vec<String>, CniError> {
+    let host = host_ns()?;
+    let pod = pod_ns(plan.netns)?;
+    let mut problems = Vec::new();
+    let (host_if, ip) = (plan.host_ifname.to_owned(), plan.ip);
+    let host_problems = in_netns(&host, "checking the host side", |h| async move {
+        let mut p = Vec::new();
+        let Some(link) = link_by_name(&h, &host_if).await? else {
+            p.push(format!("host interface {host_if} is missing"));
+            return Ok(p);
+        };
+        if !link.header.flags.contains(LinkFlags::Up) {
+            p.push(format!("host interface {host_if} is down"));
+        }
+        let routes: Vec<_> = h
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await?;
+        let has_route = routes.iter().any(|r| {
+            r.header.destination_prefix_length == 32
+                && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(d) if *d == netlink_packet_route::route::RouteAddress::Inet(ip)))
+                && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == link.header.index))
+        });
+        if !has_route {
+            p.push(format!("host route {ip}/32 dev {host_if} is missing"));
+        }
+        Ok(p)
+    })
+    .map_err(failed)?;
+    problems.extend(host_problems);
+
+    let (ifname, mtu) = (plan.ifname.to_owned(), plan.mtu);
+    let pod_problems = in_netns(&pod, "checking the pod side", |h| async move {
+        let mut p = Vec::new();
+        let Some(link) = link_by_name(&h, &ifname).await? else {
+            p.push(format!("pod interface {ifname} is missing"));
+            return Ok(p);
+        };
+        let is_veth = link.attributes.iter().any(|a| {
+            matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
+        });
+        if !is_veth {
+            p.push(format!("pod interface {ifname} is not a veth"));
+        }
+        if !link.header.flags.contains(LinkFlags::Up) {
+            p.push(format!("pod interface {ifname} is down"));
+        }
+        if link_mtu(&link) != Some(mtu) {
+            p.push(format!("pod interface {ifname} has MTU {:?}, expected {mtu}", link_mtu(&link)));
+        }
+        let addrs = ipv4_addresses(&h, link.header.index).await?;
+        if !addrs.contains(&(ip, 32)) {
+            p.push(format!("pod interface {ifname} lacks {ip}/32 (has {addrs:?})"));
+        }
+        let routes: Vec<_> = h
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await?;
+        let has_default = routes.iter().any(|r| {
+            r.header.destination_prefix_length == 0
+                && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(_)))
+        });
+        if !has_default {
+            p.push(format!("pod has no default route via {}", twill_api::POD_GATEWAY));
+        }
+        Ok(p)
+    })
+    .map_err(failed)?;
+    problems.extend(pod_problems);
+    Ok(problems)
+}
+
+/// Deletes twill's host-side veths whose names are not in `keep` (GC), returning their
+/// names. Only names twill makes (`tw` + 12 hex digits, veth) are touched.
+pub fn remove_stale_host_links(keep: &BTreeSet<String>) -> Result<Vec<String>, CniError> {
+    let host = host_ns()?;
+    let keep = keep.clone();
+    in_netns(&host, "collecting stale host veths", |h| async move {
+        let links: Vec<_> = h.link().get().execute().try_collect().await?;
+        let mut removed = Vec::new();
+        for link in links {
+            let Some(name) = twill_netlink::link_name(&link).map(str::to_owned) else {
+                continue;
+            };
+            let ours = name.len() == 14
+                && name.starts_with(twill_api::HOST_IFNAME_PREFIX)
+                && name[2..].chars().all(|c| c.is_ascii_hexdigit())
+                && link.attributes.iter().any(|a| {
+                    matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
+                });
+            if ours && !keep.contains(&name) && delete_link(&h, &name).await? {
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    })
+    .map_err(failed)
+}
