@@ -302,3 +302,110 @@ pub mod daemon {
         host.spawn(cmd).expect("start twilld")
     }
 }
+
+/// Calling a CNI plugin binary exactly as a runtime does: environment and stdin in, JSON on
+/// stdout, from inside the node's network namespace.
+pub mod cni {
+    use std::{
+        io::Write as _,
+        path::Path,
+        process::{Command, ExitStatus, Stdio},
+    };
+
+    use serde_json::{Value, json};
+    use twill_lab::Host;
+
+    use crate::daemon::Twilld;
+
+    pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+    #[derive(Debug)]
+    pub struct Output {
+        pub status: ExitStatus,
+        pub stdout: String,
+        pub stderr: String,
+    }
+
+    impl Output {
+        /// Stdout as JSON (panics, showing everything, if it is not).
+        pub fn json(&self) -> Value {
+            serde_json::from_str(&self.stdout)
+                .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+        }
+
+        /// Asserts success and returns the JSON result (or Null for no output).
+        pub fn ok(&self) -> Value {
+            assert!(self.status.success(), "plugin failed: {self:?}");
+            if self.stdout.trim().is_empty() {
+                Value::Null
+            } else {
+                self.json()
+            }
+        }
+
+        /// Asserts failure and returns the error JSON.
+        pub fn err(&self) -> Value {
+            assert!(
+                !self.status.success(),
+                "plugin succeeded but should not: {self:?}"
+            );
+            self.json()
+        }
+    }
+
+    /// Runs `bin` on `host` with `vars` as its whole CNI environment and `stdin`.
+    pub fn invoke(bin: &Path, host: &Host, vars: &[(&str, &str)], stdin: &str) -> Output {
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(vars.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let input = stdin.to_owned();
+        let output = host
+            .run(move || {
+                let mut child = cmd.spawn()?;
+                child
+                    .stdin
+                    .take()
+                    .expect("piped")
+                    .write_all(input.as_bytes())?;
+                child.wait_with_output()
+            })
+            .expect("enter the node")
+            .expect("run the plugin");
+        Output {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// The environment of one call.
+    pub fn vars<'a>(
+        command: &'a str,
+        container: &'a str,
+        netns: &'a str,
+        ifname: &'a str,
+    ) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", container),
+            ("CNI_NETNS", netns),
+            ("CNI_IFNAME", ifname),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ]
+    }
+
+    /// twill's network configuration for a daemon, in `version`.
+    pub fn config(version: &str, daemon: &Twilld) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "pods",
+            "type": "twill",
+            "socket": daemon.socket,
+            "stateDir": daemon.state_dir,
+        })
+    }
+}
