@@ -98,6 +98,9 @@ pub struct NodeStatus {
     pub etcd_reachable: bool,
     /// Addresses still free in the node's subnet.
     pub available_addresses: u32,
+    /// Pods with an address on this node.
+    #[serde(default)]
+    pub pods: u32,
     /// Why the node cannot wire pods, when it cannot.
     pub not_ready: Option<String>,
     /// Trouble an operator must know about even while the node works (for example, the

@@ -266,13 +266,23 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
         Ok(Response::Status { status }) => match status.not_ready {
             None => Ok(()),
             Some(reason) => {
-                // A node whose subnet went to another node has pods that may not work.
-                let code = if status.warnings.is_empty() {
-                    code::NOT_AVAILABLE
+                // Without a confirmed lease, other nodes drop their routes to this node's
+                // pods once its record expires: existing pods lose connectivity too.
+                if status.pods > 0 {
+                    Err(CniError::new(
+                        code::LIMITED_CONNECTIVITY,
+                        format!(
+                            "twill is not ready and the node's {} pod(s) may have limited \
+                             connectivity: {reason}",
+                            status.pods
+                        ),
+                    ))
                 } else {
-                    code::LIMITED_CONNECTIVITY
-                };
-                Err(CniError::new(code, format!("twill is not ready: {reason}")))
+                    Err(CniError::new(
+                        code::NOT_AVAILABLE,
+                        format!("twill is not ready: {reason}"),
+                    ))
+                }
             }
         },
         Ok(other) => Err(CniError::new(

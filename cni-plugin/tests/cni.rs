@@ -47,10 +47,14 @@ fn node() -> Node {
 }
 
 fn node_with(nodes: u8) -> Node {
+    node_config(nodes, "")
+}
+
+fn node_config(nodes: u8, config: &str) -> Node {
     require_root();
     let lab = Lab::up(&LabSpec::for_test(nodes, 0)).expect("lab up");
     let host = lab.nodes()[0].clone();
-    let daemon = Twilld::start(&twilld(), &lab, &host, "", &[]);
+    let daemon = Twilld::start(&twilld(), &lab, &host, config, &[]);
     daemon.wait_status("ready", Duration::from_secs(10), |s| s.not_ready.is_none());
     Node { lab, host, daemon }
 }
@@ -474,7 +478,7 @@ fn every_error_has_its_spec_code_and_names_the_problem() {
 
 #[test]
 fn status_follows_the_daemon_and_etcd() {
-    let mut node = node();
+    let mut node = node_config(1, "[etcd]\ntimeout_seconds = 1\n[lease]\nttl_seconds = 3\n");
     let conf = cni::config("1.1.0", &node.daemon).to_string();
     let status = |node: &Node| invoke(twill(), &node.host, &[("CNI_COMMAND", "STATUS")], &conf);
     assert_eq!(status(&node).ok(), Value::Null, "ready: exit 0, no output");
@@ -500,6 +504,29 @@ fn status_follows_the_daemon_and_etcd() {
     let err = status(&node).err();
     assert_eq!(err["code"], 50);
     assert!(err["msg"].as_str().unwrap().contains("etcd"), "{err}");
+    node.lab.resume_etcd().unwrap();
+    node.daemon
+        .wait_status("ready", Duration::from_secs(60), |s| s.not_ready.is_none());
+    assert_eq!(status(&node).ok(), Value::Null);
+
+    // With a pod on the node, losing etcd also threatens existing pods: 51.
+    let netns = node.pod_ns("pod");
+    node.call("ADD", "ctr1", &netns, &cni::config("1.1.0", &node.daemon))
+        .ok();
+    node.lab.pause_etcd().unwrap();
+    node.daemon
+        .wait_status("not ready", Duration::from_secs(60), |s| {
+            s.not_ready.is_some()
+        });
+    let err = status(&node).err();
+    assert_eq!(err["code"], 51, "{err}");
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .contains("1 pod(s) may have limited connectivity"),
+        "{err}"
+    );
     node.lab.resume_etcd().unwrap();
     node.daemon
         .wait_status("ready", Duration::from_secs(60), |s| s.not_ready.is_none());

@@ -268,6 +268,7 @@ impl Node {
                         .last_etcd_ok
                         .is_some_and(|t| t.elapsed() <= self.etcd_grace),
                     available_addresses: inner.allocations.as_ref().map_or(0, |a| a.available()),
+                    pods: inner.allocations.as_ref().map_or(0, |a| a.len() as u32),
                     not_ready: self.not_ready(&inner),
                     warnings: inner.warnings.clone(),
                 },
