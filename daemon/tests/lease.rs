@@ -224,3 +224,39 @@ fn status_follows_etcd_going_away_and_coming_back() {
     });
     assert!(st.etcd_reachable);
 }
+
+#[test]
+fn a_daemon_reaches_a_tls_etcd_with_its_client_certificate_and_not_without() {
+    require_root();
+    let mut spec = LabSpec::for_test(2, 0);
+    spec.etcd_tls = true;
+    let lab = Lab::up(&spec).unwrap();
+    assert!(lab.etcd_endpoint().starts_with("https://"));
+    let tls = lab.etcd_tls().unwrap().clone();
+    let nodes = lab.nodes();
+    let with_cert = format!(
+        "[etcd]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\ntimeout_seconds = 2\n",
+        tls.ca_file.display(),
+        tls.cert_file.display(),
+        tls.key_file.display()
+    );
+    let d1 = Twilld::start(bin(), &lab, &nodes[0], &with_cert, &[]);
+    let st = d1.wait_status("ready over TLS", Duration::from_secs(15), |s| {
+        s.not_ready.is_none()
+    });
+    assert!(st.subnet.is_some());
+
+    // Trusting the CA is not enough: etcd demands a client certificate.
+    let ca_only = format!(
+        "[etcd]\nca_file = \"{}\"\ntimeout_seconds = 2\n",
+        tls.ca_file.display()
+    );
+    let d2 = Twilld::start(bin(), &lab, &nodes[1], &ca_only, &[]);
+    thread::sleep(Duration::from_secs(3));
+    let st = d2.status();
+    assert_eq!(st.subnet, None);
+    assert!(
+        st.not_ready.unwrap().contains("etcd"),
+        "the reason names etcd"
+    );
+}

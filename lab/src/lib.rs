@@ -19,6 +19,8 @@ pub mod resources;
 mod etcd;
 mod net;
 
+pub use crate::etcd::EtcdTls;
+
 use std::{
     fs, io,
     path::{Path, PathBuf},
@@ -87,6 +89,9 @@ pub struct Manifest {
     /// Namespaces made after `up` (pods), removed before the hosts'.
     #[serde(default)]
     pub extra_namespaces: Vec<String>,
+    /// Client-side TLS material when etcd serves TLS.
+    #[serde(default)]
+    pub etcd_tls: Option<EtcdTls>,
 }
 
 impl Manifest {
@@ -147,6 +152,16 @@ impl Manifest {
             .map(String::as_str)
             .chain(self.plan.namespaces())
             .collect()
+    }
+
+    /// etcd's client URL (https when it serves TLS), reachable from every host.
+    pub fn etcd_endpoint(&self) -> String {
+        let url = self.plan.etcd_endpoint();
+        if self.etcd_tls.is_some() {
+            url.replacen("http://", "https://", 1)
+        } else {
+            url
+        }
     }
 
     /// Whether the process that owns this lab is gone.
@@ -249,6 +264,8 @@ pub struct LabSpec {
     pub externals: u8,
     /// Outlive this process (`netctl lab up`): no owner, no teardown on drop.
     pub persistent: bool,
+    /// Serve etcd over TLS with client-certificate authentication.
+    pub etcd_tls: bool,
 }
 
 impl LabSpec {
@@ -259,6 +276,7 @@ impl LabSpec {
             nodes,
             externals,
             persistent: false,
+            etcd_tls: false,
         }
     }
 }
@@ -313,6 +331,7 @@ impl Lab {
                 return Err(e);
             }
         };
+        let wants_tls = spec.etcd_tls;
         let mut lab = Lab {
             manifest: Manifest {
                 plan,
@@ -327,6 +346,7 @@ impl Lab {
                 etcd: None,
                 ready: false,
                 extra_namespaces: Vec::new(),
+                etcd_tls: None,
             },
             children: Vec::new(),
             torn_down: false,
@@ -335,7 +355,7 @@ impl Lab {
             let _ = fs::remove_dir_all(&lab.manifest.state_dir);
             return Err(e);
         }
-        match lab.build() {
+        match lab.build(wants_tls) {
             Ok(()) => Ok(lab),
             Err(e) => {
                 // The lab's drop would do this too; doing it here keeps the order clear and
@@ -348,7 +368,13 @@ impl Lab {
         }
     }
 
-    fn build(&mut self) -> Result<(), LabError> {
+    fn build(&mut self, tls: bool) -> Result<(), LabError> {
+        if tls {
+            self.manifest.etcd_tls = Some(etcd::make_certificates(
+                &self.manifest.state_dir.join("tls"),
+            )?);
+            self.manifest.write()?;
+        }
         let m = &self.manifest;
         let underlay = NetNs::create(&m.plan.underlay_netns)?;
         net::make_underlay(&underlay)?;
@@ -364,7 +390,7 @@ impl Lab {
                 resources::create_dir(&host.bpffs_dir)?;
             }
         }
-        let etcd = etcd::start(&underlay, &m.state_dir)?;
+        let etcd = etcd::start(&underlay, &m.state_dir, m.etcd_tls.as_ref())?;
         self.manifest.etcd = ProcessRef::of(etcd.id());
         self.children.push(etcd);
         self.manifest.ready = true;
@@ -390,7 +416,12 @@ impl Lab {
 
     /// etcd's client URL, reachable from every host.
     pub fn etcd_endpoint(&self) -> String {
-        self.manifest.plan.etcd_endpoint()
+        self.manifest.etcd_endpoint()
+    }
+
+    /// Client certificates for etcd, when it serves TLS.
+    pub fn etcd_tls(&self) -> Option<&EtcdTls> {
+        self.manifest.etcd_tls.as_ref()
     }
 
     /// The host called `name` (`node1`, `ext1`, ...).

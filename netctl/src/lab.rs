@@ -31,6 +31,10 @@ pub enum LabCommand {
         /// process is killed instead, `netctl lab cleanup` removes the lab.
         #[arg(long)]
         hold: bool,
+        /// Serve etcd over TLS with client certificates (made with openssl, kept in the
+        /// lab's state directory).
+        #[arg(long)]
+        etcd_tls: bool,
     },
     /// Remove a lab and everything it made.
     Down {
@@ -69,7 +73,8 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             nodes,
             externals,
             hold,
-        } => up(name, nodes, externals, hold),
+            etcd_tls,
+        } => up(name, nodes, externals, hold, etcd_tls),
         LabCommand::Down { name } => {
             Lab::attach(&name)?.down()?;
             println!("lab {name} removed");
@@ -118,7 +123,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
     }
 }
 
-fn up(name: String, nodes: u8, externals: u8, hold: bool) -> anyhow::Result<()> {
+fn up(name: String, nodes: u8, externals: u8, hold: bool, etcd_tls: bool) -> anyhow::Result<()> {
     // Block the signals before any thread starts, so every thread inherits the mask and
     // `--hold` receives them below instead of dying mid-build.
     let mut signals = SigSet::empty();
@@ -134,6 +139,7 @@ fn up(name: String, nodes: u8, externals: u8, hold: bool) -> anyhow::Result<()> 
         nodes,
         externals,
         persistent: !hold,
+        etcd_tls,
     })?;
     print_lab(lab.manifest());
     if !hold {
@@ -169,7 +175,7 @@ fn print_lab(m: &Manifest) {
     println!("lab {}: {}", m.plan.name, lab_state(m));
     println!(
         "etcd: {} (netns {}, data in {})",
-        m.plan.etcd_endpoint(),
+        m.etcd_endpoint(),
         m.plan.underlay_netns,
         m.state_dir.join("etcd").display()
     );

@@ -121,6 +121,7 @@ fn a_refused_spec_names_the_problem_and_makes_nothing() {
         nodes: 1,
         externals: 0,
         persistent: false,
+        etcd_tls: false,
     };
     let err = Lab::up(&bad).unwrap_err();
     assert!(matches!(err, LabError::Plan(_)), "{err:?}");
