@@ -77,6 +77,9 @@ struct FileNetwork {
     underlay_interface: Option<String>,
     overlay: Option<OverlayMode>,
     mtu: Option<u32>,
+    vxlan_vni: Option<u32>,
+    vxlan_port: Option<u16>,
+    resync_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +154,10 @@ pub struct Config {
     pub overlay: OverlayMode,
     /// Pod MTU; `None`: underlay MTU minus the overlay's overhead.
     pub mtu: Option<u32>,
+    pub vxlan_vni: u32,
+    pub vxlan_port: u16,
+    /// How often the overlay is checked against etcd even without changes (drift repair).
+    pub resync: Duration,
     pub lease_ttl: Duration,
     pub lease_quarantine: Duration,
     pub socket: PathBuf,
@@ -293,6 +300,25 @@ impl Config {
             ));
         }
 
+        let vxlan_vni = file.network.vxlan_vni.unwrap_or(1);
+        if !(1..=0xff_ffff).contains(&vxlan_vni) {
+            return Err(invalid(
+                "network.vxlan_vni",
+                format!("{vxlan_vni} is outside 1..=16777215"),
+            ));
+        }
+        let vxlan_port = file.network.vxlan_port.unwrap_or(8472);
+        if vxlan_port == 0 {
+            return Err(invalid("network.vxlan_port", "must not be 0".into()));
+        }
+        let resync = file.network.resync_seconds.unwrap_or(10);
+        if !(1..=3600).contains(&resync) {
+            return Err(invalid(
+                "network.resync_seconds",
+                format!("{resync} is outside 1..=3600"),
+            ));
+        }
+
         let ttl = overrides
             .lease_ttl_seconds
             .or(file.lease.ttl_seconds)
@@ -364,6 +390,9 @@ impl Config {
             underlay_interface,
             overlay,
             mtu,
+            vxlan_vni,
+            vxlan_port,
+            resync: Duration::from_secs(resync),
             lease_ttl: Duration::from_secs(ttl),
             lease_quarantine: Duration::from_secs(quarantine),
             socket,
@@ -464,6 +493,18 @@ mod tests {
                 "network.overlay: \"bgp\" is not available yet",
             ),
             ("[network]\nmtu = 100", "network.mtu: 100 is outside"),
+            (
+                "[network]\nvxlan_vni = 16777216",
+                "network.vxlan_vni: 16777216 is outside",
+            ),
+            (
+                "[network]\nvxlan_port = 0",
+                "network.vxlan_port: must not be 0",
+            ),
+            (
+                "[network]\nresync_seconds = 0",
+                "network.resync_seconds: 0 is outside",
+            ),
             (
                 "[network]\nunderlay_interface = \"a-name-that-is-too-long\"",
                 "network.underlay_interface",

@@ -40,6 +40,8 @@ pub struct LeaseSpec {
     pub ttl: Duration,
     pub quarantine: Duration,
     pub underlay_ip: Ipv4Addr,
+    /// MAC of the node's VXLAN device, published in its node record.
+    pub vtep_mac: Option<String>,
     pub timeout: Duration,
 }
 
@@ -177,7 +179,7 @@ async fn claim(
             name: spec.node.clone(),
             subnet,
             underlay_ip: spec.underlay_ip,
-            vtep_mac: None,
+            vtep_mac: spec.vtep_mac.clone(),
         })
         .expect("plain record");
         let txn = Txn::new().when([guard]).and_then([

@@ -6,9 +6,12 @@
 mod config;
 mod lease;
 mod node;
+mod overlay;
+mod peers;
 mod server;
 mod state;
 mod underlay;
+mod vxlan;
 
 use std::{
     path::PathBuf,
@@ -159,6 +162,27 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         .unwrap_or(underlay.mtu.saturating_sub(config.overlay.overhead()));
     info!(interface = %underlay.name, ip = %underlay.ip, mtu = underlay.mtu, pod_mtu, "underlay");
 
+    let device = vxlan::ensure_device(
+        &handle,
+        &underlay,
+        vxlan::Settings {
+            vni: config.vxlan_vni,
+            port: config.vxlan_port,
+            mtu: underlay.mtu.saturating_sub(config.overlay.overhead()),
+        },
+    )
+    .await
+    .with_context(|| format!("creating the VXLAN device {}", vxlan::DEVICE))?;
+    let vtep_mac = peers::format_mac(&device.mac);
+    info!(device = vxlan::DEVICE, vni = config.vxlan_vni, port = config.vxlan_port, mac = %vtep_mac, "overlay device");
+    let overlay = Arc::new(overlay::Overlay::new(
+        handle.clone(),
+        device,
+        config.cluster,
+        config.node_name.clone(),
+    ));
+    tokio::spawn(overlay::run(config.clone(), overlay.clone(), config.resync));
+
     let state = state::StateDir::open(&config.state_dir)?;
     let node = Arc::new(Node::new(
         config.node_name.clone(),
@@ -176,10 +200,11 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         ttl: config.lease_ttl,
         quarantine: config.lease_quarantine,
         underlay_ip: underlay.ip,
+        vtep_mac: Some(vtep_mac),
         timeout: config.etcd_timeout,
     };
     tokio::select! {
-        () = lease_loop(&config, &spec, &node) => unreachable!("the lease loop never ends"),
+        () = lease_loop(&config, &spec, &node, &overlay) => unreachable!("the lease loop never ends"),
         signal = shutdown_signal() => {
             // The leases are left to expire on their own: a restart within the TTL keeps
             // the subnet and other nodes' routes to it.
@@ -200,7 +225,7 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-async fn connect(config: &Config) -> anyhow::Result<Client> {
+pub(crate) async fn connect(config: &Config) -> anyhow::Result<Client> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(config.etcd_timeout)
         .with_timeout(config.etcd_timeout);
@@ -223,7 +248,7 @@ async fn connect(config: &Config) -> anyhow::Result<Client> {
 
 /// Leases the subnet, keeps the lease alive, and leases again when it is lost. Never
 /// returns: etcd trouble and an exhausted cluster CIDR are waited out, not fatal.
-async fn lease_loop(config: &Config, spec: &LeaseSpec, node: &Node) {
+async fn lease_loop(config: &Config, spec: &LeaseSpec, node: &Node, overlay: &overlay::Overlay) {
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
     const FIRST_BACKOFF: Duration = Duration::from_millis(200);
     let mut backoff = FIRST_BACKOFF;
@@ -278,6 +303,7 @@ async fn lease_loop(config: &Config, spec: &LeaseSpec, node: &Node) {
             tokio::time::sleep(MAX_BACKOFF).await;
             continue;
         }
+        overlay.local_subnet(held.subnet).await;
         info!(subnet = %held.subnet, "holding pod subnet");
         backoff = FIRST_BACKOFF;
 
