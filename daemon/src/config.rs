@@ -80,6 +80,7 @@ struct FileNetwork {
     vxlan_vni: Option<u32>,
     vxlan_port: Option<u16>,
     resync_seconds: Option<u64>,
+    masquerade: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +159,8 @@ pub struct Config {
     pub vxlan_port: u16,
     /// How often the overlay is checked against etcd even without changes (drift repair).
     pub resync: Duration,
+    /// NAT pod traffic that leaves the cluster CIDR to the node's address.
+    pub masquerade: bool,
     pub lease_ttl: Duration,
     pub lease_quarantine: Duration,
     pub socket: PathBuf,
@@ -393,6 +396,7 @@ impl Config {
             vxlan_vni,
             vxlan_port,
             resync: Duration::from_secs(resync),
+            masquerade: file.network.masquerade.unwrap_or(true),
             lease_ttl: Duration::from_secs(ttl),
             lease_quarantine: Duration::from_secs(quarantine),
             socket,

@@ -5,6 +5,7 @@
 
 mod config;
 mod lease;
+mod masquerade;
 mod node;
 mod overlay;
 mod peers;
@@ -182,6 +183,14 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         config.node_name.clone(),
     ));
     tokio::spawn(overlay::run(config.clone(), overlay.clone(), config.resync));
+
+    if config.masquerade {
+        masquerade::ensure(config.cluster.network()).context("setting up outbound NAT")?;
+        info!(
+            chain = masquerade::CHAIN,
+            "pod traffic leaving the cluster is masqueraded"
+        );
+    }
 
     let state = state::StateDir::open(&config.state_dir)?;
     let node = Arc::new(Node::new(

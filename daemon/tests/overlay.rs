@@ -45,8 +45,12 @@ struct Cluster {
 
 impl Cluster {
     fn new(nodes: u8) -> Self {
+        Self::with_externals(nodes, 0)
+    }
+
+    fn with_externals(nodes: u8, externals: u8) -> Self {
         require_root();
-        let lab = Lab::up(&LabSpec::for_test(nodes, 0)).expect("lab up");
+        let lab = Lab::up(&LabSpec::for_test(nodes, externals)).expect("lab up");
         let daemons = lab
             .nodes()
             .iter()
@@ -147,26 +151,8 @@ fn pods_on_every_node_reach_pods_on_every_other_node_with_their_own_addresses() 
     }
 
     // The receiver sees the sender's pod address (no masquerade between pods).
-    let server = "import socket\n\
-        s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-        s.bind(('0.0.0.0', 7000)); s.listen(1); s.settimeout(10)\n\
-        c, a = s.accept(); print(a[0], flush=True)\n";
-    let ns = twill_netns::NetNs::from_path(&pods[2].netns).unwrap();
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", server]).stdout(Stdio::piped());
-    let listener = ns.run(move || cmd.spawn()).unwrap().unwrap();
-    let target = pods[2].ip.to_string();
-    let client = "import socket,sys,time\n\
-        for _ in range(50):\n\
-        \x20   try:\n\
-        \x20       socket.create_connection((sys.argv[1], 7000), timeout=2).close(); break\n\
-        \x20   except OSError: time.sleep(0.1)\n";
-    let out = in_ns(&pods[0].netns, "python3", &["-c", client, &target]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let listener = peer_address_listener(&pods[2].netns);
+    connect_from(&pods[0].netns, pods[2].ip);
     let seen = listener.wait_with_output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&seen.stdout).trim(),
@@ -448,4 +434,62 @@ fn the_underlay_carries_vxlan_with_the_configured_vni_and_port_and_pod_addresses
         "{line}"
     );
     assert!(src.contains("172.30.0."), "outer source is a node: {line}");
+}
+
+/// Starts a TCP listener on `netns` port 7000 that prints the first peer's address.
+fn peer_address_listener(netns: &str) -> std::process::Child {
+    let server = "import socket\n\
+        s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+        s.bind(('0.0.0.0', 7000)); s.listen(1); s.settimeout(10)\n\
+        c, a = s.accept(); print(a[0], flush=True)\n";
+    let ns = twill_netns::NetNs::from_path(netns).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", server]).stdout(Stdio::piped());
+    ns.run(move || cmd.spawn()).unwrap().unwrap()
+}
+
+fn connect_from(netns: &str, target: Ipv4Addr) {
+    let client = "import socket,sys,time\n\
+        for _ in range(50):\n\
+        \x20   try:\n\
+        \x20       socket.create_connection((sys.argv[1], 7000), timeout=2).close(); break\n\
+        \x20   except OSError: time.sleep(0.1)\n\
+        else: sys.exit('no connection')\n";
+    let out = in_ns(netns, "python3", &["-c", client, &target.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn traffic_leaving_the_cluster_is_masqueraded_and_reaches_node_addresses() {
+    let mut c = Cluster::with_externals(2, 1);
+    let pod = c.pod(0, "out");
+    let ext = c.lab.externals()[0].clone();
+    let node1 = c.node(0);
+    let node2 = c.node(1);
+    // The pod reaches its own node's and another node's underlay address.
+    for n in [&node1, &node2] {
+        assert!(
+            ping(&pod, n.plan.underlay_ip),
+            "pod cannot reach {}",
+            n.name()
+        );
+    }
+    // A host on the underlay that is not a node sees the node's address, not the pod's.
+    let ext_ns = format!("/run/netns/{}", ext.plan.netns);
+    let listener = peer_address_listener(&ext_ns);
+    connect_from(&pod.netns, ext.plan.underlay_ip);
+    let seen = listener.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&seen.stdout).trim(),
+        node1.plan.underlay_ip.to_string()
+    );
+    // The NAT lives in twill's own chain.
+    let rules = node1
+        .output("iptables", &["-t", "nat", "-S", "TWILL-POSTROUTING"])
+        .unwrap();
+    assert!(String::from_utf8_lossy(&rules.stdout).contains("MASQUERADE"));
 }
