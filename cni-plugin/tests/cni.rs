@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use twill_api::{AttachmentKey, Request, Response, host_ifname};
 use twill_lab::{Host, Lab, LabSpec};
 use twill_tests::{
-    cni::{self, VERSIONS, invoke, vars},
+    cni::{self, Outcome as _, VERSIONS, invoke, vars},
     daemon::Twilld,
     require_root,
 };

@@ -12,7 +12,11 @@ use std::{
 
 use ipnetwork::Ipv4Network;
 use twill_lab::{Host, Lab, LabSpec};
-use twill_tests::{cni, daemon::Twilld, require_root};
+use twill_tests::{
+    cni::{self, Outcome as _},
+    daemon::Twilld,
+    require_root,
+};
 
 const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
 /// Short lease, fast resync: the behaviours under test happen in seconds.

@@ -15,6 +15,7 @@
 pub mod plan;
 pub mod process;
 pub mod resources;
+pub mod workload;
 
 mod etcd;
 mod net;

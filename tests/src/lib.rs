@@ -135,15 +135,17 @@ pub mod packet {
 /// state directory. Killed when dropped.
 pub mod daemon {
     use std::{
-        fs,
         path::{Path, PathBuf},
-        process::{Child, Command, Stdio},
+        process::Child,
         thread,
         time::{Duration, Instant},
     };
 
     use twill_api::{NodeStatus, Request, Response};
-    use twill_lab::{Host, Lab};
+    use twill_lab::{
+        Host, Lab,
+        workload::{DaemonPaths, daemon_args, spawn_daemon},
+    };
 
     pub struct Twilld {
         pub child: Child,
@@ -151,8 +153,10 @@ pub mod daemon {
         pub state_dir: PathBuf,
         pub log: PathBuf,
         pub node: String,
+        pub paths: DaemonPaths,
         bin: PathBuf,
         args: Vec<String>,
+        config: String,
         host: Host,
     }
 
@@ -160,36 +164,19 @@ pub mod daemon {
         /// Starts `bin run` on `host` with the lab's etcd, per-node paths, `config` as its
         /// configuration file and `extra` flags. Returns once its socket answers.
         pub fn start(bin: &Path, lab: &Lab, host: &Host, config: &str, extra: &[&str]) -> Self {
-            let dir = host.state_dir.join("twilld");
-            fs::create_dir_all(&dir).expect("daemon directory");
-            let config_path = dir.join("twilld.toml");
-            fs::write(&config_path, config).expect("write config");
-            let socket = dir.join("twilld.sock");
-            let state_dir = dir.join("state");
-            let mut args: Vec<String> = vec![
-                "run".into(),
-                "--config".into(),
-                config_path.display().to_string(),
-                "--node-name".into(),
-                host.name().to_owned(),
-                "--etcd-endpoints".into(),
-                lab.etcd_endpoint(),
-                "--socket".into(),
-                socket.display().to_string(),
-                "--state-dir".into(),
-                state_dir.display().to_string(),
-                "--bpffs-root".into(),
-                host.bpffs_dir.display().to_string(),
-            ];
-            args.extend(extra.iter().map(|s| s.to_string()));
+            let paths = DaemonPaths::of(host);
+            let args = daemon_args(&lab.etcd_endpoint(), host, &paths, extra);
+            let child = spawn_daemon(bin, host, &paths, config, &args).expect("start twilld");
             let mut daemon = Self {
-                child: spawn(bin, host, &args, &dir.join("twilld.log")),
-                log: dir.join("twilld.log"),
-                socket,
-                state_dir,
+                child,
+                socket: paths.socket.clone(),
+                state_dir: paths.state_dir.clone(),
+                log: paths.log.clone(),
                 node: host.name().to_owned(),
+                paths,
                 bin: bin.to_owned(),
                 args,
+                config: config.to_owned(),
                 host: host.clone(),
             };
             daemon.wait_for_socket();
@@ -205,7 +192,8 @@ pub mod daemon {
         /// Starts the daemon again with the same arguments, state and socket.
         pub fn restart(&mut self) {
             self.kill();
-            self.child = spawn(&self.bin, &self.host, &self.args, &self.log);
+            self.child = spawn_daemon(&self.bin, &self.host, &self.paths, &self.config, &self.args)
+                .expect("restart twilld");
             self.wait_for_socket();
         }
 
@@ -274,7 +262,7 @@ pub mod daemon {
         }
 
         pub fn log_text(&self) -> String {
-            fs::read_to_string(&self.log).unwrap_or_default()
+            std::fs::read_to_string(&self.log).unwrap_or_default()
         }
 
         pub fn is_running(&mut self) -> bool {
@@ -287,54 +275,40 @@ pub mod daemon {
             self.kill();
         }
     }
-
-    fn spawn(bin: &Path, host: &Host, args: &[String], log: &Path) -> Child {
-        let log_file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("daemon log");
-        let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log fd"))
-            .stderr(log_file);
-        host.spawn(cmd).expect("start twilld")
-    }
 }
 
 /// Calling a CNI plugin binary exactly as a runtime does: environment and stdin in, JSON on
 /// stdout, from inside the node's network namespace.
 pub mod cni {
-    use std::{
-        io::Write as _,
-        path::Path,
-        process::{Command, ExitStatus, Stdio},
-    };
+    use std::path::Path;
 
-    use serde_json::{Value, json};
-    use twill_lab::Host;
+    use serde_json::Value;
+    pub use twill_lab::workload::cni_vars as vars;
+    use twill_lab::{Host, workload};
 
     use crate::daemon::Twilld;
 
     pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
-    #[derive(Debug)]
-    pub struct Output {
-        pub status: ExitStatus,
-        pub stdout: String,
-        pub stderr: String,
+    pub type Output = workload::CniOutput;
+
+    /// Asserting helpers on a CNI call's output.
+    pub trait Outcome {
+        /// Stdout as JSON (panics, showing everything, if it is not).
+        fn json(&self) -> Value;
+        /// Asserts success and returns the JSON result (or Null for no output).
+        fn ok(&self) -> Value;
+        /// Asserts failure and returns the error JSON.
+        fn err(&self) -> Value;
     }
 
-    impl Output {
-        /// Stdout as JSON (panics, showing everything, if it is not).
-        pub fn json(&self) -> Value {
+    impl Outcome for Output {
+        fn json(&self) -> Value {
             serde_json::from_str(&self.stdout)
                 .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
         }
 
-        /// Asserts success and returns the JSON result (or Null for no output).
-        pub fn ok(&self) -> Value {
+        fn ok(&self) -> Value {
             assert!(self.status.success(), "plugin failed: {self:?}");
             if self.stdout.trim().is_empty() {
                 Value::Null
@@ -343,8 +317,7 @@ pub mod cni {
             }
         }
 
-        /// Asserts failure and returns the error JSON.
-        pub fn err(&self) -> Value {
+        fn err(&self) -> Value {
             assert!(
                 !self.status.success(),
                 "plugin succeeded but should not: {self:?}"
@@ -355,57 +328,11 @@ pub mod cni {
 
     /// Runs `bin` on `host` with `vars` as its whole CNI environment and `stdin`.
     pub fn invoke(bin: &Path, host: &Host, vars: &[(&str, &str)], stdin: &str) -> Output {
-        let mut cmd = Command::new(bin);
-        cmd.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .envs(vars.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let input = stdin.to_owned();
-        let output = host
-            .run(move || {
-                let mut child = cmd.spawn()?;
-                child
-                    .stdin
-                    .take()
-                    .expect("piped")
-                    .write_all(input.as_bytes())?;
-                child.wait_with_output()
-            })
-            .expect("enter the node")
-            .expect("run the plugin");
-        Output {
-            status: output.status,
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
-    /// The environment of one call.
-    pub fn vars<'a>(
-        command: &'a str,
-        container: &'a str,
-        netns: &'a str,
-        ifname: &'a str,
-    ) -> Vec<(&'a str, &'a str)> {
-        vec![
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", container),
-            ("CNI_NETNS", netns),
-            ("CNI_IFNAME", ifname),
-            ("CNI_PATH", "/usr/lib/cni"),
-        ]
+        workload::invoke_cni(bin, host, vars, stdin).expect("run the plugin")
     }
 
     /// twill's network configuration for a daemon, in `version`.
     pub fn config(version: &str, daemon: &Twilld) -> Value {
-        json!({
-            "cniVersion": version,
-            "name": "pods",
-            "type": "twill",
-            "socket": daemon.socket,
-            "stateDir": daemon.state_dir,
-        })
+        workload::cni_config(version, &daemon.paths)
     }
 }
