@@ -93,6 +93,23 @@ pub struct Manifest {
     /// Client-side TLS material when etcd serves TLS.
     #[serde(default)]
     pub etcd_tls: Option<EtcdTls>,
+    /// Pods added to the lab (`netctl lab pod add`), in the order they were added.
+    #[serde(default)]
+    pub pods: Vec<LabPod>,
+}
+
+/// A pod of the lab: a namespace wired by the CNI binary on one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabPod {
+    pub name: String,
+    pub namespace: String,
+    pub node: String,
+    /// Path of the pod's network namespace.
+    pub netns: PathBuf,
+    pub container_id: String,
+    pub ip: std::net::Ipv4Addr,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Manifest {
@@ -282,12 +299,14 @@ impl LabSpec {
     }
 }
 
-/// A running lab. Dropping it tears the lab down unless it is persistent.
+/// A running lab. A lab built by [`Lab::up`] is torn down when dropped (also during a
+/// panic's unwind) until [`Lab::persist`] hands it off; a lab found with [`Lab::attach`]
+/// is never torn down by a drop, only by [`Lab::down`].
 #[derive(Debug)]
 pub struct Lab {
     manifest: Manifest,
     children: Vec<Child>,
-    torn_down: bool,
+    teardown_on_drop: bool,
 }
 
 impl Lab {
@@ -348,9 +367,10 @@ impl Lab {
                 ready: false,
                 extra_namespaces: Vec::new(),
                 etcd_tls: None,
+                pods: Vec::new(),
             },
             children: Vec::new(),
-            torn_down: false,
+            teardown_on_drop: true,
         };
         if let Err(e) = lab.manifest.write() {
             let _ = fs::remove_dir_all(&lab.manifest.state_dir);
@@ -398,12 +418,13 @@ impl Lab {
         self.manifest.write()
     }
 
-    /// Finds a lab that already runs, to inspect it or take it down.
+    /// Finds a lab that already runs, to inspect it, change it or take it down. Dropping
+    /// the value leaves the lab as it is.
     pub fn attach(name: &str) -> Result<Self, LabError> {
         Ok(Self {
             manifest: Manifest::load(name)?,
             children: Vec::new(),
-            torn_down: false,
+            teardown_on_drop: false,
         })
     }
 
@@ -460,6 +481,15 @@ impl Lab {
         Ok(NetNs::create(&name)?)
     }
 
+    /// Records a pod wired into the lab.
+    pub fn record_pod(&mut self, pod: LabPod) -> Result<(), LabError> {
+        self.manifest
+            .pods
+            .retain(|p| p.name != pod.name || p.namespace != pod.namespace);
+        self.manifest.pods.push(pod);
+        self.manifest.write()
+    }
+
     /// Freezes etcd (SIGSTOP): it stops answering, as if unreachable, until
     /// [`Lab::resume_etcd`].
     pub fn pause_etcd(&self) -> Result<(), LabError> {
@@ -487,7 +517,7 @@ impl Lab {
 
     /// Keeps the lab after this value is dropped (for `netctl lab up`).
     pub fn persist(mut self) {
-        self.torn_down = true;
+        self.teardown_on_drop = false;
     }
 
     /// Removes everything the lab made. Safe to call on a half-built lab.
@@ -496,7 +526,12 @@ impl Lab {
     }
 
     fn teardown(&mut self) -> Result<(), LabError> {
-        self.torn_down = true;
+        self.teardown_on_drop = false;
+        // The manifest on disk is the record: other processes (`netctl lab pod add`) may
+        // have added to the lab since this value read it.
+        if let Ok(on_disk) = Manifest::load(&self.manifest.plan.name) {
+            self.manifest = on_disk;
+        }
         let result = teardown(&self.manifest);
         // Reap our own children so none lingers as a zombie of this process.
         for child in &mut self.children {
@@ -509,7 +544,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if !self.torn_down
+        if self.teardown_on_drop
             && let Err(e) = self.teardown()
         {
             eprintln!("{e}");

@@ -1,22 +1,40 @@
-//! `netctl lab`: bring a local lab up, show it, run commands on its hosts, take it down.
+//! `netctl lab`: a local cluster on network namespaces. `up` builds the lab, starts a
+//! `twilld` on every node, adds demo pods through the CNI binary exactly as a runtime would,
+//! and checks that every pod reaches every other.
 
 use std::{
+    collections::BTreeMap,
     io::Write as _,
+    net::Ipv4Addr,
     os::unix::process::ExitStatusExt as _,
+    path::PathBuf,
     process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use nix::sys::signal::{SigSet, Signal};
-use twill_lab::{Lab, LabSpec, Manifest, Role};
+use twill_api::{NodeStatus, Request, Response};
+use twill_lab::{
+    Host, Lab, LabPod, LabSpec, Manifest, Role,
+    workload::{DaemonPaths, cni_config, cni_vars, daemon_args, invoke_cni, spawn_daemon},
+};
+use twill_netns::NetNs;
 
 /// Name used when `--name` is not given.
-const DEFAULT_LAB: &str = "twill";
+pub const DEFAULT_LAB: &str = "twill";
+
+/// The lab's daemons: a lease short enough that a dead node shows within seconds.
+const LAB_DAEMON_CONFIG: &str = "# written by netctl lab up\n\
+    [lease]\nttl_seconds = 10\nquarantine_seconds = 30\n\
+    [network]\nresync_seconds = 5\n";
 
 #[derive(Subcommand)]
 pub enum LabCommand {
-    /// Build a lab: an underlay LAN, N node namespaces, external hosts and etcd.
+    /// Build a lab: underlay, nodes running twilld, etcd, demo pods; then check that every
+    /// pod reaches every other.
     Up {
         /// Lab name (lower-case letters, digits, '-').
         #[arg(long, default_value = DEFAULT_LAB)]
@@ -27,6 +45,12 @@ pub enum LabCommand {
         /// Number of external (non-node) hosts on the underlay.
         #[arg(long, default_value_t = 1)]
         externals: u8,
+        /// Overlay between nodes (only vxlan for now).
+        #[arg(long, default_value = "vxlan", value_parser = ["vxlan"])]
+        mode: String,
+        /// Demo pods per node.
+        #[arg(long, default_value_t = 1)]
+        pods_per_node: u8,
         /// Stay in the foreground and take the lab down on Ctrl-C or SIGTERM. If this
         /// process is killed instead, `netctl lab cleanup` removes the lab.
         #[arg(long)]
@@ -35,23 +59,29 @@ pub enum LabCommand {
         /// lab's state directory).
         #[arg(long)]
         etcd_tls: bool,
+        /// Only the lab itself: no daemons, no pods.
+        #[arg(long)]
+        bare: bool,
     },
     /// Remove a lab and everything it made.
     Down {
         #[arg(default_value = DEFAULT_LAB)]
         name: String,
     },
-    /// Show a lab's hosts and etcd.
+    /// Show a lab's nodes (with their daemons' status), pods and etcd.
     Status {
         #[arg(default_value = DEFAULT_LAB)]
         name: String,
     },
     /// List the labs on this machine.
     List,
-    /// Run a command on a lab host, e.g. `netctl lab exec node1 -- ip addr`.
+    /// Pods of the lab.
+    #[command(subcommand)]
+    Pod(PodCommand),
+    /// Run a command on a lab host or in a pod, e.g. `netctl lab exec demo-node1 -- ip addr`.
     Exec {
-        /// Host name: node1, node2, ..., ext1, ...
-        host: String,
+        /// A host (node1, ext1, ...) or a pod name.
+        target: String,
         #[arg(long, default_value = DEFAULT_LAB)]
         lab: String,
         #[arg(last = true, required = true)]
@@ -66,22 +96,51 @@ pub enum LabCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum PodCommand {
+    /// Add a pod on a node, through the CNI binary as a runtime would.
+    Add {
+        name: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Labels, `k=v,k2=v2`.
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        #[arg(long, default_value = DEFAULT_LAB)]
+        lab: String,
+    },
+}
+
 pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
     match cmd {
         LabCommand::Up {
             name,
             nodes,
             externals,
+            mode: _,
+            pods_per_node,
             hold,
             etcd_tls,
-        } => up(name, nodes, externals, hold, etcd_tls),
+            bare,
+        } => up(UpOptions {
+            name,
+            nodes,
+            externals,
+            pods_per_node,
+            hold,
+            etcd_tls,
+            bare,
+        }),
         LabCommand::Down { name } => {
             Lab::attach(&name)?.down()?;
             println!("lab {name} removed");
             Ok(())
         }
         LabCommand::Status { name } => {
-            print_lab(&Manifest::load(&name)?);
+            let manifest = Manifest::load(&name)?;
+            print_lab(&manifest);
             Ok(())
         }
         LabCommand::List => {
@@ -92,10 +151,10 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             for m in labs {
                 match m {
                     Ok(m) => println!(
-                        "{:<18} {} nodes, {} hosts, {}",
+                        "{:<18} {} nodes, {} pods, {}",
                         m.plan.name,
                         m.plan.nodes().count(),
-                        m.plan.hosts.len(),
+                        m.pods.len(),
                         lab_state(&m)
                     ),
                     Err(e) => println!("unreadable: {e}"),
@@ -103,7 +162,27 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LabCommand::Exec { host, lab, command } => exec(&lab, &host, &command),
+        LabCommand::Pod(PodCommand::Add {
+            name,
+            node,
+            namespace,
+            labels,
+            lab,
+        }) => {
+            let mut lab = Lab::attach(&lab)?;
+            let labels = parse_labels(&labels)?;
+            let pod = add_pod(&mut lab, &name, &node, &namespace, labels)?;
+            println!(
+                "pod {}/{} on {}: {}",
+                pod.namespace, pod.name, pod.node, pod.ip
+            );
+            Ok(())
+        }
+        LabCommand::Exec {
+            target,
+            lab,
+            command,
+        } => exec(&lab, &target, &command),
         LabCommand::Cleanup { all } => {
             let report = twill_lab::cleanup(all);
             for lab in &report.labs {
@@ -123,29 +202,69 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
     }
 }
 
-fn up(name: String, nodes: u8, externals: u8, hold: bool, etcd_tls: bool) -> anyhow::Result<()> {
+struct UpOptions {
+    name: String,
+    nodes: u8,
+    externals: u8,
+    pods_per_node: u8,
+    hold: bool,
+    etcd_tls: bool,
+    bare: bool,
+}
+
+/// A binary installed next to `netctl` (`cargo build` puts them together).
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("finding netctl's own path")?;
+    let path = me.with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} not found next to netctl; `cargo build` builds it",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn up(o: UpOptions) -> anyhow::Result<()> {
     // Block the signals before any thread starts, so every thread inherits the mask and
     // `--hold` receives them below instead of dying mid-build.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
-    if hold {
+    if o.hold {
         signals
             .thread_block()
             .context("blocking SIGINT and SIGTERM")?;
     }
-    let lab = Lab::up(&LabSpec {
-        name,
-        nodes,
-        externals,
-        persistent: !hold,
-        etcd_tls,
+    let mut lab = Lab::up(&LabSpec {
+        name: o.name,
+        nodes: o.nodes,
+        externals: o.externals,
+        persistent: !o.hold,
+        etcd_tls: o.etcd_tls,
     })?;
+    if !o.bare
+        && let Err(e) = populate(&mut lab, o.pods_per_node)
+    {
+        // Nothing half-made stays behind.
+        let name = lab.name().to_owned();
+        if let Err(down) = lab.down() {
+            eprintln!("{down}");
+        }
+        return Err(e.context(format!("lab {name} was removed again")));
+    }
     print_lab(lab.manifest());
-    if !hold {
+    if !lab.manifest().pods.is_empty() {
+        print_connectivity(&lab.manifest().pods);
+    }
+    if !o.hold {
         println!(
-            "\nthe lab stays up; `netctl lab exec node1 -- ip addr` runs a command on a node, \
-             `netctl lab down {}` removes it",
+            "\nthe lab stays up. Try: netctl lab exec {} -- ping -c1 <pod ip>; \
+             netctl lab pod add web --node node2; netctl get nodes; netctl lab down {}",
+            lab.manifest()
+                .pods
+                .first()
+                .map_or("node1", |p| p.name.as_str()),
             lab.name()
         );
         lab.persist();
@@ -157,6 +276,172 @@ fn up(name: String, nodes: u8, externals: u8, hold: bool, etcd_tls: bool) -> any
     println!("{signal:?}: taking lab {} down", lab.name());
     lab.down()?;
     Ok(())
+}
+
+/// Starts a twilld on every node, waits until each holds a subnet, adds the demo pods.
+fn populate(lab: &mut Lab, pods_per_node: u8) -> anyhow::Result<()> {
+    let twilld = sibling("twilld")?;
+    let endpoint = lab.etcd_endpoint();
+    let mut config = LAB_DAEMON_CONFIG.to_owned();
+    if let Some(tls) = lab.etcd_tls() {
+        config.push_str(&format!(
+            "[etcd]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            tls.ca_file.display(),
+            tls.cert_file.display(),
+            tls.key_file.display()
+        ));
+    }
+    for node in lab.nodes() {
+        let paths = DaemonPaths::of(&node);
+        let args = daemon_args(&endpoint, &node, &paths, &[]);
+        spawn_daemon(&twilld, &node, &paths, &config, &args)?;
+    }
+    for node in lab.nodes() {
+        wait_ready(&node, Duration::from_secs(30))?;
+    }
+    for node in lab.nodes() {
+        for i in 1..=pods_per_node {
+            let name = if pods_per_node == 1 {
+                format!("demo-{}", node.name())
+            } else {
+                format!("demo-{}-{i}", node.name())
+            };
+            let labels = BTreeMap::from([("app".to_owned(), "demo".to_owned())]);
+            add_pod(lab, &name, node.name(), "default", labels)?;
+        }
+    }
+    Ok(())
+}
+
+fn daemon_status(node: &Host) -> Result<NodeStatus, String> {
+    let paths = DaemonPaths::of(node);
+    match twill_api::call(&paths.socket, &Request::Status, Duration::from_secs(5)) {
+        Ok(Response::Status { status }) => Ok(status),
+        Ok(other) => Err(format!("answered {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn wait_ready(node: &Host, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = daemon_status(node);
+        if let Ok(s) = &status
+            && s.not_ready.is_none()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(DaemonPaths::of(node).log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            bail!(
+                "twilld on {} is not ready after {timeout:?}: {}\n  {}",
+                node.name(),
+                match status {
+                    Ok(s) => s.not_ready.unwrap_or_default(),
+                    Err(e) => e,
+                },
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .filter(|i| !i.is_empty())
+        .map(|i| {
+            let (k, v) = i
+                .split_once('=')
+                .with_context(|| format!("label {i:?} is not key=value"))?;
+            Ok((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+fn check_pod_name(kind: &str, name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        bail!("{kind} {name:?} is invalid: use up to 40 lower-case letters, digits and '-'");
+    }
+    Ok(())
+}
+
+/// Wires a pod through the CNI binary, exactly as a runtime would.
+fn add_pod(
+    lab: &mut Lab,
+    name: &str,
+    node: &str,
+    namespace: &str,
+    labels: BTreeMap<String, String>,
+) -> anyhow::Result<LabPod> {
+    check_pod_name("pod name", name)?;
+    check_pod_name("namespace", namespace)?;
+    if lab
+        .manifest()
+        .pods
+        .iter()
+        .any(|p| p.name == name && p.namespace == namespace)
+    {
+        bail!(
+            "pod {namespace}/{name} already exists in lab {}",
+            lab.name()
+        );
+    }
+    let host = lab
+        .host(node)
+        .filter(|h| h.plan.role == Role::Node)
+        .with_context(|| {
+            let names: Vec<String> = lab.nodes().iter().map(|n| n.name().to_owned()).collect();
+            format!(
+                "lab {} has no node {node}; its nodes are {}",
+                lab.name(),
+                names.join(", ")
+            )
+        })?;
+    let twill = sibling("twill")?;
+    let netns = lab.create_netns(&format!("pod-{namespace}-{name}"))?;
+    let netns_path = netns.path().display().to_string();
+    let container_id = format!("lab-{namespace}-{name}");
+    let args = format!("K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}");
+    let mut vars = cni_vars("ADD", &container_id, &netns_path, "eth0");
+    vars.push(("CNI_ARGS", &args));
+    let conf = cni_config("1.1.0", &DaemonPaths::of(&host));
+    let out = invoke_cni(&twill, &host, &vars, &conf.to_string())?;
+    if !out.status.success() {
+        bail!(
+            "CNI ADD for {namespace}/{name} failed: {}",
+            out.stdout.trim()
+        );
+    }
+    let result: serde_json::Value =
+        serde_json::from_str(&out.stdout).context("reading the CNI result")?;
+    let ip: Ipv4Addr = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("the CNI result has no address: {result}"))?;
+    let pod = LabPod {
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+        node: node.to_owned(),
+        netns: netns.path().to_owned(),
+        container_id,
+        ip,
+        labels,
+    };
+    lab.record_pod(pod.clone())?;
+    Ok(pod)
 }
 
 fn lab_state(m: &Manifest) -> &'static str {
@@ -172,56 +457,148 @@ fn lab_state(m: &Manifest) -> &'static str {
 }
 
 fn print_lab(m: &Manifest) {
-    println!("lab {}: {}", m.plan.name, lab_state(m));
     println!(
-        "etcd: {} (netns {}, data in {})",
+        "lab {}: {} ({} nodes, etcd {} in netns {})",
+        m.plan.name,
+        lab_state(m),
+        m.plan.nodes().count(),
         m.etcd_endpoint(),
-        m.plan.underlay_netns,
-        m.state_dir.join("etcd").display()
+        m.plan.underlay_netns
     );
     println!();
     println!(
-        "{:<8} {:<9} {:<14} {:<24} BPFFS PINS",
-        "HOST", "ROLE", "UNDERLAY IP", "NETNS"
+        "{:<8} {:<9} {:<14} {:<16} STATUS",
+        "HOST", "ROLE", "UNDERLAY IP", "POD SUBNET"
     );
     for host in m.hosts() {
-        let role = match host.plan.role {
-            Role::Node => "node",
-            Role::External => "external",
-        };
-        let pins = if host.plan.role == Role::Node {
-            host.bpffs_dir.display().to_string()
-        } else {
-            "-".to_owned()
+        let (role, subnet, status) = match host.plan.role {
+            Role::External => ("external", "-".to_owned(), "-".to_owned()),
+            Role::Node => match daemon_status(&host) {
+                Ok(s) => (
+                    "node",
+                    s.subnet.map_or("-".to_owned(), |s| s.to_string()),
+                    s.not_ready
+                        .map_or("ready".to_owned(), |r| format!("not ready: {r}")),
+                ),
+                Err(_) => ("node", "-".to_owned(), "no twilld".to_owned()),
+            },
         };
         println!(
-            "{:<8} {:<9} {:<14} {:<24} {}",
-            host.plan.name, role, host.plan.underlay_ip, host.plan.netns, pins
+            "{:<8} {:<9} {:<14} {:<16} {}",
+            host.plan.name, role, host.plan.underlay_ip, subnet, status
         );
+    }
+    if !m.pods.is_empty() {
+        println!();
+        println!(
+            "{:<20} {:<12} {:<8} {:<14} LABELS",
+            "POD", "NAMESPACE", "NODE", "IP"
+        );
+        for p in &m.pods {
+            let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "{:<20} {:<12} {:<8} {:<14} {}",
+                p.name,
+                p.namespace,
+                p.node,
+                p.ip,
+                labels.join(",")
+            );
+        }
     }
 }
 
-fn exec(lab: &str, host: &str, command: &[String]) -> anyhow::Result<()> {
-    let manifest = Manifest::load(lab)?;
-    let Some(host) = manifest.host(host) else {
-        let names: Vec<_> = manifest
-            .plan
-            .hosts
+/// Pings every pod from every other pod (in parallel) and prints the matrix.
+fn print_connectivity(pods: &[LabPod]) {
+    let results: Vec<Vec<Option<bool>>> = thread::scope(|s| {
+        let handles: Vec<Vec<_>> = pods
             .iter()
-            .map(|h| h.name.as_str())
+            .map(|from| {
+                pods.iter()
+                    .map(|to| {
+                        (from.name != to.name || from.namespace != to.namespace).then(|| {
+                            s.spawn(move || {
+                                let Ok(ns) = NetNs::from_path(&from.netns) else {
+                                    return false;
+                                };
+                                let mut cmd = Command::new("ping");
+                                cmd.args(["-c", "1", "-W", "2", &to.ip.to_string()])
+                                    .stdout(Stdio::null())
+                                    .stderr(Stdio::null());
+                                ns.run(move || cmd.status())
+                                    .ok()
+                                    .and_then(Result::ok)
+                                    .is_some_and(|st| st.success())
+                            })
+                        })
+                    })
+                    .collect()
+            })
             .collect();
-        bail!(
-            "lab {lab} has no host {host}; its hosts are {}",
-            names.join(", ")
-        );
-    };
+        handles
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|h| h.map(|h| h.join().unwrap_or(false)))
+                    .collect()
+            })
+            .collect()
+    });
+    let width = pods.iter().map(|p| p.name.len()).max().unwrap_or(4).max(4) + 2;
+    println!();
+    println!("connectivity (ping from each row to each column):");
+    print!("{:<width$}", "");
+    for p in pods {
+        print!("{:<width$}", p.name);
+    }
+    println!();
+    let mut failures = 0;
+    let mut pairs = 0;
+    for (from, row) in pods.iter().zip(&results) {
+        print!("{:<width$}", from.name);
+        for cell in row {
+            let text = match cell {
+                None => "-",
+                Some(true) => "ok",
+                Some(false) => "FAIL",
+            };
+            if let Some(ok) = cell {
+                pairs += 1;
+                failures += usize::from(!ok);
+            }
+            print!("{text:<width$}");
+        }
+        println!();
+    }
+    if failures == 0 {
+        println!("all {pairs} pod pairs reach each other");
+    } else {
+        println!("{failures} of {pairs} pod pairs FAILED");
+    }
+}
+
+fn exec(lab: &str, target: &str, command: &[String]) -> anyhow::Result<()> {
+    let manifest = Manifest::load(lab)?;
     let (program, args) = command.split_first().context("no command given")?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
-    let mut child = host.spawn(cmd)?;
+    let mut child = if let Some(host) = manifest.host(target) {
+        host.spawn(cmd)?
+    } else if let Some(pod) = manifest.pods.iter().find(|p| p.name == target) {
+        NetNs::from_path(&pod.netns)?
+            .run(move || cmd.spawn())?
+            .with_context(|| format!("starting {program} in pod {target}"))?
+    } else {
+        let mut names: Vec<String> = manifest.plan.hosts.iter().map(|h| h.name.clone()).collect();
+        names.extend(manifest.pods.iter().map(|p| p.name.clone()));
+        bail!(
+            "lab {lab} has no host or pod {target}; it has {}",
+            names.join(", ")
+        );
+    };
     let status = child
         .wait()
         .with_context(|| format!("waiting for {program}"))?;

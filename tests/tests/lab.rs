@@ -186,3 +186,20 @@ fn namespaces_made_by_ip_netns_meanwhile_do_not_hide_the_labs() {
     lab.down().expect("lab down");
     assert_eq!(leftovers(&manifest), Vec::<String>::new());
 }
+
+#[test]
+fn a_lab_found_by_name_survives_the_value_being_dropped() {
+    require_root();
+    let lab = Lab::up(&LabSpec::for_test(1, 0)).expect("lab up");
+    let name = lab.name().to_owned();
+    {
+        let mut attached = Lab::attach(&name).expect("attach");
+        attached.create_netns("pod1").expect("a pod namespace");
+    } // dropped here: must not take the lab down
+    let manifest = twill_lab::Manifest::load(&name).expect("the lab is still there");
+    assert!(alive(manifest.etcd.unwrap().pid));
+    assert_eq!(manifest.extra_namespaces.len(), 1);
+    // The first value still owns the lab and removes it, pod namespace included.
+    drop(lab);
+    assert_eq!(leftovers(&manifest), Vec::<String>::new());
+}
