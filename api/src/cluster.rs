@@ -27,6 +27,25 @@ pub fn subnet_from_key(key: &str) -> Option<Ipv4Network> {
     Ipv4Network::new(ip.parse().ok()?, prefix.parse().ok()?).ok()
 }
 
+/// `PODS` + `namespace/name`: a pod's address and node, published by the node's daemon
+/// from its allocations (for pods whose runtime named them in CNI_ARGS).
+pub const PODS: &str = "/twill/v1/pods/";
+
+pub fn pod_key(namespace: &str, name: &str) -> String {
+    format!("{PODS}{namespace}/{name}")
+}
+
+/// Value under a pod key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub container_id: String,
+    pub ifname: String,
+}
+
 pub fn node_key(node: &str) -> String {
     format!("{NODES}{node}")
 }

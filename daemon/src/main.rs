@@ -9,6 +9,7 @@ mod masquerade;
 mod node;
 mod overlay;
 mod peers;
+mod podsync;
 mod server;
 mod state;
 mod underlay;
@@ -202,6 +203,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     let listener = server::bind(&config.socket)?;
     info!(socket = %config.socket.display(), "listening");
     tokio::spawn(server::serve(listener, node.clone()));
+    tokio::spawn(podsync::run(config.clone(), node.clone()));
 
     let spec = LeaseSpec {
         node: config.node_name.clone(),

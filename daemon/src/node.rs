@@ -16,6 +16,8 @@ use crate::state::StateDir;
 
 pub struct Node {
     name: String,
+    /// Signalled whenever the set of pod addresses changes.
+    pub changed: tokio::sync::Notify,
     pod_mtu: u32,
     state: StateDir,
     /// How long after the last good answer from etcd it still counts as reachable.
@@ -47,6 +49,7 @@ impl Node {
             info!(subnet = %a.subnet.0, pods = a.len(), "restored pod addresses");
         }
         let node = Self {
+            changed: tokio::sync::Notify::new(),
             name,
             pod_mtu,
             state,
@@ -181,7 +184,45 @@ impl Node {
         }
     }
 
+    /// Records of this node's pods that have a Kubernetes name, for etcd.
+    pub fn pod_records(&self) -> Vec<twill_api::cluster::PodRecord> {
+        let inner = self.lock();
+        inner
+            .allocations
+            .iter()
+            .flat_map(|a| a.iter())
+            .filter_map(|a| {
+                let (namespace, name) = a.pod.as_deref()?.split_once('/')?;
+                Some(twill_api::cluster::PodRecord {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    node: self.name.clone(),
+                    ip: a.ip,
+                    container_id: a.key.container_id.clone(),
+                    ifname: a.key.ifname.clone(),
+                })
+            })
+            .collect()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn handle(&self, request: Request) -> Response {
+        let response = self.answer(request);
+        if matches!(
+            response,
+            Response::Allocated { .. }
+                | Response::Released { released: true }
+                | Response::Collected { .. }
+        ) {
+            self.changed.notify_one();
+        }
+        response
+    }
+
+    fn answer(&self, request: Request) -> Response {
         let mut inner = self.lock();
         self.apply_pending_releases(&mut inner);
         match request {

@@ -1,6 +1,7 @@
 //! `netctl`: the operator's command line for twill.
 #![forbid(unsafe_code)]
 
+mod get;
 mod lab;
 
 use clap::{Parser, Subcommand};
@@ -17,12 +18,16 @@ enum Command {
     /// A local multi-node cluster on network namespaces, with its own etcd.
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// Show what the cluster's store says: nodes, pods.
+    #[command(subcommand)]
+    Get(get::GetCommand),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lab(cmd) => lab::run(cmd),
+        Command::Get(cmd) => get::run(cmd),
     };
     if let Err(e) = result {
         eprintln!("netctl: {e:#}");

@@ -144,6 +144,40 @@ fn lab_up_runs_daemons_and_pods_that_reach_each_other_and_down_removes_it_all() 
         text(&who)
     );
 
+    // The cluster's store, as netctl shows it.
+    let nodes = netctl(&["get", "nodes", "--lab", &name]);
+    let table = text(&nodes);
+    assert!(nodes.status.success(), "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.contains(" Ready ")).count(),
+        3,
+        "{table}"
+    );
+    // Pod records reach etcd asynchronously, within moments of the ADD.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (pods, web_record) = loop {
+        let out = netctl(&["get", "pods", "--lab", &name, "-o", "json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let pods: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(web) = pods
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "web")
+            .cloned()
+        {
+            break (pods, web);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web never reached etcd: {pods}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(web_record["ip"], web.ip.to_string());
+    assert_eq!(web_record["node"], "node2");
+    assert_eq!(pods.as_array().unwrap().len(), 4);
+
     let status = netctl(&["lab", "status", &name]);
     assert!(text(&status).contains("web"), "{}", text(&status));
 
