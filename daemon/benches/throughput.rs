@@ -26,20 +26,37 @@ fn ns_of(path: &str) -> NetNs {
 /// Runs iperf3 from `client` to `server_ip` (served from `server`) and returns Gbit/s.
 fn iperf(server: &NetNs, client: &NetNs, server_ip: &str, seconds: u32) -> f64 {
     let mut cmd = Command::new("iperf3");
-    cmd.args(["-s", "-1", "-p", "5299"]).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.args(["-s", "-1", "-p", "5299"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let mut srv = server.run(move || cmd.spawn()).unwrap().unwrap();
     thread::sleep(Duration::from_millis(300));
     let mut cmd = Command::new("iperf3");
-    cmd.args(["-c", server_ip, "-p", "5299", "-t", &seconds.to_string(), "-J"]);
+    cmd.args([
+        "-c",
+        server_ip,
+        "-p",
+        "5299",
+        "-t",
+        &seconds.to_string(),
+        "-J",
+    ]);
     let out = client.run(move || cmd.output()).unwrap().unwrap();
     let _ = srv.wait();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9
 }
 
 fn run(host: &twill_lab::Host, args: &[&str]) {
     let out = host.output(args[0], &args[1..]).unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -49,27 +66,55 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     require_root();
-    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let seconds: u32 = std::env::var("SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let seconds: u32 = std::env::var("SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let twilld = Path::new(env!("CARGO_BIN_EXE_twilld"));
     let twill = twilld.with_file_name("twill");
-    assert!(twill.exists(), "{} missing: run scripts/bench", twill.display());
+    assert!(
+        twill.exists(),
+        "{} missing: run scripts/bench",
+        twill.display()
+    );
 
     // twill: a lab with daemons and a pod on each node.
     let mut lab = Lab::up(&LabSpec::for_test(2, 0)).expect("lab up");
     let nodes = lab.nodes();
-    let daemons: Vec<Twilld> = nodes.iter().map(|n| Twilld::start(twilld, &lab, n, "", &[])).collect();
+    let daemons: Vec<Twilld> = nodes
+        .iter()
+        .map(|n| Twilld::start(twilld, &lab, n, "", &[]))
+        .collect();
     for d in &daemons {
         d.wait_status("ready", Duration::from_secs(10), |s| s.not_ready.is_none());
     }
     let mut pods = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
-        let netns = lab.create_netns(&format!("tp{i}")).unwrap().path().display().to_string();
+        let netns = lab
+            .create_netns(&format!("tp{i}"))
+            .unwrap()
+            .path()
+            .display()
+            .to_string();
         let conf = workload::cni_config("1.1.0", &daemons[i].paths).to_string();
-        let out = workload::invoke_cni(&twill, node, &workload::cni_vars("ADD", &format!("tp{i}"), &netns, "eth0"), &conf).unwrap();
+        let out = workload::invoke_cni(
+            &twill,
+            node,
+            &workload::cni_vars("ADD", &format!("tp{i}"), &netns, "eth0"),
+            &conf,
+        )
+        .unwrap();
         assert!(out.status.success(), "{out:?}");
         let result: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        let ip = result["ips"][0]["address"].as_str().unwrap().trim_end_matches("/32").to_owned();
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches("/32")
+            .to_owned();
         pods.push((netns, ip));
     }
 
@@ -77,24 +122,60 @@ fn main() {
     for (i, node) in nodes.iter().enumerate() {
         let me = node.plan.underlay_ip.to_string();
         let peer = nodes[1 - i].plan.underlay_ip.to_string();
-        run(node, &["ip", "link", "add", "vx-hand", "type", "vxlan", "id", "42", "dev", "eth0", "local", &me, "remote", &peer, "dstport", "4789"]);
+        run(
+            node,
+            &[
+                "ip", "link", "add", "vx-hand", "type", "vxlan", "id", "42", "dev", "eth0",
+                "local", &me, "remote", &peer, "dstport", "4789",
+            ],
+        );
         run(node, &["ip", "link", "set", "vx-hand", "mtu", "1450", "up"]);
-        run(node, &["ip", "addr", "add", &format!("10.99.0.{}/24", i + 1), "dev", "vx-hand"]);
+        run(
+            node,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.99.0.{}/24", i + 1),
+                "dev",
+                "vx-hand",
+            ],
+        );
     }
 
     let node_ns: Vec<NetNs> = nodes.iter().map(|n| n.netns().unwrap()).collect();
     let (mut twill_runs, mut hand_runs, mut plain_runs) = (vec![], vec![], vec![]);
     for _ in 0..rounds {
-        twill_runs.push(iperf(&ns_of(&pods[1].0), &ns_of(&pods[0].0), &pods[1].1, seconds));
+        twill_runs.push(iperf(
+            &ns_of(&pods[1].0),
+            &ns_of(&pods[0].0),
+            &pods[1].1,
+            seconds,
+        ));
         hand_runs.push(iperf(&node_ns[1], &node_ns[0], "10.99.0.2", seconds));
-        plain_runs.push(iperf(&node_ns[1], &node_ns[0], &nodes[1].plan.underlay_ip.to_string(), seconds));
+        plain_runs.push(iperf(
+            &node_ns[1],
+            &node_ns[0],
+            &nodes[1].plan.underlay_ip.to_string(),
+            seconds,
+        ));
     }
-    let (t, h, p) = (median(twill_runs.clone()), median(hand_runs.clone()), median(plain_runs.clone()));
-    println!("pod-to-pod TCP throughput across two lab nodes, iperf3 {seconds} s x {rounds} rounds (Gbit/s, median)");
+    let (t, h, p) = (
+        median(twill_runs.clone()),
+        median(hand_runs.clone()),
+        median(plain_runs.clone()),
+    );
+    println!(
+        "pod-to-pod TCP throughput across two lab nodes, iperf3 {seconds} s x {rounds} rounds (Gbit/s, median)"
+    );
     println!("  twill (veth + VXLAN overlay):     {t:6.2}   runs {twill_runs:.2?}");
     println!("  hand-built kernel VXLAN:          {h:6.2}   runs {hand_runs:.2?}");
     println!("  plain routed, no encapsulation:   {p:6.2}   runs {plain_runs:.2?}");
-    println!("  twill / hand-built VXLAN: {:.2} (target >= 0.95); twill / plain: {:.2}", t / h, t / p);
+    println!(
+        "  twill / hand-built VXLAN: {:.2} (target >= 0.95); twill / plain: {:.2}",
+        t / h,
+        t / p
+    );
     println!("target: {}", if t / h >= 0.95 { "met" } else { "MISSED" });
     drop(daemons);
     lab.down().unwrap();

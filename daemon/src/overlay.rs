@@ -3,9 +3,16 @@
 //! holds against what etcd says and changes only the difference; a periodic pass also puts
 //! back anything removed by hand.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, pin::Pin, sync::Arc, time::Duration};
 
 use etcd_client::{EventType, GetOptions, WatchOptions};
+use futures::StreamExt as _;
+use rtnetlink::{
+    constants::{RTMGRP_IPV4_ROUTE, RTMGRP_NEIGH},
+    packet_core::{NetlinkMessage, NetlinkPayload},
+    packet_route::{RouteNetlinkMessage, route::RouteAttribute},
+    sys::{AsyncSocket as _, SocketAddr},
+};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 use twill_api::cluster::{self, NodeRecord};
@@ -82,6 +89,41 @@ impl Overlay {
     }
 }
 
+/// How long to gather kernel notifications before one pass repairs what they reported.
+const DRIFT_DEBOUNCE: Duration = Duration::from_millis(100);
+
+type Notifications =
+    futures::channel::mpsc::UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
+
+/// Subscribes to route and neighbour changes, so an entry deleted by hand is put back at
+/// once rather than at the next periodic pass.
+fn subscribe() -> Option<Notifications> {
+    let (mut connection, _handle, messages) = rtnetlink::new_connection()
+        .map_err(|e| warn!("overlay: no netlink notifications ({e}); relying on the periodic pass"))
+        .ok()?;
+    let groups = SocketAddr::new(0, RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH);
+    if let Err(e) = connection.socket_mut().socket_mut().bind(&groups) {
+        warn!("overlay: no netlink notifications ({e}); relying on the periodic pass");
+        return None;
+    }
+    tokio::spawn(connection);
+    Some(messages)
+}
+
+/// Whether a notification says something was removed from `device`.
+fn removed_from(message: &NetlinkMessage<RouteNetlinkMessage>, device: u32) -> bool {
+    match &message.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r)) => r
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == device)),
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => {
+            n.header.ifindex == device
+        }
+        _ => false,
+    }
+}
+
 fn parse(kv: &etcd_client::KeyValue) -> Option<(String, NodeRecord)> {
     let key = kv.key_str().ok()?;
     let name = key.strip_prefix(cluster::NODES)?.to_owned();
@@ -92,6 +134,8 @@ fn parse(kv: &etcd_client::KeyValue) -> Option<(String, NodeRecord)> {
 /// Runs forever: snapshot, watch, reconcile; reconnects when etcd goes away, while the
 /// kernel keeps forwarding with what it has.
 pub async fn run(config: Config, overlay: Arc<Overlay>, resync: Duration) {
+    let mut notifications = subscribe();
+    let mut repair: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let mut client = match crate::connect(&config).await {
             Ok(c) => c,
@@ -158,6 +202,25 @@ pub async fn run(config: Config, overlay: Arc<Overlay>, resync: Duration) {
                     overlay.reconcile().await;
                 }
                 _ = tick.tick() => overlay.reconcile().await,
+                Some((message, _)) = async {
+                    match notifications.as_mut() {
+                        Some(n) => n.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if repair.is_none() && removed_from(&message, overlay.device.index) {
+                        repair = Some(Box::pin(tokio::time::sleep(DRIFT_DEBOUNCE)));
+                    }
+                }
+                () = async {
+                    match repair.as_mut() {
+                        Some(sleep) => sleep.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    repair = None;
+                    overlay.reconcile().await;
+                }
             }
         }
     }
