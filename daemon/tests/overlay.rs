@@ -218,12 +218,36 @@ fn a_joining_node_is_routed_from_every_node_within_a_second() {
 }
 
 #[test]
-fn a_restart_keeps_routes_and_a_dead_node_is_removed_after_its_lease() {
-    let c = Cluster::new(2);
-    let mut c = c;
+fn a_restart_keeps_routes_and_streams_and_a_dead_node_is_removed_after_its_lease() {
+    let mut c = Cluster::new(2);
     let node1 = c.node(0);
     let subnet2 = c.subnet(1);
     assert!(has_route(&node1, subnet2));
+    let a = c.pod(0, "stream-a");
+    let b = c.pod(1, "stream-b");
+
+    // A TCP stream from a pod on node1 to a pod on node2 runs through node2's restart.
+    let server_ns = twill_netns::NetNs::from_path(&b.netns).unwrap();
+    let mut cmd = Command::new("iperf3");
+    cmd.args(["-s", "-1", "-p", "5202"]).stdout(Stdio::null());
+    let mut server = server_ns.run(move || cmd.spawn()).unwrap().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let client_ns = twill_netns::NetNs::from_path(&a.netns).unwrap();
+    let mut cmd = Command::new("iperf3");
+    cmd.args([
+        "-c",
+        &b.ip.to_string(),
+        "-p",
+        "5202",
+        "-t",
+        "8",
+        "-b",
+        "50M",
+        "-J",
+    ])
+    .stdout(Stdio::piped());
+    let stream = client_ns.run(move || cmd.spawn()).unwrap().unwrap();
+    thread::sleep(Duration::from_secs(1));
 
     // Restart node2's daemon (SIGKILL, start again) while watching node1's route.
     let watching = std::sync::atomic::AtomicBool::new(true);
@@ -249,6 +273,23 @@ fn a_restart_keeps_routes_and_a_dead_node_is_removed_after_its_lease() {
         "node1 lost its route to node2 during node2's restart"
     );
     assert_eq!(c.subnet(1), subnet2, "the restarted node kept its subnet");
+    let report = stream.wait_with_output().unwrap();
+    assert!(
+        report.status.success(),
+        "the stream broke: {}",
+        String::from_utf8_lossy(&report.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let intervals = report["intervals"].as_array().unwrap();
+    assert!(intervals.len() >= 7, "{} intervals", intervals.len());
+    for (i, interval) in intervals.iter().enumerate() {
+        let bytes = interval["sum"]["bytes"].as_f64().unwrap_or(0.0);
+        assert!(
+            bytes > 0.0,
+            "the stream stalled in second {i} of the restart"
+        );
+    }
+    let _ = server.wait();
 
     // Now node2 dies for good: after the TTL its route, neighbour and FDB entry go.
     c.daemons[1].kill();
