@@ -9,6 +9,7 @@
 //! NodePort allocation happen where the store is (netctl apply).
 #![forbid(unsafe_code)]
 
+pub mod endpoints;
 pub mod names;
 mod wire;
 
@@ -268,10 +269,18 @@ impl Problems<'_> {
     }
 }
 
+/// An object and where it was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    /// 1-based position of its document in the file.
+    pub document: usize,
+    pub object: Object,
+}
+
 /// Parses every document of `text` (named `source` in errors). Returns the objects in
 /// document order and every problem found; empty documents are skipped. Two documents
 /// naming the same object are an error.
-pub fn parse(source: &str, text: &str) -> (Vec<Object>, Vec<ObjectError>) {
+pub fn parse(source: &str, text: &str) -> (Vec<Parsed>, Vec<ObjectError>) {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
@@ -292,12 +301,19 @@ pub fn parse(source: &str, text: &str) -> (Vec<Object>, Vec<ObjectError>) {
             }
         };
         match object(source, number, value) {
-            Ok(o) => objects.push(o),
+            Ok(object) => objects.push(Parsed {
+                document: number,
+                object,
+            }),
             Err(mut e) => errors.append(&mut e),
         }
     }
     let mut seen = BTreeSet::new();
-    for (i, o) in objects.iter().enumerate() {
+    for Parsed {
+        document,
+        object: o,
+    } in &objects
+    {
         if !seen.insert((
             o.resource(),
             o.namespace().map(str::to_owned),
@@ -305,7 +321,7 @@ pub fn parse(source: &str, text: &str) -> (Vec<Object>, Vec<ObjectError>) {
         )) {
             errors.push(ObjectError {
                 source: source.to_owned(),
-                document: i + 1,
+                document: *document,
                 object: Some(o.describe()),
                 field: String::new(),
                 message: "the same object appears twice".to_owned(),

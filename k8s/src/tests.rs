@@ -54,8 +54,13 @@ ports:
 
 #[test]
 fn a_multi_document_file_becomes_normalized_objects() {
-    let (objects, errors) = parse("shop.yaml", GOOD);
+    let (parsed, errors) = parse("shop.yaml", GOOD);
     assert_eq!(errors, []);
+    assert_eq!(
+        parsed.iter().map(|p| p.document).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    let objects: Vec<Object> = parsed.into_iter().map(|p| p.object).collect();
     let kinds: Vec<_> = objects.iter().map(Object::describe).collect();
     assert_eq!(
         kinds,
@@ -109,7 +114,7 @@ fn defaults_follow_kubernetes() {
         "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  ports: [{port: 5432}]\n";
     let (objects, errors) = parse("db.yaml", text);
     assert_eq!(errors, []);
-    let Object::Service(s) = &objects[0] else {
+    let Object::Service(s) = &objects[0].object else {
         panic!()
     };
     assert_eq!(s.namespace, "default");
@@ -118,7 +123,7 @@ fn defaults_follow_kubernetes() {
     assert_eq!(s.ports[0].protocol, Protocol::Tcp);
     assert_eq!(s.affinity_timeout, None);
     let with_affinity = "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  sessionAffinity: ClientIP\n  ports: [{port: 5432}]\n";
-    let Object::Service(s) = &parse("db.yaml", with_affinity).0[0] else {
+    let Object::Service(s) = &parse("db.yaml", with_affinity).0[0].object else {
         panic!()
     };
     assert_eq!(s.affinity_timeout, Some(DEFAULT_AFFINITY_TIMEOUT));
@@ -221,7 +226,7 @@ fn the_same_object_twice_is_an_error_and_empty_documents_are_skipped() {
 #[test]
 fn objects_survive_the_store_round_trip() {
     let (objects, _) = parse("shop.yaml", GOOD);
-    for o in objects {
+    for o in objects.into_iter().map(|p| p.object) {
         let stored = serde_json::to_string(&o).unwrap();
         assert_eq!(serde_json::from_str::<Object>(&stored).unwrap(), o);
     }
