@@ -46,6 +46,30 @@ pub struct PodRecord {
     pub ifname: String,
 }
 
+/// `OBJECTS` + `<resource>/<namespace>/<name>` (`namespaces/<name>` for Namespaces): the
+/// Kubernetes objects applied with `netctl apply`, as validated and completed (allocated
+/// ClusterIP and NodePorts filled in).
+pub const OBJECTS: &str = "/twill/v1/objects/";
+/// `SERVICE_IPS` + ClusterIP: which Service holds it (`namespace/name`).
+pub const SERVICE_IPS: &str = "/twill/v1/serviceips/";
+/// `NODE_PORTS` + `<port>-<protocol>`: which Service holds it.
+pub const NODE_PORTS: &str = "/twill/v1/nodeports/";
+
+pub fn object_key(resource: &str, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{OBJECTS}{resource}/{ns}/{name}"),
+        None => format!("{OBJECTS}{resource}/{name}"),
+    }
+}
+
+pub fn service_ip_key(ip: Ipv4Addr) -> String {
+    format!("{SERVICE_IPS}{ip}")
+}
+
+pub fn node_port_key(port: u16, protocol: &str) -> String {
+    format!("{NODE_PORTS}{port}-{protocol}")
+}
+
 pub fn node_key(node: &str) -> String {
     format!("{NODES}{node}")
 }

@@ -159,6 +159,8 @@ pub(crate) fn start(
         .arg("--listen-peer-urls=http://127.0.0.1:2380")
         .arg("--initial-advertise-peer-urls=http://127.0.0.1:2380")
         .arg("--initial-cluster=lab=http://127.0.0.1:2380")
+        // Large `netctl apply`s are one transaction (all or nothing).
+        .arg("--max-txn-ops=20000")
         .arg("--logger=zap")
         .arg("--log-outputs=stderr")
         .stdin(Stdio::null())

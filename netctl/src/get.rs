@@ -1,20 +1,19 @@
-//! `netctl get`: what the cluster's etcd says about nodes and pods.
-//!
-//! etcd is reached directly (`--etcd-endpoints`) or, for a lab, from inside the lab's
-//! underlay namespace, where its etcd listens.
+//! `netctl get`: what the cluster's etcd says about nodes, pods and services.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::collections::BTreeMap;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
-use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+use etcd_client::GetOptions;
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
 use twill_api::cluster::{self, NodeRecord, PodRecord, SubnetRecord};
-use twill_lab::Manifest;
-use twill_netns::NetNs;
 
-use crate::lab::DEFAULT_LAB;
+use crate::store::{StoreArgs, with_etcd};
+
+const OBJECTS_SERVICES: &str = "/twill/v1/objects/services/";
+const OBJECTS_PODS: &str = "/twill/v1/objects/pods/";
+const OBJECTS_SLICES: &str = "/twill/v1/objects/endpointslices/";
 
 #[derive(Subcommand)]
 pub enum GetCommand {
@@ -28,6 +27,57 @@ pub enum GetCommand {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
+    /// Services with their ClusterIPs and ports.
+    Services {
+        #[command(flatten)]
+        args: GetArgs,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// Each Service's backends: selected pods (named ports resolved) or its EndpointSlices.
+    Endpoints {
+        #[command(flatten)]
+        args: GetArgs,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+}
+
+/// Stored objects of one kind.
+fn objects(entries: &[(String, Vec<u8>)]) -> Vec<twill_k8s::Object> {
+    entries
+        .iter()
+        .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+        .collect()
+}
+
+fn services_of(
+    entries: &[(String, Vec<u8>)],
+    namespace: Option<&String>,
+) -> Vec<twill_k8s::Service> {
+    let mut out: Vec<twill_k8s::Service> = objects(entries)
+        .into_iter()
+        .filter_map(|o| match o {
+            twill_k8s::Object::Service(s) => Some(s),
+            _ => None,
+        })
+        .filter(|s| namespace.is_none_or(|n| &s.namespace == n))
+        .collect();
+    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    out
+}
+
+#[derive(Serialize)]
+struct EndpointsRow {
+    namespace: String,
+    name: String,
+    ports: Vec<PortBackends>,
+}
+
+#[derive(Serialize)]
+struct PortBackends {
+    port: String,
+    backends: Vec<twill_k8s::endpoints::Backend>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -43,33 +93,200 @@ pub struct GetArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: Format,
-    /// etcd client URLs of a real cluster (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    etcd_endpoints: Option<Vec<String>>,
-    /// TLS: CA, client certificate and key for etcd.
-    #[arg(long)]
-    etcd_ca: Option<PathBuf>,
-    #[arg(long)]
-    etcd_cert: Option<PathBuf>,
-    #[arg(long)]
-    etcd_key: Option<PathBuf>,
-    /// The lab to ask (when no endpoints are given).
-    #[arg(long, default_value = DEFAULT_LAB)]
-    lab: String,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Reads every key under each prefix.
+/// Keys and values under one prefix.
+type Entries = Vec<(String, Vec<u8>)>;
+
+fn fetch(args: &GetArgs, prefixes: &[&'static str]) -> anyhow::Result<Vec<Entries>> {
+    let prefixes = prefixes.to_vec();
+    with_etcd(&args.store, |mut c| async move {
+        let mut out = Vec::new();
+        for p in prefixes {
+            let resp = c
+                .get(p, Some(GetOptions::new().with_prefix()))
+                .await
+                .with_context(|| format!("reading {p}"))?;
+            out.push(pairs(&resp));
+        }
+        Ok(out)
+    })
 }
 
 pub fn run(cmd: GetCommand) -> anyhow::Result<()> {
     match cmd {
+        GetCommand::Services { args, namespace } => {
+            let got = fetch(&args, &[OBJECTS_SERVICES])?.pop().unwrap_or_default();
+            let rows = services_of(&got, namespace.as_ref());
+            print(args.output, &rows, |wide| {
+                let mut header = vec!["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)"];
+                if wide {
+                    header.extend(["TARGETS", "SELECTOR", "AFFINITY"]);
+                }
+                let lines = rows
+                    .iter()
+                    .map(|s| {
+                        let ip = match s.cluster_ip {
+                            twill_k8s::ClusterIp::Fixed(ip) => ip.to_string(),
+                            twill_k8s::ClusterIp::Headless => "None".into(),
+                            twill_k8s::ClusterIp::Auto => "<pending>".into(),
+                        };
+                        let mut l = vec![
+                            s.namespace.clone(),
+                            s.name.clone(),
+                            format!("{:?}", s.service_type),
+                            ip,
+                            crate::apply::service_ports(s),
+                        ];
+                        if wide {
+                            l.push(
+                                s.ports
+                                    .iter()
+                                    .map(|p| p.target.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(","),
+                            );
+                            l.push(s.selector.as_ref().map_or("<none>".into(), |sel| {
+                                sel.iter()
+                                    .map(|(k, v)| format!("{k}={v}"))
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            }));
+                            l.push(
+                                s.affinity_timeout
+                                    .map_or("None".into(), |t| format!("ClientIP({t}s)")),
+                            );
+                        }
+                        l
+                    })
+                    .collect();
+                (header, lines)
+            })
+        }
+        GetCommand::Endpoints { args, namespace } => {
+            let mut got = fetch(
+                &args,
+                &[
+                    OBJECTS_SERVICES,
+                    OBJECTS_PODS,
+                    OBJECTS_SLICES,
+                    cluster::PODS,
+                ],
+            )?;
+            let records = got.pop().unwrap_or_default();
+            let slices_raw = got.pop().unwrap_or_default();
+            let pods_raw = got.pop().unwrap_or_default();
+            let services = services_of(&got.pop().unwrap_or_default(), namespace.as_ref());
+            let placements: BTreeMap<(String, String), twill_k8s::endpoints::PodPlacement> =
+                records
+                    .iter()
+                    .filter_map(|(_, v)| serde_json::from_slice::<PodRecord>(v).ok())
+                    .map(|r| {
+                        (
+                            (r.namespace, r.name),
+                            twill_k8s::endpoints::PodPlacement {
+                                ip: r.ip,
+                                node: r.node,
+                            },
+                        )
+                    })
+                    .collect();
+            let pod_objects: Vec<twill_k8s::Pod> = objects(&pods_raw)
+                .into_iter()
+                .filter_map(|o| match o {
+                    twill_k8s::Object::Pod(p) => Some(p),
+                    _ => None,
+                })
+                .collect();
+            let pods: Vec<(&twill_k8s::Pod, twill_k8s::endpoints::PodPlacement)> = pod_objects
+                .iter()
+                .filter_map(|p| {
+                    Some((
+                        p,
+                        placements
+                            .get(&(p.namespace.clone(), p.name.clone()))?
+                            .clone(),
+                    ))
+                })
+                .collect();
+            let slice_objects: Vec<twill_k8s::EndpointSlice> = objects(&slices_raw)
+                .into_iter()
+                .filter_map(|o| match o {
+                    twill_k8s::Object::EndpointSlice(s) => Some(s),
+                    _ => None,
+                })
+                .collect();
+            let slices: Vec<&twill_k8s::EndpointSlice> = slice_objects.iter().collect();
+            let rows: Vec<EndpointsRow> = services
+                .iter()
+                .map(|s| EndpointsRow {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    ports: s
+                        .ports
+                        .iter()
+                        .zip(twill_k8s::endpoints::backends(s, &pods, &slices))
+                        .map(|(p, backends)| PortBackends {
+                            port: if p.name.is_empty() {
+                                format!("{}/{}", p.port, p.protocol)
+                            } else {
+                                format!("{} ({}/{})", p.name, p.port, p.protocol)
+                            },
+                            backends,
+                        })
+                        .collect(),
+                })
+                .collect();
+            print(args.output, &rows, |wide| {
+                let mut header = vec!["NAMESPACE", "NAME", "ENDPOINTS"];
+                if wide {
+                    header.push("NODES");
+                }
+                let lines = rows
+                    .iter()
+                    .map(|r| {
+                        let all: Vec<&twill_k8s::endpoints::Backend> =
+                            r.ports.iter().flat_map(|p| &p.backends).collect();
+                        let mut l = vec![
+                            r.namespace.clone(),
+                            r.name.clone(),
+                            if all.is_empty() {
+                                "<none>".into()
+                            } else {
+                                all.iter()
+                                    .map(|b| {
+                                        format!(
+                                            "{}:{}{}",
+                                            b.ip,
+                                            b.port,
+                                            if b.ready { "" } else { " (not ready)" }
+                                        )
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            },
+                        ];
+                        if wide {
+                            l.push(
+                                all.iter()
+                                    .map(|b| b.node.clone().unwrap_or_else(|| "-".into()))
+                                    .collect::<Vec<_>>()
+                                    .join(","),
+                            );
+                        }
+                        l
+                    })
+                    .collect();
+                (header, lines)
+            })
+        }
         GetCommand::Nodes(args) => {
-            let (nodes, subnets) = fetch(&args, |mut c| async move {
-                let nodes = c
-                    .get(cluster::NODES, Some(GetOptions::new().with_prefix()))
-                    .await?;
-                let subnets = c
-                    .get(cluster::SUBNETS, Some(GetOptions::new().with_prefix()))
-                    .await?;
-                Ok((pairs(&nodes), pairs(&subnets)))
-            })?;
+            let mut got = fetch(&args, &[cluster::NODES, cluster::SUBNETS])?;
+            let subnets = got.pop().unwrap_or_default();
+            let nodes = got.pop().unwrap_or_default();
             let rows = node_rows(&nodes, &subnets);
             print(args.output, &rows, |wide| {
                 let mut header = vec!["NAME", "STATUS", "UNDERLAY IP", "POD SUBNET"];
@@ -95,12 +312,7 @@ pub fn run(cmd: GetCommand) -> anyhow::Result<()> {
             })
         }
         GetCommand::Pods { args, namespace } => {
-            let pods = fetch(&args, |mut c| async move {
-                let pods = c
-                    .get(cluster::PODS, Some(GetOptions::new().with_prefix()))
-                    .await?;
-                Ok(pairs(&pods))
-            })?;
+            let pods = fetch(&args, &[cluster::PODS])?.pop().unwrap_or_default();
             let mut rows: Vec<PodRecord> = pods
                 .iter()
                 .filter_map(|(_, v)| serde_json::from_slice(v).ok())
@@ -226,75 +438,6 @@ fn print<T: Serialize>(
         }
     }
     Ok(())
-}
-
-/// Runs `f` against etcd: directly, or from inside the lab's underlay namespace.
-fn fetch<T, F, Fut>(args: &GetArgs, f: F) -> anyhow::Result<T>
-where
-    F: FnOnce(Client) -> Fut + Send,
-    Fut: Future<Output = Result<T, etcd_client::Error>>,
-    T: Send,
-{
-    let (endpoints, tls, netns) = match &args.etcd_endpoints {
-        Some(e) => {
-            let tls = match (&args.etcd_ca, &args.etcd_cert, &args.etcd_key) {
-                (None, None, None) => None,
-                (Some(ca), cert, key) => Some((ca.clone(), cert.clone().zip(key.clone()))),
-                _ => bail!("--etcd-cert and --etcd-key need --etcd-ca"),
-            };
-            (e.clone(), tls, None)
-        }
-        None => {
-            let m = Manifest::load(&args.lab).with_context(|| {
-                format!("no --etcd-endpoints given and no lab {} to ask", args.lab)
-            })?;
-            let tls = m.etcd_tls.as_ref().map(|t| {
-                (
-                    t.ca_file.clone(),
-                    Some((t.cert_file.clone(), t.key_file.clone())),
-                )
-            });
-            (
-                vec![m.etcd_endpoint()],
-                tls,
-                Some(NetNs::open(&m.plan.underlay_netns)?),
-            )
-        }
-    };
-    let work = move || -> anyhow::Result<T> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            let mut options = ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(3))
-                .with_timeout(Duration::from_secs(5));
-            if let Some((ca, identity)) = tls {
-                let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(
-                    std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?,
-                ));
-                if let Some((cert, key)) = identity {
-                    t = t.identity(Identity::from_pem(
-                        std::fs::read(&cert)
-                            .with_context(|| format!("reading {}", cert.display()))?,
-                        std::fs::read(&key)
-                            .with_context(|| format!("reading {}", key.display()))?,
-                    ));
-                }
-                options = options.with_tls(t);
-            }
-            let client = Client::connect(&endpoints, Some(options))
-                .await
-                .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
-            f(client)
-                .await
-                .with_context(|| format!("reading from etcd at {}", endpoints.join(",")))
-        })
-    };
-    match netns {
-        Some(ns) => ns.run(work)?,
-        None => work(),
-    }
 }
 
 #[cfg(test)]

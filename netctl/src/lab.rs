@@ -108,6 +108,10 @@ pub enum PodCommand {
         /// Labels, `k=v,k2=v2`.
         #[arg(long, value_delimiter = ',')]
         labels: Vec<String>,
+        /// Named container ports, `name=port[/UDP],...` (what a Service's named targetPort
+        /// finds).
+        #[arg(long, value_delimiter = ',')]
+        ports: Vec<String>,
         #[arg(long, default_value = DEFAULT_LAB)]
         lab: String,
     },
@@ -167,11 +171,13 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             node,
             namespace,
             labels,
+            ports,
             lab,
         }) => {
             let mut lab = Lab::attach(&lab)?;
             let labels = parse_labels(&labels)?;
-            let pod = add_pod(&mut lab, &name, &node, &namespace, labels)?;
+            let ports = parse_ports(&ports)?;
+            let pod = add_pod(&mut lab, &name, &node, &namespace, labels, ports)?;
             println!(
                 "pod {}/{} on {}: {}",
                 pod.namespace, pod.name, pod.node, pod.ip
@@ -307,7 +313,12 @@ fn populate(lab: &mut Lab, pods_per_node: u8) -> anyhow::Result<()> {
                 format!("demo-{}-{i}", node.name())
             };
             let labels = BTreeMap::from([("app".to_owned(), "demo".to_owned())]);
-            add_pod(lab, &name, node.name(), "default", labels)?;
+            let ports = vec![twill_k8s::NamedPort {
+                name: "http".to_owned(),
+                port: 8080,
+                protocol: twill_k8s::Protocol::Tcp,
+            }];
+            add_pod(lab, &name, node.name(), "default", labels, ports)?;
         }
     }
     Ok(())
@@ -361,6 +372,37 @@ fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
         .collect()
 }
 
+/// `http=8080,dns=53/UDP`
+fn parse_ports(items: &[String]) -> anyhow::Result<Vec<twill_k8s::NamedPort>> {
+    items
+        .iter()
+        .filter(|i| !i.is_empty())
+        .map(|i| {
+            let (name, rest) = i
+                .split_once('=')
+                .with_context(|| format!("port {i:?} is not name=port[/UDP]"))?;
+            twill_k8s::names::iana_svc_name(name)
+                .map_err(|e| anyhow::anyhow!("port {i:?}: {e}"))?;
+            let (number, protocol) = match rest.split_once('/') {
+                Some((n, "TCP")) => (n, twill_k8s::Protocol::Tcp),
+                Some((n, "UDP")) => (n, twill_k8s::Protocol::Udp),
+                Some((_, p)) => bail!("port {i:?}: {p:?} is not TCP or UDP"),
+                None => (rest, twill_k8s::Protocol::Tcp),
+            };
+            let port: u16 = number
+                .parse()
+                .ok()
+                .filter(|p| *p > 0)
+                .with_context(|| format!("port {i:?}: {number:?} is not a port (1-65535)"))?;
+            Ok(twill_k8s::NamedPort {
+                name: name.to_owned(),
+                port,
+                protocol,
+            })
+        })
+        .collect()
+}
+
 fn check_pod_name(kind: &str, name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 40
@@ -384,6 +426,7 @@ fn add_pod(
     node: &str,
     namespace: &str,
     labels: BTreeMap<String, String>,
+    named_ports: Vec<twill_k8s::NamedPort>,
 ) -> anyhow::Result<LabPod> {
     check_pod_name("pod name", name)?;
     check_pod_name("namespace", namespace)?;
@@ -441,6 +484,28 @@ fn add_pod(
         labels,
     };
     lab.record_pod(pod.clone())?;
+    // The pod's object, as `netctl apply` would store it: Services select by its labels.
+    let object = twill_k8s::Object::Pod(twill_k8s::Pod {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        labels: pod.labels.clone(),
+        named_ports,
+    });
+    let key = twill_api::cluster::object_key(object.resource(), object.namespace(), object.name());
+    let value = serde_json::to_string(&object).expect("plain data");
+    let store = crate::store::StoreArgs {
+        etcd_endpoints: None,
+        etcd_ca: None,
+        etcd_cert: None,
+        etcd_key: None,
+        lab: lab.name().to_owned(),
+    };
+    crate::store::with_etcd(&store, |mut c| async move {
+        c.put(key, value, None)
+            .await
+            .context("storing the pod's object")?;
+        Ok(())
+    })?;
     Ok(pod)
 }
 

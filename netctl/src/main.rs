@@ -1,8 +1,10 @@
 //! `netctl`: the operator's command line for twill.
 #![forbid(unsafe_code)]
 
+mod apply;
 mod get;
 mod lab;
+mod store;
 
 use clap::{Parser, Subcommand};
 
@@ -18,7 +20,11 @@ enum Command {
     /// A local multi-node cluster on network namespaces, with its own etcd.
     #[command(subcommand)]
     Lab(lab::LabCommand),
-    /// Show what the cluster's store says: nodes, pods.
+    /// Store Kubernetes objects (Namespace, Pod, Service, EndpointSlice) from YAML.
+    Apply(apply::ApplyArgs),
+    /// Remove the objects named in YAML files from the store.
+    Delete(apply::DeleteArgs),
+    /// Show what the cluster's store says: nodes, pods, services, endpoints.
     #[command(subcommand)]
     Get(get::GetCommand),
 }
@@ -28,6 +34,8 @@ fn main() {
     let result = match cli.command {
         Command::Lab(cmd) => lab::run(cmd),
         Command::Get(cmd) => get::run(cmd),
+        Command::Apply(args) => apply::apply(args),
+        Command::Delete(args) => apply::delete(args),
     };
     if let Err(e) = result {
         eprintln!("netctl: {e:#}");

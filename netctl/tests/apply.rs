@@ -1,0 +1,204 @@
+//! `netctl apply|delete|get services|endpoints` against a lab's etcd, through the binary.
+
+use std::{
+    io::Write as _,
+    process::{Command, Output, Stdio},
+};
+
+use twill_lab::plan::random_name;
+use twill_tests::require_root;
+
+const NETCTL: &str = env!("CARGO_BIN_EXE_netctl");
+
+fn netctl(args: &[&str]) -> Output {
+    Command::new(NETCTL)
+        .args(args)
+        .output()
+        .expect("run netctl")
+}
+
+fn netctl_stdin(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(NETCTL)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = netctl(&["lab", "down", &self.0]);
+    }
+}
+
+fn services(lab: &str) -> serde_json::Value {
+    let out = netctl(&["get", "services", "--lab", lab, "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn write(dir: &std::path::Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn apply_allocates_keeps_refuses_whole_files_and_delete_releases() {
+    require_root();
+    let lab = random_name();
+    let up = netctl(&[
+        "lab",
+        "up",
+        "--bare",
+        "--name",
+        &lab,
+        "--nodes",
+        "1",
+        "--externals",
+        "0",
+    ]);
+    assert!(up.status.success(), "{}", text(&up));
+    let _down = Down(lab.clone());
+    let dir = std::env::temp_dir().join(format!("twill-apply-{lab}"));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let good = write(
+        &dir,
+        "good.yaml",
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}, {name: dns, port: 53, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: shop}
+spec: {ports: [{name: https, port: 443}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ext-1, namespace: shop, labels: {kubernetes.io/service-name: ext}}
+addressType: IPv4
+endpoints: [{addresses: ["192.0.2.10"], nodeName: node1}, {addresses: ["192.0.2.11"], conditions: {ready: false}}]
+ports: [{name: https, port: 8443}]
+"#,
+    );
+    let out = netctl(&["apply", "-f", &good, "--lab", &lab]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(text(&out).matches(" created").count(), 3, "{}", text(&out));
+    let svcs = services(&lab);
+    let web = svcs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .unwrap()
+        .clone();
+    let ip = web["cluster_ip"]["fixed"].as_str().unwrap().to_owned();
+    assert!(ip.starts_with("10.96."), "{web}");
+    let node_port = web["ports"][0]["node_port"].as_u64().unwrap();
+    assert!((30000..=32767).contains(&node_port));
+
+    // Again: nothing changes, the same addresses stay.
+    let out = netctl(&["apply", "-f", &good, "--lab", &lab]);
+    assert_eq!(
+        text(&out).matches(" unchanged").count(),
+        3,
+        "{}",
+        text(&out)
+    );
+    assert_eq!(services(&lab), svcs);
+
+    // Endpoints of the selector-less Service come from its slice.
+    let eps = netctl(&["get", "endpoints", "-n", "shop", "--lab", &lab]);
+    let eps = text(&eps);
+    assert!(
+        eps.contains("192.0.2.10:8443") && eps.contains("192.0.2.11:8443 (not ready)"),
+        "{eps}"
+    );
+
+    // A file with one bad document stores nothing, and says where and why.
+    let bad = write(
+        &dir,
+        "bad.yaml",
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: fine, namespace: shop}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: broken, namespace: shop}
+spec: {ports: [{port: 80, tragetPort: 8080}]}
+"#,
+    );
+    let out = netctl(&["apply", "-f", &bad, "--lab", &lab]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("bad.yaml: document 2 (Service shop/broken): spec.ports[0].tragetPort: unknown field `tragetPort`"), "{}", text(&out));
+    assert!(text(&out).contains("nothing was stored"));
+    assert!(
+        !services(&lab)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "fine")
+    );
+
+    // A ClusterIP or NodePort that another Service holds is refused, naming the field.
+    let clash = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: clash, namespace: shop}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n"
+    );
+    let out = netctl_stdin(&["apply", "-f", "-", "--lab", &lab], &clash);
+    assert!(!out.status.success());
+    assert!(text(&out).contains(&format!("-: document 1 (Service shop/clash): spec.clusterIP: {ip} is already used by Service shop/web")), "{}", text(&out));
+    let clash = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: clash, namespace: shop}}\nspec: {{type: NodePort, ports: [{{port: 80, nodePort: {node_port}}}]}}\n"
+    );
+    let out = netctl_stdin(&["apply", "-f", "-", "--lab", &lab], &clash);
+    assert!(
+        text(&out).contains(&format!(
+            "spec.ports[0].nodePort: {node_port}/TCP is already used by Service shop/web"
+        )),
+        "{}",
+        text(&out)
+    );
+
+    // Delete releases the addresses: a new Service gets web's ClusterIP back.
+    let out = netctl(&["delete", "-f", &good, "--lab", &lab]);
+    assert_eq!(text(&out).matches(" deleted").count(), 3, "{}", text(&out));
+    assert_eq!(services(&lab), serde_json::json!([]));
+    let again =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: next}\nspec: {ports: [{port: 80}]}\n";
+    let out = netctl_stdin(&["apply", "-f", "-", "--lab", &lab], again);
+    assert!(
+        text(&out).contains(&format!("clusterIP {ip}")),
+        "{}",
+        text(&out)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
