@@ -6,14 +6,23 @@
 //! defined here once; the kernel side and userspace import it from here.
 #![no_std]
 
+pub mod lb;
 pub mod metrics;
 pub mod programs;
 
 /// Names of the maps in the object file, as userspace looks them up and pins them.
 /// BPF map names are limited to 15 bytes.
 pub mod maps {
-    /// Per-CPU packet and byte counters indexed by [`crate::metrics::MetricKey`].
+    /// Per-CPU packet and byte counters indexed by [`crate::metrics::metric_index`].
     pub const METRICS: &str = "TWILL_METRICS";
+    /// Service frontends: [`crate::lb::FrontendKey`] -> [`crate::lb::Frontend`].
+    pub const SERVICES: &str = "TWILL_SVC";
+    /// Backends: [`crate::lb::BackendKey`] -> [`crate::lb::Backend`].
+    pub const BACKENDS: &str = "TWILL_BACKENDS";
+    /// Conntrack (LRU): client flow [`crate::lb::FlowKey`] -> [`crate::lb::Flow`].
+    pub const CONNTRACK: &str = "TWILL_CT";
+    /// Reverse NAT (LRU): backend-side flow [`crate::lb::FlowKey`] -> [`crate::lb::RevNat`].
+    pub const REVNAT: &str = "TWILL_REVNAT";
 }
 
 /// Return codes of tc (`sched_cls`) programs, from `include/uapi/linux/pkt_cls.h`.

@@ -13,22 +13,42 @@ pub enum Reason {
     Forwarded = 0,
     /// Not IPv4 (ARP, IPv6, ...): passed untouched.
     NotIpv4 = 1,
+    /// Sent to a Service frontend: translated to a backend and passed.
+    ServiceTranslated = 2,
+    /// A backend's reply: translated back to the frontend and passed.
+    ReplyTranslated = 3,
     /// The Ethernet or IPv4 header is truncated or invalid: dropped.
     DropMalformed = 16,
+    /// Sent to a Service frontend that has no backend: dropped.
+    DropNoBackend = 17,
+    /// Rewriting the packet failed (a helper refused it): dropped.
+    DropRewriteFailed = 18,
 }
 
 impl Reason {
     /// Codes at or above this one are drops.
     pub const FIRST_DROP: u32 = 16;
     /// Every reason, in code order.
-    pub const ALL: [Reason; 3] = [Reason::Forwarded, Reason::NotIpv4, Reason::DropMalformed];
+    pub const ALL: [Reason; 7] = [
+        Reason::Forwarded,
+        Reason::NotIpv4,
+        Reason::ServiceTranslated,
+        Reason::ReplyTranslated,
+        Reason::DropMalformed,
+        Reason::DropNoBackend,
+        Reason::DropRewriteFailed,
+    ];
 
     /// The reason for a code read back from the map, if this build knows it.
     pub const fn from_code(code: u32) -> Option<Reason> {
         match code {
             0 => Some(Reason::Forwarded),
             1 => Some(Reason::NotIpv4),
+            2 => Some(Reason::ServiceTranslated),
+            3 => Some(Reason::ReplyTranslated),
             16 => Some(Reason::DropMalformed),
+            17 => Some(Reason::DropNoBackend),
+            18 => Some(Reason::DropRewriteFailed),
             _ => None,
         }
     }
@@ -38,7 +58,11 @@ impl Reason {
         match self {
             Reason::Forwarded => "forwarded",
             Reason::NotIpv4 => "not-ipv4",
+            Reason::ServiceTranslated => "service-translated",
+            Reason::ReplyTranslated => "reply-translated",
             Reason::DropMalformed => "drop-malformed",
+            Reason::DropNoBackend => "drop-no-backend",
+            Reason::DropRewriteFailed => "drop-rewrite-failed",
         }
     }
 
@@ -88,7 +112,7 @@ pub struct MetricValue {
 }
 
 const _: () = assert!(core::mem::size_of::<MetricValue>() == 16);
-const _: () = assert!((Reason::DropMalformed as u32) < REASON_SLOTS);
+const _: () = assert!((Reason::DropRewriteFailed as u32) < REASON_SLOTS);
 
 #[cfg(feature = "user")]
 // SAFETY: `MetricValue` is `repr(C)`, made of two `u64`s, has no padding and every bit

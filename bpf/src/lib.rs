@@ -14,10 +14,11 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData, PerCpuArray},
+    maps::{HashMap, Map, MapData, PerCpuArray},
     programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions, tc},
 };
 use twill_abi::{
+    lb::{Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey, RevNat},
     maps,
     metrics::{Direction, MetricValue, Reason, metric_index},
     programs,
@@ -160,6 +161,85 @@ impl Datapath {
     /// Reads the packet counters, summed over CPUs.
     pub fn metrics(&self) -> Result<Metrics> {
         read_metrics(&self.pin_dir)
+    }
+
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>> {
+        let path = self.pin_dir.join(name);
+        let map = self.ebpf.map_mut(name).ok_or_else(|| DatapathError::Map {
+            name,
+            path: path.clone(),
+            source: Box::new(aya::maps::MapError::InvalidName {
+                name: name.to_owned(),
+            }),
+        })?;
+        HashMap::try_from(map).map_err(|source| DatapathError::Map {
+            name,
+            path,
+            source: Box::new(source),
+        })
+    }
+
+    /// Makes `key` balance over `backends`: the backends are written first, then the
+    /// frontend, so a frontend never points at a slot that is not there yet. Slots beyond
+    /// the new count are removed afterwards.
+    pub fn set_frontend(
+        &mut self,
+        key: FrontendKey,
+        mut frontend: Frontend,
+        backends: &[Backend],
+    ) -> Result<()> {
+        frontend.backend_count = backends.len() as u32;
+        let service_id = frontend.service_id;
+        let old_count = self
+            .hash_map::<FrontendKey, Frontend>(maps::SERVICES)?
+            .get(&key, 0)
+            .map_or(0, |f| f.backend_count);
+        let map_err = |name, source| DatapathError::Map {
+            name,
+            path: PathBuf::new(),
+            source: Box::new(source),
+        };
+        let mut slots = self.hash_map::<BackendKey, Backend>(maps::BACKENDS)?;
+        for (slot, backend) in backends.iter().enumerate() {
+            let k = BackendKey {
+                service_id,
+                slot: slot as u32,
+            };
+            slots
+                .insert(k, backend, 0)
+                .map_err(|e| map_err(maps::BACKENDS, e))?;
+        }
+        self.hash_map::<FrontendKey, Frontend>(maps::SERVICES)?
+            .insert(key, frontend, 0)
+            .map_err(|e| map_err(maps::SERVICES, e))?;
+        let mut slots = self.hash_map::<BackendKey, Backend>(maps::BACKENDS)?;
+        for slot in backends.len() as u32..old_count {
+            let _ = slots.remove(&BackendKey { service_id, slot });
+        }
+        Ok(())
+    }
+
+    /// The flows conntrack holds: client flow -> backend.
+    pub fn conntrack(&mut self) -> Result<Vec<(FlowKey, Flow)>> {
+        let map = self.hash_map_lru::<FlowKey, Flow>(maps::CONNTRACK)?;
+        Ok(map.iter().filter_map(|e| e.ok()).collect())
+    }
+
+    /// The reverse translations: backend-side flow -> frontend.
+    pub fn reverse_nat(&mut self) -> Result<Vec<(FlowKey, RevNat)>> {
+        let map = self.hash_map_lru::<FlowKey, RevNat>(maps::REVNAT)?;
+        Ok(map.iter().filter_map(|e| e.ok()).collect())
+    }
+
+    fn hash_map_lru<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>> {
+        // aya reads LRU hash maps through the same type as hash maps.
+        self.hash_map(name)
     }
 }
 

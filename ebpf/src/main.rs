@@ -1,19 +1,29 @@
 //! twill's eBPF programs, built for `bpfel-unknown-none` by `twill-bpf`'s build script.
 //!
-//! One program per attach point. Each is a thin `fn prog(ctx)` over `try_prog` that
-//! returns the verdict and the reason for it; the reason is counted in the metrics map so
-//! every pass and every drop is visible from userspace. No path can panic: packet reads go
-//! through `bpf_skb_load_bytes` (bounds-checked by the kernel) and map slots are looked up,
-//! never indexed.
+//! One program per attach point. Each is a thin `fn prog(ctx)` over the decision logic that
+//! returns the verdict's reason; the reason is counted in the metrics map so every pass and
+//! every drop is visible from userspace. No path can panic: packet reads go through
+//! `bpf_skb_load_bytes` (bounds-checked by the kernel), map slots are looked up, never
+//! indexed, and the one division is a `checked_rem`.
+//!
+//! Service load balancing (see `twill_abi::lb`): on the way out of a pod, a packet to a
+//! Service frontend is translated to a backend (DNAT), the flow pinned in conntrack and a
+//! reverse entry recorded; on the way into a pod, a backend's reply is translated back to
+//! the frontend, so the client only ever sees the ClusterIP.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     macros::{classifier, map},
-    maps::PerCpuArray,
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use twill_abi::{
+    lb::{
+        Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
+        MAX_BACKENDS, MAX_FLOWS, MAX_FRONTENDS, RevNat, SCOPE_CLUSTER_IP, pick_slot,
+    },
     metrics::{Direction, METRICS_ENTRIES, MetricValue, Reason, metric_index},
     tc::{TC_ACT_OK, TC_ACT_SHOT},
 };
@@ -21,10 +31,23 @@ use twill_abi::{
 /// See [`twill_abi::metrics`]. Pinned by name so counters survive a daemon restart.
 #[map(name = "TWILL_METRICS")]
 static TWILL_METRICS: PerCpuArray<MetricValue> = PerCpuArray::pinned(METRICS_ENTRIES, 0);
+#[map(name = "TWILL_SVC")]
+static TWILL_SVC: HashMap<FrontendKey, Frontend> = HashMap::pinned(MAX_FRONTENDS, 0);
+#[map(name = "TWILL_BACKENDS")]
+static TWILL_BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
+#[map(name = "TWILL_CT")]
+static TWILL_CT: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(MAX_FLOWS, 0);
+#[map(name = "TWILL_REVNAT")]
+static TWILL_REVNAT: LruHashMap<FlowKey, RevNat> = LruHashMap::pinned(MAX_FLOWS, 0);
 
 const ETH_HDR_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const IPV4_MIN_HDR_LEN: usize = 20;
+const IP_PROTO_OFF: usize = ETH_HDR_LEN + 9;
+const IP_CSUM_OFF: usize = ETH_HDR_LEN + 10;
+const IP_SRC_OFF: usize = ETH_HDR_LEN + 12;
+const IP_DST_OFF: usize = ETH_HDR_LEN + 16;
+const IP_FRAG_OFF: usize = ETH_HDR_LEN + 6;
 
 #[classifier]
 pub fn twill_from_pod(ctx: TcContext) -> i32 {
@@ -38,7 +61,14 @@ pub fn twill_to_pod(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn verdict(ctx: &TcContext, direction: Direction) -> i32 {
-    let reason = classify(ctx);
+    let reason = match parse(ctx) {
+        Err(reason) => reason,
+        Ok(None) => Reason::Forwarded,
+        Ok(Some(l4)) => match direction {
+            Direction::FromPod => to_backend(ctx, &l4),
+            Direction::ToPod => from_backend(ctx, &l4),
+        },
+    };
     count(direction, reason, ctx.len());
     if reason.is_drop() {
         TC_ACT_SHOT
@@ -47,27 +77,205 @@ fn verdict(ctx: &TcContext, direction: Direction) -> i32 {
     }
 }
 
-/// What to do with the packet, and why.
+/// A TCP or UDP packet's flow and where its checksum is.
+struct L4 {
+    flow: FlowKey,
+    /// Offset of the L4 header.
+    offset: usize,
+    /// Offset of the L4 checksum.
+    csum: usize,
+}
+
+/// Checks the headers. `Ok(Some)` for a TCP/UDP packet that is not a later fragment,
+/// `Ok(None)` for other valid IPv4, `Err(reason)` for what is not IPv4 or is malformed.
 #[inline(always)]
-fn classify(ctx: &TcContext) -> Reason {
-    let Ok(ethertype) = ctx.load::<u16>(12) else {
-        return Reason::DropMalformed;
-    };
+fn parse(ctx: &TcContext) -> Result<Option<L4>, Reason> {
+    let ethertype = ctx.load::<u16>(12).map_err(|_| Reason::DropMalformed)?;
     if u16::from_be(ethertype) != ETH_P_IP {
-        return Reason::NotIpv4;
+        return Err(Reason::NotIpv4);
     }
-    let Ok(version_ihl) = ctx.load::<u8>(ETH_HDR_LEN) else {
-        return Reason::DropMalformed;
-    };
+    let version_ihl = ctx
+        .load::<u8>(ETH_HDR_LEN)
+        .map_err(|_| Reason::DropMalformed)?;
     let header_len = usize::from(version_ihl & 0x0f) * 4;
     if version_ihl >> 4 != 4 || header_len < IPV4_MIN_HDR_LEN {
-        return Reason::DropMalformed;
+        return Err(Reason::DropMalformed);
     }
     // The whole header, options included, must be in the packet.
     if (ctx.len() as usize) < ETH_HDR_LEN + header_len {
-        return Reason::DropMalformed;
+        return Err(Reason::DropMalformed);
     }
-    Reason::Forwarded
+    let protocol = ctx
+        .load::<u8>(IP_PROTO_OFF)
+        .map_err(|_| Reason::DropMalformed)?;
+    let csum = match protocol {
+        IPPROTO_TCP => 16,
+        IPPROTO_UDP => 6,
+        _ => return Ok(None),
+    };
+    // Later fragments carry no ports; they are not translated.
+    let frag = ctx
+        .load::<u16>(IP_FRAG_OFF)
+        .map_err(|_| Reason::DropMalformed)?;
+    if u16::from_be(frag) & 0x1fff != 0 {
+        return Ok(None);
+    }
+    let offset = ETH_HDR_LEN + header_len;
+    let read32 = |off| ctx.load::<u32>(off).map_err(|_| Reason::DropMalformed);
+    let read16 = |off| ctx.load::<u16>(off).map_err(|_| Reason::DropMalformed);
+    Ok(Some(L4 {
+        flow: FlowKey {
+            src_ip: read32(IP_SRC_OFF)?,
+            dst_ip: read32(IP_DST_OFF)?,
+            src_port: read16(offset)?,
+            dst_port: read16(offset + 2)?,
+            protocol,
+            _pad: [0; 3],
+        },
+        offset,
+        csum: offset + csum,
+    }))
+}
+
+/// Reads a map value out. The copy is taken at once; a concurrent update may replace the
+/// entry, never free it under us.
+macro_rules! lookup {
+    ($map:expr, $key:expr) => {
+        // SAFETY: the reference from a successful lookup points into the map's value
+        // storage, valid for this program run; the value is plain data copied right away.
+        unsafe { $map.get($key).copied() }
+    };
+}
+
+/// From a pod: a packet to a frontend goes to a backend.
+#[inline(always)]
+fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
+    let flow = match lookup!(TWILL_CT, &l4.flow) {
+        Some(flow) => flow,
+        None => {
+            let frontend_key = FrontendKey {
+                ip: l4.flow.dst_ip,
+                port: l4.flow.dst_port,
+                protocol: l4.flow.protocol,
+                scope: SCOPE_CLUSTER_IP,
+            };
+            let Some(frontend) = lookup!(TWILL_SVC, &frontend_key) else {
+                return Reason::Forwarded;
+            };
+            let Some(slot) = pick_slot(&l4.flow, frontend.backend_count) else {
+                return Reason::DropNoBackend;
+            };
+            let backend_key = BackendKey {
+                service_id: frontend.service_id,
+                slot,
+            };
+            let Some(backend) = lookup!(TWILL_BACKENDS, &backend_key) else {
+                return Reason::DropNoBackend;
+            };
+            let flow = Flow {
+                backend_ip: backend.ip,
+                backend_port: backend.port,
+                _pad: 0,
+                frontend_ip: l4.flow.dst_ip,
+                frontend_port: l4.flow.dst_port,
+                _pad2: 0,
+            };
+            let reply = FlowKey {
+                src_ip: backend.ip,
+                dst_ip: l4.flow.src_ip,
+                src_port: backend.port,
+                dst_port: l4.flow.src_port,
+                protocol: l4.flow.protocol,
+                _pad: [0; 3],
+            };
+            let revnat = RevNat {
+                frontend_ip: l4.flow.dst_ip,
+                frontend_port: l4.flow.dst_port,
+                _pad: 0,
+            };
+            // Without both entries the flow's replies would not be translated back.
+            if TWILL_REVNAT.insert(reply, revnat, 0).is_err()
+                || TWILL_CT.insert(l4.flow, flow, 0).is_err()
+            {
+                return Reason::DropRewriteFailed;
+            }
+            flow
+        }
+    };
+    match rewrite(
+        ctx,
+        l4,
+        IP_DST_OFF,
+        l4.flow.dst_ip,
+        flow.backend_ip,
+        l4.offset + 2,
+        l4.flow.dst_port,
+        flow.backend_port,
+    ) {
+        Ok(()) => Reason::ServiceTranslated,
+        Err(()) => Reason::DropRewriteFailed,
+    }
+}
+
+/// Into a pod: a backend's reply comes from the frontend the client spoke to.
+#[inline(always)]
+fn from_backend(ctx: &TcContext, l4: &L4) -> Reason {
+    let Some(revnat) = lookup!(TWILL_REVNAT, &l4.flow) else {
+        return Reason::Forwarded;
+    };
+    match rewrite(
+        ctx,
+        l4,
+        IP_SRC_OFF,
+        l4.flow.src_ip,
+        revnat.frontend_ip,
+        l4.offset,
+        l4.flow.src_port,
+        revnat.frontend_port,
+    ) {
+        Ok(()) => Reason::ReplyTranslated,
+        Err(()) => Reason::DropRewriteFailed,
+    }
+}
+
+/// Replaces an address and a port, keeping the IPv4 and L4 checksums right (the L4 one
+/// covers the address through the pseudo-header; a UDP checksum of zero stays zero).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rewrite(
+    ctx: &TcContext,
+    l4: &L4,
+    ip_off: usize,
+    old_ip: u32,
+    new_ip: u32,
+    port_off: usize,
+    old_port: u16,
+    new_port: u16,
+) -> Result<(), ()> {
+    let udp = if l4.flow.protocol == IPPROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    let pseudo = u64::from(BPF_F_PSEUDO_HDR);
+    if old_ip != new_ip {
+        ctx.l4_csum_replace(
+            l4.csum,
+            u64::from(old_ip),
+            u64::from(new_ip),
+            pseudo | udp | 4,
+        )
+        .map_err(|_| ())?;
+        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_ip), u64::from(new_ip), 4)
+            .map_err(|_| ())?;
+        ctx.store(ip_off, &new_ip, 0).map_err(|_| ())?;
+    }
+    if old_port != new_port {
+        ctx.l4_csum_replace(l4.csum, u64::from(old_port), u64::from(new_port), udp | 2)
+            .map_err(|_| ())?;
+        ctx.store(port_off, &new_port, 0).map_err(|_| ())?;
+    }
+    Ok(())
 }
 
 #[inline(always)]

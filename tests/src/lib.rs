@@ -100,6 +100,71 @@ pub mod packet {
         ethernet(0x0806, &a)
     }
 
+    /// An Ethernet + IPv4 + TCP (SYN) or UDP frame with correct checksums.
+    /// `udp_checksum: false` leaves a UDP checksum of zero ("none"), as UDP allows.
+    pub fn l4_frame(
+        protocol: u8,
+        src: (Ipv4Addr, u16),
+        dst: (Ipv4Addr, u16),
+        payload: &[u8],
+        udp_checksum: bool,
+    ) -> Vec<u8> {
+        let mut l4 = if protocol == 6 {
+            let mut t = tcp_syn(src.1, dst.1);
+            t.extend_from_slice(payload);
+            t
+        } else {
+            let mut u = Vec::new();
+            u.extend_from_slice(&src.1.to_be_bytes());
+            u.extend_from_slice(&dst.1.to_be_bytes());
+            u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+            u.extend_from_slice(&[0, 0]);
+            u.extend_from_slice(payload);
+            u
+        };
+        let csum_at = if protocol == 6 { 16 } else { 6 };
+        if protocol == 6 || udp_checksum {
+            let sum = l4_checksum(src.0, dst.0, protocol, &l4);
+            l4[csum_at..csum_at + 2].copy_from_slice(&sum.to_be_bytes());
+        }
+        ethernet(0x0800, &ipv4(src.0, dst.0, protocol, &l4))
+    }
+
+    /// TCP/UDP checksum over the pseudo-header and the segment (checksum field as is).
+    pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, segment: &[u8]) -> u16 {
+        let mut data = Vec::with_capacity(12 + segment.len());
+        data.extend_from_slice(&src.octets());
+        data.extend_from_slice(&dst.octets());
+        data.extend_from_slice(&[0, protocol]);
+        data.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+        data.extend_from_slice(segment);
+        checksum(&data)
+    }
+
+    /// Addresses and ports of a frame made by [`l4_frame`].
+    pub fn endpoints(frame: &[u8]) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
+        let ip = |o: usize| Ipv4Addr::new(frame[o], frame[o + 1], frame[o + 2], frame[o + 3]);
+        let port = |o: usize| u16::from_be_bytes([frame[o], frame[o + 1]]);
+        ((ip(26), port(34)), (ip(30), port(36)))
+    }
+
+    /// Whether the IPv4 header checksum and the TCP/UDP checksum both verify (a UDP
+    /// checksum of zero means "none" and passes).
+    pub fn checksums_ok(frame: &[u8]) -> bool {
+        let ip = &frame[14..34];
+        if checksum(ip) != 0 {
+            return false;
+        }
+        let protocol = ip[9];
+        let segment = &frame[34..];
+        if protocol == 17 && segment[6..8] == [0, 0] {
+            return true;
+        }
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        l4_checksum(src, dst, protocol, segment) == 0
+    }
+
     /// The Internet checksum (RFC 1071).
     pub fn checksum(bytes: &[u8]) -> u16 {
         let mut sum: u32 = bytes

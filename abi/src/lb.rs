@@ -1,0 +1,175 @@
+//! Service load balancing: frontends (a Service's VIP and port), their backends, and the
+//! connection tracking that pins each flow to its backend and translates replies back.
+//!
+//! Addresses and ports are kept as they are on the wire (network byte order, read as
+//! native integers), so programs compare and copy them without conversion. Userspace
+//! builds them with [`wire_ip`] and [`wire_port`].
+//!
+//! Every struct is `repr(C)` with explicit padding: keys are hashed byte for byte, so
+//! padding must be zero, and layouts are asserted below.
+
+/// Frontend scopes: who may reach it.
+pub const SCOPE_CLUSTER_IP: u8 = 0;
+
+/// A Service frontend: VIP, port, protocol (IPPROTO_TCP / IPPROTO_UDP) and scope.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FrontendKey {
+    pub ip: u32,
+    pub port: u16,
+    pub protocol: u8,
+    pub scope: u8,
+}
+
+/// What a frontend balances to: backends `0..backend_count` of `service_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Frontend {
+    pub service_id: u32,
+    pub backend_count: u32,
+    /// `FRONTEND_*` flags.
+    pub flags: u32,
+    /// Seconds a client stays on its backend with session affinity.
+    pub affinity_timeout: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub service_id: u32,
+    pub slot: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub ip: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// A flow as one side sent it: source, destination, protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_ip: u32,
+    pub dst_ip: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Conntrack entry for a client's flow to a frontend: where it goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub backend_ip: u32,
+    pub backend_port: u16,
+    pub _pad: u16,
+    pub frontend_ip: u32,
+    pub frontend_port: u16,
+    pub _pad2: u16,
+}
+
+/// Reverse translation for replies (keyed by the backend's side of the flow): the
+/// frontend the client spoke to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevNat {
+    pub frontend_ip: u32,
+    pub frontend_port: u16,
+    pub _pad: u16,
+}
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Capacity of the frontend map.
+pub const MAX_FRONTENDS: u32 = 65536;
+/// Capacity of the backend map (10,000 Services x 10 endpoints and room to spare).
+pub const MAX_BACKENDS: u32 = 262_144;
+/// Capacity of the conntrack and reverse-NAT maps (LRU: the oldest flows go first).
+pub const MAX_FLOWS: u32 = 262_144;
+
+/// An address as the programs hold it.
+pub const fn wire_ip(octets: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(octets)
+}
+
+/// A port as the programs hold it.
+pub const fn wire_port(port: u16) -> u16 {
+    u16::from_ne_bytes(port.to_be_bytes())
+}
+
+/// The backend slot for a new flow: a hash of the client's side, so connections spread
+/// over the backends and the choice can be checked in tests. Conntrack pins it afterwards.
+#[inline(always)]
+pub fn pick_slot(flow: &FlowKey, backend_count: u32) -> Option<u32> {
+    let mut h = flow.src_ip ^ (u32::from(flow.src_port) << 16) ^ u32::from(flow.dst_port);
+    h ^= flow.dst_ip;
+    h = h.wrapping_mul(0x9E37_79B1);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x85EB_CA77);
+    h ^= h >> 13;
+    h.checked_rem(backend_count)
+}
+
+const _: () = assert!(core::mem::size_of::<FrontendKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Frontend>() == 16);
+const _: () = assert!(core::mem::size_of::<BackendKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+const _: () = assert!(core::mem::size_of::<Flow>() == 16);
+const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY (each): repr(C) structs of integers and byte arrays with explicit padding
+    // fields, so no implicit padding bytes, and every bit pattern is a valid value.
+    unsafe impl aya::Pod for FrontendKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Frontend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BackendKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Flow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RevNat {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_forms_are_network_byte_order() {
+        assert_eq!(wire_ip([10, 96, 0, 1]).to_ne_bytes(), [10, 96, 0, 1]);
+        assert_eq!(wire_port(80).to_ne_bytes(), [0, 80]);
+    }
+
+    #[test]
+    fn slots_stay_in_range_spread_and_never_divide_by_zero() {
+        let mut seen = [0u32; 3];
+        for port in 30000..33000u16 {
+            let flow = FlowKey {
+                src_ip: wire_ip([10, 244, 0, 2]),
+                dst_ip: wire_ip([10, 96, 0, 10]),
+                src_port: wire_port(port),
+                dst_port: wire_port(80),
+                protocol: IPPROTO_TCP,
+                _pad: [0; 3],
+            };
+            seen[pick_slot(&flow, 3).unwrap() as usize] += 1;
+            assert_eq!(pick_slot(&flow, 0), None);
+        }
+        for n in seen {
+            assert!((800..=1200).contains(&n), "{seen:?}");
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Service load balancing in the eBPF programs, through `BPF_PROG_TEST_RUN` with crafted
+//! packets: a frontend hit is translated to a backend with valid checksums and pinned in
+//! conntrack, the reply is translated back, a miss passes untouched, a frontend without
+//! backends drops with its reason, and connections spread over the backends.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use twill_abi::{
+    lb::{
+        Backend, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SCOPE_CLUSTER_IP, wire_ip,
+        wire_port,
+    },
+    metrics::{Direction, Reason},
+    programs,
+    tc::{TC_ACT_OK, TC_ACT_SHOT},
+};
+use twill_bpf::Datapath;
+use twill_lab::{Lab, LabSpec};
+use twill_tests::{packet, require_root};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const BACKENDS: [(Ipv4Addr, u16); 3] = [
+    (Ipv4Addr::new(10, 244, 1, 5), 8080),
+    (Ipv4Addr::new(10, 244, 2, 6), 8080),
+    (Ipv4Addr::new(10, 244, 3, 7), 9090),
+];
+
+fn frontend(protocol: u8, port: u16) -> FrontendKey {
+    FrontendKey {
+        ip: wire_ip(VIP.octets()),
+        port: wire_port(port),
+        protocol,
+        scope: SCOPE_CLUSTER_IP,
+    }
+}
+
+fn backends(list: &[(Ipv4Addr, u16)]) -> Vec<Backend> {
+    list.iter()
+        .map(|(ip, port)| Backend {
+            ip: wire_ip(ip.octets()),
+            port: wire_port(*port),
+            _pad: 0,
+        })
+        .collect()
+}
+
+fn setup() -> (Lab, Datapath) {
+    require_root();
+    let lab = Lab::up(&LabSpec::for_test(1, 0)).expect("lab up");
+    let datapath = Datapath::load(&lab.nodes()[0].bpffs_dir).expect("programs load and verify");
+    (lab, datapath)
+}
+
+#[test]
+fn a_cluster_ip_connection_goes_to_a_backend_and_the_reply_comes_back_from_the_vip() {
+    let (_lab, mut dp) = setup();
+    dp.set_frontend(
+        frontend(IPPROTO_TCP, 80),
+        Frontend {
+            service_id: 1,
+            ..Default::default()
+        },
+        &backends(&BACKENDS),
+    )
+    .unwrap();
+
+    let syn = packet::l4_frame(IPPROTO_TCP, (CLIENT, 40000), (VIP, 80), b"", true);
+    let out = dp.test_run(programs::FROM_POD, &syn).unwrap();
+    assert_eq!(out.action, TC_ACT_OK);
+    let ((src, sport), (dst, dport)) = packet::endpoints(&out.packet);
+    assert_eq!((src, sport), (CLIENT, 40000), "the source is untouched");
+    assert!(
+        BACKENDS.contains(&(dst, dport)),
+        "translated to {dst}:{dport}"
+    );
+    assert!(
+        packet::checksums_ok(&out.packet),
+        "IPv4 and TCP checksums verify after the rewrite"
+    );
+
+    // The same flow again: conntrack keeps it on the same backend.
+    let again = dp.test_run(programs::FROM_POD, &syn).unwrap();
+    assert_eq!(packet::endpoints(&again.packet).1, (dst, dport));
+    assert_eq!(dp.conntrack().unwrap().len(), 1);
+
+    // The backend's reply, on its way into the client pod, comes from the VIP.
+    let reply = packet::l4_frame(IPPROTO_TCP, (dst, dport), (CLIENT, 40000), b"hello", true);
+    let back = dp.test_run(programs::TO_POD, &reply).unwrap();
+    assert_eq!(back.action, TC_ACT_OK);
+    assert_eq!(
+        packet::endpoints(&back.packet),
+        ((VIP, 80), (CLIENT, 40000))
+    );
+    assert!(packet::checksums_ok(&back.packet));
+    assert_eq!(
+        &back.packet[back.packet.len() - 5..],
+        b"hello",
+        "the payload is untouched"
+    );
+
+    let m = dp.metrics().unwrap();
+    assert_eq!(
+        m.get(Direction::FromPod, Reason::ServiceTranslated).packets,
+        2
+    );
+    assert_eq!(m.get(Direction::ToPod, Reason::ReplyTranslated).packets, 1);
+}
+
+#[test]
+fn udp_is_translated_with_and_without_a_checksum() {
+    let (_lab, mut dp) = setup();
+    dp.set_frontend(
+        frontend(IPPROTO_UDP, 53),
+        Frontend {
+            service_id: 2,
+            ..Default::default()
+        },
+        &backends(&BACKENDS[..1]),
+    )
+    .unwrap();
+    for with_checksum in [true, false] {
+        let q = packet::l4_frame(
+            IPPROTO_UDP,
+            (CLIENT, 5353),
+            (VIP, 53),
+            b"query",
+            with_checksum,
+        );
+        let out = dp.test_run(programs::FROM_POD, &q).unwrap();
+        assert_eq!(packet::endpoints(&out.packet).1, BACKENDS[0]);
+        assert!(packet::checksums_ok(&out.packet));
+        let zero = out.packet[34 + 6..34 + 8] == [0, 0];
+        assert_eq!(
+            zero, !with_checksum,
+            "a zero UDP checksum stays zero, a real one stays real"
+        );
+    }
+}
+
+#[test]
+fn packets_to_other_addresses_pass_untouched_and_a_service_without_backends_drops() {
+    let (_lab, mut dp) = setup();
+    dp.set_frontend(
+        frontend(IPPROTO_TCP, 80),
+        Frontend {
+            service_id: 3,
+            ..Default::default()
+        },
+        &backends(&BACKENDS),
+    )
+    .unwrap();
+    // Another port of the VIP, another address: not a frontend.
+    for (dst, port) in [(VIP, 81), (Ipv4Addr::new(10, 244, 1, 5), 80)] {
+        let p = packet::l4_frame(IPPROTO_TCP, (CLIENT, 40000), (dst, port), b"", true);
+        let out = dp.test_run(programs::FROM_POD, &p).unwrap();
+        assert_eq!(out.action, TC_ACT_OK);
+        assert_eq!(out.packet, p, "{dst}:{port} is not a Service");
+    }
+    // Scaled to zero: refused at once, with its reason counted.
+    dp.set_frontend(
+        frontend(IPPROTO_TCP, 80),
+        Frontend {
+            service_id: 3,
+            ..Default::default()
+        },
+        &[],
+    )
+    .unwrap();
+    let p = packet::l4_frame(IPPROTO_TCP, (CLIENT, 40001), (VIP, 80), b"", true);
+    let out = dp.test_run(programs::FROM_POD, &p).unwrap();
+    assert_eq!(out.action, TC_ACT_SHOT);
+    assert_eq!(
+        dp.metrics()
+            .unwrap()
+            .get(Direction::FromPod, Reason::DropNoBackend)
+            .packets,
+        1
+    );
+    // A reply that matches no reverse entry passes as it is.
+    let stray = packet::l4_frame(IPPROTO_TCP, (BACKENDS[0].0, 8080), (CLIENT, 1), b"", true);
+    assert_eq!(dp.test_run(programs::TO_POD, &stray).unwrap().packet, stray);
+}
+
+#[test]
+fn new_connections_spread_over_every_backend() {
+    let (_lab, mut dp) = setup();
+    dp.set_frontend(
+        frontend(IPPROTO_TCP, 80),
+        Frontend {
+            service_id: 4,
+            ..Default::default()
+        },
+        &backends(&BACKENDS),
+    )
+    .unwrap();
+    let mut chosen: BTreeMap<(Ipv4Addr, u16), u32> = BTreeMap::new();
+    for port in 20000..20300u16 {
+        let p = packet::l4_frame(IPPROTO_TCP, (CLIENT, port), (VIP, 80), b"", true);
+        let out = dp.test_run(programs::FROM_POD, &p).unwrap();
+        *chosen.entry(packet::endpoints(&out.packet).1).or_default() += 1;
+    }
+    assert_eq!(chosen.len(), 3, "{chosen:?}");
+    for (backend, n) in &chosen {
+        // 300 connections: each backend between 20% and 47%.
+        assert!((60..=141).contains(n), "{backend:?} got {n} of 300");
+    }
+}
