@@ -74,6 +74,8 @@ pub enum Request {
     Gc { valid: Vec<AttachmentKey> },
     /// Whether the node can wire pods now (CNI STATUS).
     Status,
+    /// Attach the pod programs (Service translation, counters) to a pod's host-side veth.
+    AttachPod { ifname: String },
 }
 
 /// An attachment's address and how to wire it.
@@ -131,6 +133,7 @@ pub enum Response {
     Released { released: bool },
     Collected { released: Vec<AttachmentKey> },
     Status { status: NodeStatus },
+    Attached { ifname: String },
     Error { kind: ErrorKind, message: String },
 }
 

@@ -15,7 +15,9 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, Map, MapData, PerCpuArray},
-    programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions, tc},
+    programs::{
+        SchedClassifier, TcAttachType, TestRun, TestRunOptions, tc, tc::SchedClassifierLinkId,
+    },
 };
 use twill_abi::{
     lb::{Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey, RevNat},
@@ -117,24 +119,47 @@ impl Datapath {
     /// Attaches the pod programs to the host side of a pod's veth: [`programs::FROM_POD`] on
     /// tc ingress, [`programs::TO_POD`] on tc egress. Equivalent to
     /// `tc filter add dev IF ingress|egress bpf ...` (through tcx on kernels that have it).
-    /// The programs stay attached while this `Datapath` lives.
-    pub fn attach_pod(&mut self, interface: &str) -> Result<()> {
-        // tcx (kernel 6.6+) needs no qdisc; older kernels need clsact. Adding it when it is
-        // already there, or when tcx makes it unnecessary, is harmless.
-        let _ = tc::qdisc_add_clsact(interface);
+    /// The programs stay attached while this `Datapath` lives or until [`Self::detach_pod`].
+    pub fn attach_pod(&mut self, interface: &str) -> Result<PodAttachment> {
+        // tcx (kernel 6.6+) needs no qdisc, and adding one would get in the way of other
+        // tools' qdiscs (the bandwidth plugin's `ingress`); older kernels need clsact.
+        let tcx = aya::util::KernelVersion::current()
+            .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+        if !tcx {
+            let _ = tc::qdisc_add_clsact(interface);
+        }
+        let mut links = Vec::new();
         for (name, attach_type) in [
             (programs::FROM_POD, TcAttachType::Ingress),
             (programs::TO_POD, TcAttachType::Egress),
         ] {
-            classifier(&mut self.ebpf, name)?
+            let link = classifier(&mut self.ebpf, name)?
                 .attach(interface, attach_type)
                 .map_err(|source| DatapathError::Attach {
                     program: name,
                     interface: interface.to_owned(),
                     source: Box::new(source),
-                })?;
+                });
+            match link {
+                Ok(link) => links.push((name, link)),
+                Err(e) => {
+                    // Both or neither.
+                    self.detach_pod(PodAttachment { links });
+                    return Err(e);
+                }
+            }
         }
-        Ok(())
+        Ok(PodAttachment { links })
+    }
+
+    /// Detaches what [`Self::attach_pod`] attached. An interface that is already gone took
+    /// its attachments with it; that is not an error.
+    pub fn detach_pod(&mut self, attachment: PodAttachment) {
+        for (name, link) in attachment.links {
+            if let Ok(program) = classifier(&mut self.ebpf, name) {
+                let _ = program.detach(link);
+            }
+        }
     }
 
     /// Runs a program once on `packet` with `BPF_PROG_TEST_RUN`, without any interface.
@@ -247,6 +272,12 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Sche
     ebpf.program_mut(name)
         .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
         .ok_or(DatapathError::MissingProgram { name })
+}
+
+/// The programs attached to one pod interface.
+#[derive(Debug)]
+pub struct PodAttachment {
+    links: Vec<(&'static str, SchedClassifierLinkId)>,
 }
 
 /// What a program did with a packet in a test run.

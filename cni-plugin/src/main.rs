@@ -133,7 +133,23 @@ fn add(conf: &NetConf, env: &Env, log: &Log) -> Result<Option<Value>, CniError> 
         gateway: address.gateway,
         mtu: conf.mtu.unwrap_or(address.mtu),
     };
-    match wire::add(&plan) {
+    let wired = wire::add(&plan).and_then(|wiring| {
+        // The pod's programs (Service translation) are on before the pod can send.
+        match ask(
+            conf,
+            &Request::AttachPod {
+                ifname: host_if.clone(),
+            },
+        ) {
+            Ok(Response::Attached { .. }) => Ok(wiring),
+            Ok(other) => Err(CniError::new(
+                code::WIRING_FAILED,
+                format!("attaching the pod programs to {host_if}: {other:?}"),
+            )),
+            Err(e) => Err(unreachable_daemon(&e)),
+        }
+    });
+    match wired {
         Ok(wiring) => {
             log.line(&format!(
                 "added {}/32 on {} (host {host_if})",

@@ -194,12 +194,25 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     }
 
     let state = state::StateDir::open(&config.state_dir)?;
+    let datapath = Datapath::load(&config.bpffs_root).with_context(|| {
+        format!(
+            "loading the eBPF dataplane (pins in {})",
+            config.bpffs_root.display()
+        )
+    })?;
     let node = Arc::new(Node::new(
         config.node_name.clone(),
         pod_mtu,
         state,
         config.lease_ttl,
+        Some(node::Dataplane::new(datapath)),
     )?);
+    // Pods wired before this start (a restart): their interfaces get the programs again.
+    for ifname in pod_interfaces(&handle).await? {
+        if let Some(Err(e)) = node.with_dataplane(|d| d.ensure_attached(&ifname)) {
+            warn!(interface = %ifname, "re-attaching the pod programs: {e:#}");
+        }
+    }
     let listener = server::bind(&config.socket)?;
     info!(socket = %config.socket.display(), "listening");
     tokio::spawn(server::serve(listener, node.clone()));
@@ -224,6 +237,27 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Host-side pod veths on this node: twill's names (`tw` + 12 hex digits).
+async fn pod_interfaces(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<String>> {
+    use futures::TryStreamExt as _;
+    let links: Vec<_> = handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .context("listing interfaces")?;
+    Ok(links
+        .iter()
+        .filter_map(|l| twill_netlink::link_name(l).map(str::to_owned))
+        .filter(|n| {
+            n.len() == 14
+                && n.starts_with(twill_api::HOST_IFNAME_PREFIX)
+                && n[2..].chars().all(|c| c.is_ascii_hexdigit())
+        })
+        .collect())
 }
 
 async fn shutdown_signal() -> &'static str {

@@ -2,6 +2,7 @@
 //! pods now. The socket server asks it; the lease loop tells it what etcd said.
 
 use std::{
+    collections::HashMap,
     fs,
     sync::Mutex,
     time::{Duration, Instant},
@@ -14,7 +15,40 @@ use twill_ipam::{Allocation, Allocations, IpamError, PodSubnet};
 
 use crate::state::StateDir;
 
+/// The node's loaded eBPF programs and maps, and which pod interfaces they are on.
+pub struct Dataplane {
+    pub datapath: twill_bpf::Datapath,
+    attached: HashMap<String, twill_bpf::PodAttachment>,
+}
+
+impl Dataplane {
+    pub fn new(datapath: twill_bpf::Datapath) -> Self {
+        Self {
+            datapath,
+            attached: HashMap::new(),
+        }
+    }
+
+    /// Attaches the pod programs to `ifname` once; a second call is a no-op.
+    pub fn ensure_attached(&mut self, ifname: &str) -> Result<(), twill_bpf::DatapathError> {
+        if !self.attached.contains_key(ifname) {
+            let attachment = self.datapath.attach_pod(ifname)?;
+            self.attached.insert(ifname.to_owned(), attachment);
+            info!(interface = ifname, "pod programs attached");
+        }
+        Ok(())
+    }
+
+    pub fn remove_attached(&mut self, ifname: &str) {
+        if let Some(a) = self.attached.remove(ifname) {
+            self.datapath.detach_pod(a);
+        }
+    }
+}
+
 pub struct Node {
+    /// The eBPF dataplane; `None` only in tests of the control plane.
+    pub dataplane: Option<Mutex<Dataplane>>,
     name: String,
     /// Signalled whenever the set of pod addresses changes.
     pub changed: tokio::sync::Notify,
@@ -43,12 +77,14 @@ impl Node {
         pod_mtu: u32,
         state: StateDir,
         etcd_grace: Duration,
+        dataplane: Option<Dataplane>,
     ) -> anyhow::Result<Self> {
         let allocations = state.load_allocations()?;
         if let Some(a) = &allocations {
             info!(subnet = %a.subnet.0, pods = a.len(), "restored pod addresses");
         }
         let node = Self {
+            dataplane: dataplane.map(Mutex::new),
             changed: tokio::sync::Notify::new(),
             name,
             pod_mtu,
@@ -209,7 +245,33 @@ impl Node {
         &self.name
     }
 
+    /// Runs `f` on the dataplane, if there is one.
+    pub fn with_dataplane<T>(&self, f: impl FnOnce(&mut Dataplane) -> T) -> Option<T> {
+        let dp = self.dataplane.as_ref()?;
+        let mut guard = dp.lock().unwrap_or_else(|p| p.into_inner());
+        Some(f(&mut guard))
+    }
+
     pub fn handle(&self, request: Request) -> Response {
+        // Releases detach the pod programs from the attachment's interface.
+        match &request {
+            Request::Release { key } => {
+                let ifname = twill_api::host_ifname(key);
+                self.with_dataplane(|d| d.remove_attached(&ifname));
+            }
+            Request::AttachPod { ifname } => {
+                let ifname = ifname.clone();
+                return match self.with_dataplane(|d| d.ensure_attached(&ifname)) {
+                    Some(Ok(())) => Response::Attached { ifname },
+                    Some(Err(e)) => error(ErrorKind::Internal, format!("{e:#}")),
+                    None => error(
+                        ErrorKind::Internal,
+                        "this node has no eBPF dataplane".to_owned(),
+                    ),
+                };
+            }
+            _ => {}
+        }
         let response = self.answer(request);
         if matches!(
             response,
@@ -301,6 +363,7 @@ impl Node {
                     released: freed.into_iter().map(|a| a.key).collect(),
                 }
             }
+            Request::AttachPod { .. } => unreachable!("answered in handle"),
             Request::Status => Response::Status {
                 status: NodeStatus {
                     node: self.name.clone(),
