@@ -13,7 +13,7 @@ pub const SCOPE_CLUSTER_IP: u8 = 0;
 
 /// A Service frontend: VIP, port, protocol (IPPROTO_TCP / IPPROTO_UDP) and scope.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FrontendKey {
     pub ip: u32,
     pub port: u16,

@@ -247,6 +247,46 @@ impl Datapath {
         Ok(())
     }
 
+    /// Every frontend in the map.
+    pub fn frontends(&mut self) -> Result<Vec<(FrontendKey, Frontend)>> {
+        let map = self.hash_map::<FrontendKey, Frontend>(maps::SERVICES)?;
+        Ok(map.iter().filter_map(|e| e.ok()).collect())
+    }
+
+    /// The backends a frontend's slots hold now, in slot order.
+    pub fn backends_of(&mut self, frontend: &Frontend) -> Result<Vec<Backend>> {
+        let map = self.hash_map::<BackendKey, Backend>(maps::BACKENDS)?;
+        Ok((0..frontend.backend_count)
+            .filter_map(|slot| {
+                map.get(
+                    &BackendKey {
+                        service_id: frontend.service_id,
+                        slot,
+                    },
+                    0,
+                )
+                .ok()
+            })
+            .collect())
+    }
+
+    /// Removes a frontend and then its backend slots.
+    pub fn remove_frontend(&mut self, key: &FrontendKey) -> Result<()> {
+        let mut frontends = self.hash_map::<FrontendKey, Frontend>(maps::SERVICES)?;
+        let Ok(frontend) = frontends.get(key, 0) else {
+            return Ok(());
+        };
+        let _ = frontends.remove(key);
+        let mut slots = self.hash_map::<BackendKey, Backend>(maps::BACKENDS)?;
+        for slot in 0..frontend.backend_count {
+            let _ = slots.remove(&BackendKey {
+                service_id: frontend.service_id,
+                slot,
+            });
+        }
+        Ok(())
+    }
+
     /// The flows conntrack holds: client flow -> backend.
     pub fn conntrack(&mut self) -> Result<Vec<(FlowKey, Flow)>> {
         let map = self.hash_map_lru::<FlowKey, Flow>(maps::CONNTRACK)?;

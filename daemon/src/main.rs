@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod lbplan;
 mod lease;
 mod masquerade;
 mod node;
@@ -11,6 +12,7 @@ mod overlay;
 mod peers;
 mod podsync;
 mod server;
+mod services;
 mod state;
 mod underlay;
 mod vxlan;
@@ -217,6 +219,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     info!(socket = %config.socket.display(), "listening");
     tokio::spawn(server::serve(listener, node.clone()));
     tokio::spawn(podsync::run(config.clone(), node.clone()));
+    tokio::spawn(services::run(config.clone(), node.clone()));
 
     let spec = LeaseSpec {
         node: config.node_name.clone(),

@@ -1,0 +1,170 @@
+//! Service-to-map compilation, pure: Services, pods (with their placement) and
+//! EndpointSlices become the frontends and backends the eBPF programs balance with.
+//! [`crate::services`] diffs the result against the maps and applies the difference.
+
+use std::collections::BTreeMap;
+
+use twill_abi::lb::{
+    Backend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SCOPE_CLUSTER_IP, wire_ip, wire_port,
+};
+use twill_k8s::{
+    ClusterIp, EndpointSlice, Pod, Protocol, Service,
+    endpoints::{PodPlacement, backends},
+};
+
+/// What one frontend should hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredFrontend {
+    /// `namespace/name:port/protocol`, for logs and `netctl`.
+    pub service: String,
+    /// Ready backends, in a stable order.
+    pub backends: Vec<Backend>,
+    pub affinity_timeout: u32,
+}
+
+/// The frontends of every Service with a ClusterIP, as node `me` should balance them
+/// (`internalTrafficPolicy: Local` keeps only `me`'s backends).
+pub fn compile(
+    me: &str,
+    services: &[Service],
+    pods: &[(&Pod, PodPlacement)],
+    slices: &[&EndpointSlice],
+) -> BTreeMap<FrontendKey, DesiredFrontend> {
+    let mut out = BTreeMap::new();
+    for svc in services {
+        let ClusterIp::Fixed(vip) = svc.cluster_ip else {
+            continue; // headless or not yet allocated: nothing to balance
+        };
+        for (port, found) in svc.ports.iter().zip(backends(svc, pods, slices)) {
+            let protocol = match port.protocol {
+                Protocol::Tcp => IPPROTO_TCP,
+                Protocol::Udp => IPPROTO_UDP,
+            };
+            let key = FrontendKey {
+                ip: wire_ip(vip.octets()),
+                port: wire_port(port.port),
+                protocol,
+                scope: SCOPE_CLUSTER_IP,
+            };
+            let backends = found
+                .iter()
+                .filter(|b| b.ready)
+                .filter(|b| !svc.internal_local || b.node.as_deref() == Some(me))
+                .map(|b| Backend {
+                    ip: wire_ip(b.ip.octets()),
+                    port: wire_port(b.port),
+                    _pad: 0,
+                })
+                .collect();
+            out.insert(
+                key,
+                DesiredFrontend {
+                    service: format!(
+                        "{}/{}:{}/{}",
+                        svc.namespace, svc.name, port.port, port.protocol
+                    ),
+                    backends,
+                    affinity_timeout: svc.affinity_timeout.unwrap_or(0),
+                },
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use twill_k8s::{Object, parse};
+
+    use super::*;
+
+    fn objects(text: &str) -> Vec<Object> {
+        let (parsed, errors) = parse("t.yaml", text);
+        assert_eq!(errors, []);
+        parsed.into_iter().map(|p| p.object).collect()
+    }
+
+    #[test]
+    fn a_service_compiles_to_one_frontend_per_port_with_ready_local_backends() {
+        let objs = objects(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, labels: {app: web}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, labels: {app: web}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: 10.96.0.10
+  internalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}, {name: dns, port: 53, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless}
+spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
+"#,
+        );
+        let pods: Vec<(&Pod, PodPlacement)> = objs
+            .iter()
+            .filter_map(|o| match o {
+                Object::Pod(p) => Some(p),
+                _ => None,
+            })
+            .zip([("node1", 5), ("node2", 6)])
+            .map(|(p, (node, host))| {
+                (
+                    p,
+                    PodPlacement {
+                        ip: Ipv4Addr::new(10, 244, 1, host),
+                        node: node.into(),
+                    },
+                )
+            })
+            .collect();
+        let services: Vec<Service> = objs
+            .iter()
+            .filter_map(|o| match o {
+                Object::Service(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        let plan = compile("node1", &services, &pods, &[]);
+        assert_eq!(
+            plan.len(),
+            2,
+            "two ports of web; the headless Service has no frontend"
+        );
+        let http = &plan[&FrontendKey {
+            ip: wire_ip([10, 96, 0, 10]),
+            port: wire_port(80),
+            protocol: IPPROTO_TCP,
+            scope: SCOPE_CLUSTER_IP,
+        }];
+        assert_eq!(http.service, "default/web:80/TCP");
+        // internalTrafficPolicy: Local on node1: only pod a.
+        assert_eq!(
+            http.backends,
+            [Backend {
+                ip: wire_ip([10, 244, 1, 5]),
+                port: wire_port(8080),
+                _pad: 0
+            }]
+        );
+        let on_node2 = compile("node2", &services, &pods, &[]);
+        assert_eq!(
+            on_node2.values().next().unwrap().backends[0].ip,
+            wire_ip([10, 244, 1, 6])
+        );
+    }
+}

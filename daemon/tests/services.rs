@@ -1,0 +1,210 @@
+//! ClusterIP load balancing end to end: real pods on three nodes, a Service applied with
+//! `netctl apply`, and connections from a client pod to the ClusterIP, balanced by the
+//! eBPF programs the CNI binary had attached.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use twill_lab::{Host, Lab, LabSpec, workload};
+use twill_netns::NetNs;
+use twill_tests::{daemon::Twilld, require_root};
+
+const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
+const CONFIG: &str = "[network]\nresync_seconds = 1\n[lease]\nttl_seconds = 5\n";
+
+/// A binary built next to twilld by the same `cargo test`.
+fn sibling(name: &str) -> PathBuf {
+    let p = Path::new(TWILLD).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo test` at the workspace root",
+        p.display()
+    );
+    p
+}
+
+/// Replies to every connection with `<name> <peer address>`.
+const SERVER: &str = "import socket,sys\n\
+s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+s.bind(('0.0.0.0', 8080)); s.listen(256)\n\
+while True:\n\
+\x20   c, a = s.accept()\n\
+\x20   c.sendall(('%s %s\\n' % (sys.argv[1], a[0])).encode()); c.close()\n";
+
+/// Connects N times to host:port, prints {name: count} and the peer addresses seen.
+const CLIENT: &str = "import socket,sys,json,collections,time\n\
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n\
+counts = collections.Counter(); peers = set(); failures = 0\n\
+for _ in range(n):\n\
+\x20   try:\n\
+\x20       c = socket.create_connection((host, port), timeout=2)\n\
+\x20       name, peer = c.recv(200).decode().split()\n\
+\x20       c.close(); counts[name] += 1; peers.add(peer)\n\
+\x20   except OSError:\n\
+\x20       failures += 1\n\
+print(json.dumps({'counts': counts, 'peers': sorted(peers), 'failures': failures}))\n";
+
+struct Pod {
+    netns: String,
+    ip: Ipv4Addr,
+}
+
+fn add_pod(lab: &mut Lab, host: &Host, daemon: &Twilld, name: &str) -> Pod {
+    let netns = lab.create_netns(name).unwrap().path().display().to_string();
+    let args = format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
+    let mut vars = workload::cni_vars("ADD", name, &netns, "eth0");
+    vars.push(("CNI_ARGS", &args));
+    let conf = workload::cni_config("1.1.0", &daemon.paths).to_string();
+    let out = workload::invoke_cni(&sibling("twill"), host, &vars, &conf).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let result: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .parse()
+        .unwrap();
+    Pod { netns, ip }
+}
+
+fn netctl(lab: &Lab, args: &[&str], stdin: &str) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new(sibling("netctl"))
+        .args(args)
+        .args(["--lab", lab.name()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "netctl {args:?}: {text}");
+    text
+}
+
+fn connect_many(client: &Pod, vip: &str, n: u32) -> serde_json::Value {
+    let ns = NetNs::from_path(&client.netns).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", CLIENT, vip, "80", &n.to_string()]);
+    let out = ns.run(move || cmd.output()).unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn backend_pod(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: web}}}}\n\
+         spec: {{containers: [{{name: c, ports: [{{name: http, containerPort: 8080}}]}}]}}\n---\n"
+    )
+}
+
+#[test]
+fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec::for_test(3, 0)).expect("lab up");
+    let nodes = lab.nodes();
+    let daemons: Vec<Twilld> = nodes
+        .iter()
+        .map(|n| Twilld::start(Path::new(TWILLD), &lab, n, CONFIG, &[]))
+        .collect();
+    for d in &daemons {
+        d.wait_status("ready", Duration::from_secs(10), |s| s.not_ready.is_none());
+    }
+
+    // A backend on each node, serving its name; a client on node1.
+    let mut servers = Vec::new();
+    let mut yaml = String::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let name = format!("web-{}", i + 1);
+        let pod = add_pod(&mut lab, node, &daemons[i], &name);
+        let ns = NetNs::from_path(&pod.netns).unwrap();
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", SERVER, &name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        servers.push(ns.run(move || cmd.spawn()).unwrap().unwrap());
+        yaml.push_str(&backend_pod(&name));
+    }
+    let client = add_pod(&mut lab, &nodes[0], &daemons[0], "client");
+
+    yaml.push_str("apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n");
+    netctl(&lab, &["apply", "-f", "-"], &yaml);
+    let services: serde_json::Value =
+        serde_json::from_str(&netctl(&lab, &["get", "services", "-o", "json"], "")).unwrap();
+    let vip = services[0]["cluster_ip"]["fixed"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The Service reaches the client's node within moments.
+    let start = Instant::now();
+    loop {
+        let probe = connect_many(&client, &vip, 1);
+        if probe["failures"] == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the ClusterIP never answered: {probe}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    let result = connect_many(&client, &vip, 300);
+    assert_eq!(result["failures"], 0, "{result}");
+    let counts: BTreeMap<String, u64> = serde_json::from_value(result["counts"].clone()).unwrap();
+    assert_eq!(
+        counts.len(),
+        3,
+        "every backend gets connections: {counts:?}"
+    );
+    for (backend, n) in &counts {
+        assert!(
+            (60..=141).contains(n),
+            "{backend} got {n} of 300 (want 20%-47%)"
+        );
+    }
+    // Backends see the client pod's own address (no SNAT for pod clients).
+    assert_eq!(
+        result["peers"],
+        serde_json::json!([client.ip.to_string()]),
+        "{result}"
+    );
+
+    // A backend removed: within a second, no new connections go to it.
+    netctl(&lab, &["delete", "-f", "-"], &backend_pod("web-3"));
+    thread::sleep(Duration::from_secs(1));
+    let after = connect_many(&client, &vip, 60);
+    let counts: BTreeMap<String, u64> = serde_json::from_value(after["counts"].clone()).unwrap();
+    assert!(
+        !counts.contains_key("web-3"),
+        "web-3 still gets connections: {counts:?}"
+    );
+    assert_eq!(after["failures"], 0, "{after}");
+
+    for mut s in servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}
