@@ -17,10 +17,11 @@ pub enum Reason {
     ServiceTranslated = 2,
     /// A backend's reply: translated back to the frontend and passed.
     ReplyTranslated = 3,
+    /// Sent to a Service frontend with no backend: handed to the node's stack untouched,
+    /// where the service CIDR's unreachable route refuses it at once (ICMP unreachable).
+    NoBackend = 4,
     /// The Ethernet or IPv4 header is truncated or invalid: dropped.
     DropMalformed = 16,
-    /// Sent to a Service frontend that has no backend: dropped.
-    DropNoBackend = 17,
     /// Rewriting the packet failed (a helper refused it): dropped.
     DropRewriteFailed = 18,
 }
@@ -34,8 +35,8 @@ impl Reason {
         Reason::NotIpv4,
         Reason::ServiceTranslated,
         Reason::ReplyTranslated,
+        Reason::NoBackend,
         Reason::DropMalformed,
-        Reason::DropNoBackend,
         Reason::DropRewriteFailed,
     ];
 
@@ -46,8 +47,8 @@ impl Reason {
             1 => Some(Reason::NotIpv4),
             2 => Some(Reason::ServiceTranslated),
             3 => Some(Reason::ReplyTranslated),
+            4 => Some(Reason::NoBackend),
             16 => Some(Reason::DropMalformed),
-            17 => Some(Reason::DropNoBackend),
             18 => Some(Reason::DropRewriteFailed),
             _ => None,
         }
@@ -60,8 +61,8 @@ impl Reason {
             Reason::NotIpv4 => "not-ipv4",
             Reason::ServiceTranslated => "service-translated",
             Reason::ReplyTranslated => "reply-translated",
+            Reason::NoBackend => "no-backend",
             Reason::DropMalformed => "drop-malformed",
-            Reason::DropNoBackend => "drop-no-backend",
             Reason::DropRewriteFailed => "drop-rewrite-failed",
         }
     }

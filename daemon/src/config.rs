@@ -81,6 +81,7 @@ struct FileNetwork {
     vxlan_port: Option<u16>,
     resync_seconds: Option<u64>,
     masquerade: Option<bool>,
+    service_cidr: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +162,8 @@ pub struct Config {
     pub resync: Duration,
     /// NAT pod traffic that leaves the cluster CIDR to the node's address.
     pub masquerade: bool,
+    /// Where Service ClusterIPs live (as `netctl apply --service-cidr` allocates them).
+    pub service_cidr: Ipv4Network,
     pub lease_ttl: Duration,
     pub lease_quarantine: Duration,
     pub socket: PathBuf,
@@ -322,6 +325,33 @@ impl Config {
             ));
         }
 
+        let service_text = file
+            .network
+            .service_cidr
+            .clone()
+            .unwrap_or_else(|| "10.96.0.0/12".to_owned());
+        let service_cidr: Ipv4Network = service_text.parse().map_err(|e| {
+            invalid(
+                "network.service_cidr",
+                format!("{service_text:?} is not an IPv4 CIDR: {e}"),
+            )
+        })?;
+        if service_cidr.network() != service_cidr.ip() {
+            return Err(invalid(
+                "network.service_cidr",
+                format!("{service_cidr} has host bits set"),
+            ));
+        }
+        if service_cidr.overlaps(cluster.network()) {
+            return Err(invalid(
+                "network.service_cidr",
+                format!(
+                    "{service_cidr} overlaps the cluster CIDR {}",
+                    cluster.network()
+                ),
+            ));
+        }
+
         let ttl = overrides
             .lease_ttl_seconds
             .or(file.lease.ttl_seconds)
@@ -397,6 +427,7 @@ impl Config {
             vxlan_port,
             resync: Duration::from_secs(resync),
             masquerade: file.network.masquerade.unwrap_or(true),
+            service_cidr,
             lease_ttl: Duration::from_secs(ttl),
             lease_quarantine: Duration::from_secs(quarantine),
             socket,
@@ -508,6 +539,10 @@ mod tests {
             (
                 "[network]\nresync_seconds = 0",
                 "network.resync_seconds: 0 is outside",
+            ),
+            (
+                "[network]\nservice_cidr = \"10.244.128.0/20\"",
+                "network.service_cidr: 10.244.128.0/20 overlaps the cluster CIDR",
             ),
             (
                 "[network]\nunderlay_interface = \"a-name-that-is-too-long\"",

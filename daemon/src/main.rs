@@ -187,6 +187,14 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     ));
     tokio::spawn(overlay::run(config.clone(), overlay.clone(), config.resync));
 
+    vxlan::ensure_service_route(&handle, config.service_cidr)
+        .await
+        .with_context(|| {
+            format!(
+                "routing the service CIDR {} as unreachable",
+                config.service_cidr
+            )
+        })?;
     if config.masquerade {
         masquerade::ensure(config.cluster.network()).context("setting up outbound NAT")?;
         info!(

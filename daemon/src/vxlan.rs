@@ -136,6 +136,22 @@ pub async fn ensure_address(h: &Handle, device: &Device, ip: Ipv4Addr) -> Result
     Ok(())
 }
 
+/// `ip route replace unreachable SERVICE_CIDR proto 66`: a packet to a ClusterIP that the
+/// eBPF programs did not translate (a Service without backends, an unused address) is
+/// refused at once with ICMP unreachable instead of wandering off by the default route.
+pub async fn ensure_service_route(
+    h: &Handle,
+    cidr: ipnetwork::Ipv4Network,
+) -> Result<(), StepError> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(cidr.network(), cidr.prefix())
+        .kind(netlink_packet_route::route::RouteType::Unreachable)
+        .protocol(RouteProtocol::Other(RTPROT_TWILL))
+        .build();
+    h.route().add(msg).replace().execute().await?;
+    Ok(())
+}
+
 /// What twill owns on the device now.
 pub async fn read_programmed(
     h: &Handle,

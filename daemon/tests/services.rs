@@ -203,6 +203,41 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
     );
     assert_eq!(after["failures"], 0, "{after}");
 
+    // Scaled to zero: a new connection is refused at once (ICMP unreachable from the
+    // node), not left to time out.
+    let all: String = ["web-1", "web-2"].iter().map(|n| backend_pod(n)).collect();
+    netctl(&lab, &["delete", "-f", "-"], &all);
+    thread::sleep(Duration::from_secs(1));
+    let refused = "import socket,sys,time\n\
+        t = time.monotonic()\n\
+        try:\n\
+        \x20   socket.create_connection((sys.argv[1], 80), timeout=5); print('connected')\n\
+        except OSError as e:\n\
+        \x20   print('%s %.3f' % (e.__class__.__name__, time.monotonic() - t))\n";
+    let ns = NetNs::from_path(&client.netns).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", refused, &vip]);
+    let out = ns.run(move || cmd.output()).unwrap().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (error, seconds) = said.split_once(' ').unwrap_or((&said, "99"));
+    assert_ne!(error, "connected");
+    assert_ne!(error, "TimeoutError", "refusal must be immediate: {said}");
+    assert!(
+        seconds.parse::<f64>().unwrap() < 1.0,
+        "refused after {seconds}s: {said}"
+    );
+
+    // Scaled up again: it answers.
+    netctl(&lab, &["apply", "-f", "-"], &all);
+    let start = Instant::now();
+    while connect_many(&client, &vip, 1)["failures"] != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no backend came back"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+
     for mut s in servers {
         let _ = s.kill();
         let _ = s.wait();

@@ -162,15 +162,17 @@ fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
             let Some(frontend) = lookup!(TWILL_SVC, &frontend_key) else {
                 return Reason::Forwarded;
             };
+            // No backend: the node's stack refuses it (unreachable route over the service
+            // CIDR), so the client learns at once instead of timing out.
             let Some(slot) = pick_slot(&l4.flow, frontend.backend_count) else {
-                return Reason::DropNoBackend;
+                return Reason::NoBackend;
             };
             let backend_key = BackendKey {
                 service_id: frontend.service_id,
                 slot,
             };
             let Some(backend) = lookup!(TWILL_BACKENDS, &backend_key) else {
-                return Reason::DropNoBackend;
+                return Reason::NoBackend;
             };
             let flow = Flow {
                 backend_ip: backend.ip,
