@@ -98,7 +98,7 @@ fn an_exhausted_cluster_is_reported_and_a_dead_nodes_subnet_frees_after_quaranti
     let lab = Lab::up(&LabSpec::for_test(3, 0)).unwrap();
     let nodes = lab.nodes();
     // Room for two nodes only; short lease and quarantine.
-    let config = "[network]\ncluster_cidr = \"10.99.0.0/23\"\n\
+    let config = "[network]\ncluster_cidr = \"10.200.0.0/23\"\n\
                   [lease]\nttl_seconds = 2\nquarantine_seconds = 3\n";
     let mut d1 = Twilld::start(bin(), &lab, &nodes[0], config, &[]);
     let d2 = Twilld::start(bin(), &lab, &nodes[1], config, &[]);
@@ -117,7 +117,7 @@ fn an_exhausted_cluster_is_reported_and_a_dead_nodes_subnet_frees_after_quaranti
     assert!(
         st.not_ready
             .unwrap()
-            .contains("cluster CIDR 10.99.0.0/23 is exhausted"),
+            .contains("cluster CIDR 10.200.0.0/23 is exhausted"),
         "the reason names the CIDR"
     );
     match d3.request(&Request::Allocate {
