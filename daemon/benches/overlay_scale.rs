@@ -19,8 +19,7 @@ use twill_api::cluster::{self, NodeRecord};
 use twill_lab::{Host, Lab, LabSpec};
 use twill_tests::{daemon::Twilld, require_root};
 
-const CONFIG: &str =
-    "[network]\ncluster_cidr = \"10.0.0.0/8\"\nresync_seconds = 60\n[lease]\nttl_seconds = 30\n";
+const CONFIG: &str = "[network]\ncluster_cidr = \"10.0.0.0/8\"\nservice_cidr = \"192.168.240.0/20\"\nresync_seconds = 60\n[lease]\nttl_seconds = 30\n";
 
 fn fake(i: u32) -> NodeRecord {
     // Subnets 10.0.1.0/24 upwards (the real node takes 10.0.0.0/24), underlay 100.64/10.
