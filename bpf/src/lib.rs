@@ -86,12 +86,34 @@ impl Datapath {
     /// (created if missing); maps already pinned there are reused, so a restarted daemon
     /// finds its counters and tables as it left them.
     pub fn load(pin_dir: &Path) -> Result<Self> {
+        Self::load_with(pin_dir, None)
+    }
+
+    /// Like [`Self::load`], telling the programs the service CIDR (address and prefix
+    /// length): destinations outside it skip the Service lookups. `None`: any destination
+    /// may be a Service.
+    pub fn load_with(pin_dir: &Path, service_cidr: Option<([u8; 4], u8)>) -> Result<Self> {
         fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDirectory {
             path: pin_dir.to_owned(),
             source,
         })?;
+        let (net, mask) = match service_cidr {
+            None => (0u32, 0u32),
+            Some((octets, prefix)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(prefix.min(32)))
+                    .unwrap_or(0);
+                let net = u32::from_be_bytes(octets) & mask;
+                (
+                    u32::from_ne_bytes(net.to_be_bytes()),
+                    u32::from_ne_bytes(mask.to_be_bytes()),
+                )
+            }
+        };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .override_global("SERVICE_NET", &net, true)
+            .override_global("SERVICE_MASK", &mask, true)
             .load(OBJECT)
             .map_err(|source| DatapathError::Load {
                 pin_dir: pin_dir.to_owned(),
@@ -128,6 +150,8 @@ impl Datapath {
         if !tcx {
             let _ = tc::qdisc_add_clsact(interface);
         }
+        // Each tcx attach waits for an RCU grace period under RTNL (about 15 ms here);
+        // that, not twill's own work, is most of a pod's attach time.
         let mut links = Vec::new();
         for (name, attach_type) in [
             (programs::FROM_POD, TcAttachType::Ingress),

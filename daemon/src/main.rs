@@ -204,7 +204,11 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     }
 
     let state = state::StateDir::open(&config.state_dir)?;
-    let datapath = Datapath::load(&config.bpffs_root).with_context(|| {
+    let service_cidr = Some((
+        config.service_cidr.network().octets(),
+        config.service_cidr.prefix(),
+    ));
+    let datapath = Datapath::load_with(&config.bpffs_root, service_cidr).with_context(|| {
         format!(
             "loading the eBPF dataplane (pins in {})",
             config.bpffs_root.display()

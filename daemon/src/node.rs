@@ -32,16 +32,19 @@ impl Dataplane {
     /// Attaches the pod programs to `ifname` once; a second call is a no-op.
     pub fn ensure_attached(&mut self, ifname: &str) -> Result<(), twill_bpf::DatapathError> {
         if !self.attached.contains_key(ifname) {
+            let started = Instant::now();
             let attachment = self.datapath.attach_pod(ifname)?;
             self.attached.insert(ifname.to_owned(), attachment);
-            info!(interface = ifname, "pod programs attached");
+            info!(interface = ifname, took = ?started.elapsed(), "pod programs attached");
         }
         Ok(())
     }
 
     pub fn remove_attached(&mut self, ifname: &str) {
         if let Some(a) = self.attached.remove(ifname) {
+            let started = Instant::now();
             self.datapath.detach_pod(a);
+            tracing::debug!(interface = ifname, took = ?started.elapsed(), "pod programs detached");
         }
     }
 }

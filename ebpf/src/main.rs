@@ -40,6 +40,28 @@ static TWILL_CT: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(MAX_FLOWS, 0);
 #[map(name = "TWILL_REVNAT")]
 static TWILL_REVNAT: LruHashMap<FlowKey, RevNat> = LruHashMap::pinned(MAX_FLOWS, 0);
 
+/// The service CIDR, set at load time (wire order): destinations outside it skip the
+/// Service lookups, so pod-to-pod traffic pays for none. A mask of 0 means "every
+/// destination may be a Service".
+#[unsafe(no_mangle)]
+static SERVICE_NET: u32 = 0;
+#[unsafe(no_mangle)]
+static SERVICE_MASK: u32 = 0;
+
+#[inline(always)]
+fn maybe_service(dst: u32) -> bool {
+    // SAFETY: reads of plain statics that the loader sets before the program runs and
+    // that nothing writes afterwards; volatile, so the compiler does not fold the
+    // compile-time zero.
+    let (net, mask) = unsafe {
+        (
+            core::ptr::read_volatile(&SERVICE_NET),
+            core::ptr::read_volatile(&SERVICE_MASK),
+        )
+    };
+    dst & mask == net
+}
+
 const ETH_HDR_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const IPV4_MIN_HDR_LEN: usize = 20;
@@ -150,6 +172,10 @@ macro_rules! lookup {
 /// From a pod: a packet to a frontend goes to a backend.
 #[inline(always)]
 fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
+    // Conntrack entries exist only for flows to frontends, all inside the service CIDR.
+    if !maybe_service(l4.flow.dst_ip) {
+        return Reason::Forwarded;
+    }
     let flow = match lookup!(TWILL_CT, &l4.flow) {
         Some(flow) => flow,
         None => {

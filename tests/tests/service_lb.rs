@@ -208,3 +208,43 @@ fn new_connections_spread_over_every_backend() {
         assert!((60..=141).contains(n), "{backend:?} got {n} of 300");
     }
 }
+
+#[test]
+fn with_the_service_cidr_known_only_its_destinations_are_looked_up() {
+    require_root();
+    let lab = Lab::up(&LabSpec::for_test(1, 0)).expect("lab up");
+    let mut dp = Datapath::load_with(&lab.nodes()[0].bpffs_dir, Some(([10, 96, 0, 0], 12)))
+        .expect("programs load with the service CIDR");
+    let inside = frontend(IPPROTO_TCP, 80);
+    // A frontend outside the CIDR is never consulted: proof that the filter is on.
+    let outside = FrontendKey {
+        ip: wire_ip([192, 0, 2, 10]),
+        ..inside
+    };
+    for key in [inside, outside] {
+        dp.set_frontend(
+            key,
+            Frontend {
+                service_id: 5,
+                ..Default::default()
+            },
+            &backends(&BACKENDS[..1]),
+        )
+        .unwrap();
+    }
+    let to_vip = packet::l4_frame(IPPROTO_TCP, (CLIENT, 41000), (VIP, 80), b"", true);
+    let out = dp.test_run(programs::FROM_POD, &to_vip).unwrap();
+    assert_eq!(packet::endpoints(&out.packet).1, BACKENDS[0]);
+    let to_outside = packet::l4_frame(
+        IPPROTO_TCP,
+        (CLIENT, 41000),
+        (Ipv4Addr::new(192, 0, 2, 10), 80),
+        b"",
+        true,
+    );
+    let out = dp.test_run(programs::FROM_POD, &to_outside).unwrap();
+    assert_eq!(
+        out.packet, to_outside,
+        "outside the service CIDR: untouched"
+    );
+}
