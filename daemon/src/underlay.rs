@@ -1,13 +1,9 @@
 //! The node's underlay interface: named in the config, or the one the default route uses.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use futures::TryStreamExt as _;
-use netlink_packet_route::{
-    address::AddressAttribute,
-    link::LinkAttribute,
-    route::{RouteAttribute, RouteHeader, RouteMessage},
-};
+use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +16,8 @@ pub enum UnderlayError {
     NoDefaultRoute,
     #[error("underlay interface {0} does not exist")]
     NoSuchInterface(String),
+    #[error("reading the addresses of underlay interface {0}: {1}")]
+    Addresses(String, String),
     #[error("underlay interface {0} has no IPv4 address")]
     NoAddress(String),
 }
@@ -36,19 +34,9 @@ pub struct Underlay {
 /// Finds the underlay interface (`ip route show default`, then `ip addr show dev X`).
 pub async fn detect(handle: &Handle, name: Option<&str>) -> Result<Underlay, UnderlayError> {
     let index = match name {
-        Some(name) => {
-            handle
-                .link()
-                .get()
-                .match_name(name.to_owned())
-                .execute()
-                .try_next()
-                .await
-                .map_err(|_| UnderlayError::NoSuchInterface(name.to_owned()))?
-                .ok_or_else(|| UnderlayError::NoSuchInterface(name.to_owned()))?
-                .header
-                .index
-        }
+        Some(name) => twill_netlink::link_index(handle, name)
+            .await
+            .map_err(|_| UnderlayError::NoSuchInterface(name.to_owned()))?,
         None => {
             let routes: Vec<RouteMessage> = handle
                 .route()
@@ -79,29 +67,14 @@ pub async fn detect(handle: &Handle, name: Option<&str>) -> Result<Underlay, Und
         .try_next()
         .await?
         .ok_or_else(|| UnderlayError::NoSuchInterface(format!("#{index}")))?;
-    let mut link_name = format!("#{index}");
-    let mut mtu = 1500;
-    for attr in &link.attributes {
-        match attr {
-            LinkAttribute::IfName(n) => link_name = n.clone(),
-            LinkAttribute::Mtu(m) => mtu = *m,
-            _ => {}
-        }
-    }
-    let addrs: Vec<_> = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await?;
-    let ip = addrs
-        .iter()
-        .flat_map(|a| a.attributes.iter())
-        .find_map(|a| match a {
-            AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-            _ => None,
-        })
+    let link_name =
+        twill_netlink::link_name(&link).map_or_else(|| format!("#{index}"), str::to_owned);
+    let mtu = twill_netlink::link_mtu(&link).unwrap_or(1500);
+    let ip = twill_netlink::ipv4_addresses(handle, index)
+        .await
+        .map_err(|e| UnderlayError::Addresses(link_name.clone(), e.to_string()))?
+        .first()
+        .map(|(ip, _)| *ip)
         .ok_or_else(|| UnderlayError::NoAddress(link_name.clone()))?;
     Ok(Underlay {
         name: link_name,
