@@ -412,3 +412,65 @@ pub fn read_metrics(pin_dir: &Path) -> Result<Metrics> {
     }
     Ok(Metrics { rows })
 }
+
+/// Reads every entry of a pinned hash (or LRU hash) map.
+fn read_pinned<K: aya::Pod, V: aya::Pod>(
+    pin_dir: &Path,
+    name: &'static str,
+) -> Result<Vec<(K, V)>> {
+    let path = pin_dir.join(name);
+    let map_err = |source| DatapathError::Map {
+        name,
+        path: path.clone(),
+        source: Box::new(source),
+    };
+    let data = MapData::from_pin(&path).map_err(map_err)?;
+    // aya reads hash and LRU hash maps through one type; the map's own type decides.
+    let map = match data.info().map_err(map_err)?.map_type().map_err(map_err)? {
+        aya::maps::MapType::LruHash => Map::LruHashMap(data),
+        _ => Map::HashMap(data),
+    };
+    let map: HashMap<MapData, K, V> = HashMap::try_from(map).map_err(map_err)?;
+    Ok(map.iter().filter_map(|e| e.ok()).collect())
+}
+
+/// A pinned frontend with its backends, for the CLI.
+#[derive(Clone, Debug)]
+pub struct FrontendEntry {
+    pub key: FrontendKey,
+    pub frontend: Frontend,
+    pub backends: Vec<Backend>,
+}
+
+/// Reads a node's pinned Service frontends and their backends.
+pub fn read_services(pin_dir: &Path) -> Result<Vec<FrontendEntry>> {
+    let frontends: Vec<(FrontendKey, Frontend)> = read_pinned(pin_dir, maps::SERVICES)?;
+    let slots: std::collections::HashMap<(u32, u32), Backend> =
+        read_pinned::<BackendKey, Backend>(pin_dir, maps::BACKENDS)?
+            .into_iter()
+            .map(|(k, b)| ((k.service_id, k.slot), b))
+            .collect();
+    let mut out: Vec<FrontendEntry> = frontends
+        .into_iter()
+        .map(|(key, frontend)| FrontendEntry {
+            backends: (0..frontend.backend_count)
+                .filter_map(|slot| slots.get(&(frontend.service_id, slot)).copied())
+                .collect(),
+            key,
+            frontend,
+        })
+        .collect();
+    out.sort_by_key(|e| {
+        (
+            u32::from_be(e.key.ip),
+            u16::from_be(e.key.port),
+            e.key.protocol,
+        )
+    });
+    Ok(out)
+}
+
+/// Reads a node's pinned conntrack entries: client flow -> backend.
+pub fn read_conntrack(pin_dir: &Path) -> Result<Vec<(FlowKey, Flow)>> {
+    read_pinned(pin_dir, maps::CONNTRACK)
+}

@@ -192,6 +192,29 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
         "{result}"
     );
 
+    // What the node's maps hold, as an operator sees it.
+    let bpf = |what: &str| netctl(&lab, &["bpf", what, "--node", "node1"], "");
+    let frontends = bpf("services");
+    let line = frontends
+        .lines()
+        .find(|l| l.starts_with(&format!("{vip}:80")))
+        .unwrap_or_else(|| panic!("{frontends}"));
+    assert_eq!(line.matches(":8080").count(), 3, "three backends: {line}");
+    let flows = bpf("conntrack");
+    assert!(
+        flows
+            .lines()
+            .filter(|l| l.contains(&format!("{vip}:80")))
+            .count()
+            >= 300,
+        "{flows}"
+    );
+    let counters = bpf("metrics");
+    assert!(
+        counters.contains("service-translated") && counters.contains("reply-translated"),
+        "{counters}"
+    );
+
     // A backend removed: within a second, no new connections go to it.
     netctl(&lab, &["delete", "-f", "-"], &backend_pod("web-3"));
     thread::sleep(Duration::from_secs(1));

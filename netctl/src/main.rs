@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod apply;
+mod bpf;
 mod get;
 mod lab;
 mod store;
@@ -27,6 +28,9 @@ enum Command {
     /// Show what the cluster's store says: nodes, pods, services, endpoints.
     #[command(subcommand)]
     Get(get::GetCommand),
+    /// Show what a node's eBPF maps hold: services, conntrack, metrics.
+    #[command(subcommand)]
+    Bpf(bpf::BpfCommand),
 }
 
 fn main() {
@@ -34,6 +38,7 @@ fn main() {
     let result = match cli.command {
         Command::Lab(cmd) => lab::run(cmd),
         Command::Get(cmd) => get::run(cmd),
+        Command::Bpf(cmd) => bpf::run(cmd),
         Command::Apply(args) => apply::apply(args),
         Command::Delete(args) => apply::delete(args),
     };

@@ -1,0 +1,126 @@
+//! `netctl bpf`: what a node's eBPF maps hold, read from their pins: Service frontends and
+//! backends, conntrack, and the per-reason packet counters (every drop has a reason).
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use twill_abi::lb::IPPROTO_TCP;
+use twill_lab::Manifest;
+
+#[derive(Subcommand)]
+pub enum BpfCommand {
+    /// Service frontends and the backends they balance to.
+    Services(Target),
+    /// Flows pinned to a backend.
+    Conntrack(Target),
+    /// Packets and bytes by direction and reason.
+    Metrics(Target),
+}
+
+#[derive(Args)]
+pub struct Target {
+    /// A lab node (with --lab); its pins are under the lab's bpffs directory.
+    #[arg(long)]
+    node: Option<String>,
+    #[arg(long, default_value = crate::lab::DEFAULT_LAB)]
+    lab: String,
+    /// The pin directory on a real node.
+    #[arg(long, default_value = "/sys/fs/bpf/twill")]
+    pin_dir: PathBuf,
+}
+
+impl Target {
+    fn pin_dir(&self) -> anyhow::Result<PathBuf> {
+        match &self.node {
+            None => Ok(self.pin_dir.clone()),
+            Some(node) => {
+                let m = Manifest::load(&self.lab)?;
+                let host = m
+                    .host(node)
+                    .with_context(|| format!("lab {} has no node {node}", self.lab))?;
+                Ok(host.bpffs_dir)
+            }
+        }
+    }
+}
+
+fn ip(wire: u32) -> Ipv4Addr {
+    Ipv4Addr::from(wire.to_ne_bytes())
+}
+
+fn port(wire: u16) -> u16 {
+    u16::from_be_bytes(wire.to_ne_bytes())
+}
+
+fn proto(p: u8) -> &'static str {
+    if p == IPPROTO_TCP { "TCP" } else { "UDP" }
+}
+
+pub fn run(cmd: BpfCommand) -> anyhow::Result<()> {
+    match cmd {
+        BpfCommand::Services(t) => {
+            let dir = t.pin_dir()?;
+            let entries = twill_bpf::read_services(&dir)?;
+            println!(
+                "{:<22} {:<6} {:<11} BACKENDS",
+                "FRONTEND", "PROTO", "SERVICE-ID"
+            );
+            for e in entries {
+                let backends: Vec<String> = e
+                    .backends
+                    .iter()
+                    .map(|b| format!("{}:{}", ip(b.ip), port(b.port)))
+                    .collect();
+                println!(
+                    "{:<22} {:<6} {:<11} {}",
+                    format!("{}:{}", ip(e.key.ip), port(e.key.port)),
+                    proto(e.key.protocol),
+                    e.frontend.service_id,
+                    if backends.is_empty() {
+                        "<none: refused>".to_owned()
+                    } else {
+                        backends.join(",")
+                    }
+                );
+            }
+        }
+        BpfCommand::Conntrack(t) => {
+            let dir = t.pin_dir()?;
+            let mut flows = twill_bpf::read_conntrack(&dir)?;
+            flows.sort_by_key(|(k, _)| (u32::from_be(k.src_ip), u16::from_be(k.src_port)));
+            println!(
+                "{:<22} {:<22} {:<22} PROTO",
+                "CLIENT", "FRONTEND", "BACKEND"
+            );
+            for (k, f) in flows {
+                println!(
+                    "{:<22} {:<22} {:<22} {}",
+                    format!("{}:{}", ip(k.src_ip), port(k.src_port)),
+                    format!("{}:{}", ip(f.frontend_ip), port(f.frontend_port)),
+                    format!("{}:{}", ip(f.backend_ip), port(f.backend_port)),
+                    proto(k.protocol)
+                );
+            }
+        }
+        BpfCommand::Metrics(t) => {
+            let dir = t.pin_dir()?;
+            let metrics = twill_bpf::read_metrics(&dir)?;
+            println!(
+                "{:<10} {:<22} {:>12} {:>16}",
+                "DIRECTION", "REASON", "PACKETS", "BYTES"
+            );
+            for row in metrics.rows.iter().filter(|r| r.packets > 0) {
+                let verdict = if row.reason.is_drop() { " (drop)" } else { "" };
+                println!(
+                    "{:<10} {:<22} {:>12} {:>16}",
+                    row.direction.name(),
+                    format!("{}{verdict}", row.reason.name()),
+                    row.packets,
+                    row.bytes
+                );
+            }
+        }
+    }
+    Ok(())
+}
