@@ -55,6 +55,11 @@ pub const SERVICE_IPS: &str = "/twill/v1/serviceips/";
 /// `NODE_PORTS` + `<port>-<protocol>`: which Service holds it.
 pub const NODE_PORTS: &str = "/twill/v1/nodeports/";
 
+/// Every stored object of one resource (`services`, `pods`, ...).
+pub fn objects_prefix(resource: &str) -> String {
+    format!("{OBJECTS}{resource}/")
+}
+
 pub fn object_key(resource: &str, namespace: Option<&str>, name: &str) -> String {
     match namespace {
         Some(ns) => format!("{OBJECTS}{resource}/{ns}/{name}"),

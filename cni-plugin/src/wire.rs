@@ -204,12 +204,7 @@ pub fn check(plan: &PodPlan<'_>) -> Result<Vec<String>, CniError> {
         if !link.header.flags.contains(LinkFlags::Up) {
             p.push(format!("host interface {host_if} is down"));
         }
-        let routes: Vec<_> = h
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await?;
+        let routes: Vec<_> = twill_netlink::ipv4_routes(&h).await?;
         let has_route = routes.iter().any(|r| {
             r.header.destination_prefix_length == 32
                 && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(d) if *d == netlink_packet_route::route::RouteAddress::Inet(ip)))
@@ -246,12 +241,7 @@ pub fn check(plan: &PodPlan<'_>) -> Result<Vec<String>, CniError> {
         if !addrs.contains(&(ip, 32)) {
             p.push(format!("pod interface {ifname} lacks {ip}/32 (has {addrs:?})"));
         }
-        let routes: Vec<_> = h
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await?;
+        let routes: Vec<_> = twill_netlink::ipv4_routes(&h).await?;
         let has_default = routes.iter().any(|r| {
             r.header.destination_prefix_length == 0
                 && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(_)))

@@ -4,12 +4,14 @@ use std::net::Ipv4Addr;
 
 use futures::TryStreamExt as _;
 use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
-use rtnetlink::{Handle, RouteMessageBuilder};
+use rtnetlink::Handle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnderlayError {
     #[error("netlink: {0}")]
     Netlink(#[from] rtnetlink::Error),
+    #[error("netlink: {0}")]
+    Step(#[from] twill_netlink::StepError),
     #[error(
         "no IPv4 default route to find the underlay interface by; set network.underlay_interface"
     )]
@@ -38,12 +40,7 @@ pub async fn detect(handle: &Handle, name: Option<&str>) -> Result<Underlay, Und
             .await
             .map_err(|_| UnderlayError::NoSuchInterface(name.to_owned()))?,
         None => {
-            let routes: Vec<RouteMessage> = handle
-                .route()
-                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-                .execute()
-                .try_collect()
-                .await?;
+            let routes: Vec<RouteMessage> = twill_netlink::ipv4_routes(handle).await?;
             routes
                 .iter()
                 .filter(|r| {

@@ -159,12 +159,7 @@ pub async fn read_programmed(
     cluster: &ClusterCidr,
 ) -> Result<Programmed, StepError> {
     let mut p = Programmed::default();
-    let routes: Vec<RouteMessage> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await?;
+    let routes: Vec<RouteMessage> = twill_netlink::ipv4_routes(h).await?;
     for r in routes {
         if r.header.protocol != RouteProtocol::Other(RTPROT_TWILL) {
             continue;

@@ -11,10 +11,6 @@ use twill_api::cluster::{self, NodeRecord, PodRecord, SubnetRecord};
 
 use crate::store::{StoreArgs, with_etcd};
 
-const OBJECTS_SERVICES: &str = "/twill/v1/objects/services/";
-const OBJECTS_PODS: &str = "/twill/v1/objects/pods/";
-const OBJECTS_SLICES: &str = "/twill/v1/objects/endpointslices/";
-
 #[derive(Subcommand)]
 pub enum GetCommand {
     /// Nodes: live ones from their records, dead ones whose subnet is still held.
@@ -101,13 +97,13 @@ pub struct GetArgs {
 /// Keys and values under one prefix.
 type Entries = Vec<(String, Vec<u8>)>;
 
-fn fetch(args: &GetArgs, prefixes: &[&'static str]) -> anyhow::Result<Vec<Entries>> {
-    let prefixes = prefixes.to_vec();
+fn fetch(args: &GetArgs, prefixes: &[&str]) -> anyhow::Result<Vec<Entries>> {
+    let prefixes: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
     with_etcd(&args.store, |mut c| async move {
         let mut out = Vec::new();
         for p in prefixes {
             let resp = c
-                .get(p, Some(GetOptions::new().with_prefix()))
+                .get(p.as_str(), Some(GetOptions::new().with_prefix()))
                 .await
                 .with_context(|| format!("reading {p}"))?;
             out.push(pairs(&resp));
@@ -119,7 +115,9 @@ fn fetch(args: &GetArgs, prefixes: &[&'static str]) -> anyhow::Result<Vec<Entrie
 pub fn run(cmd: GetCommand) -> anyhow::Result<()> {
     match cmd {
         GetCommand::Services { args, namespace } => {
-            let got = fetch(&args, &[OBJECTS_SERVICES])?.pop().unwrap_or_default();
+            let got = fetch(&args, &[&cluster::objects_prefix("services")])?
+                .pop()
+                .unwrap_or_default();
             let rows = services_of(&got, namespace.as_ref());
             print(args.output, &rows, |wide| {
                 let mut header = vec!["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)"];
@@ -170,9 +168,9 @@ pub fn run(cmd: GetCommand) -> anyhow::Result<()> {
             let mut got = fetch(
                 &args,
                 &[
-                    OBJECTS_SERVICES,
-                    OBJECTS_PODS,
-                    OBJECTS_SLICES,
+                    &cluster::objects_prefix("services"),
+                    &cluster::objects_prefix("pods"),
+                    &cluster::objects_prefix("endpointslices"),
                     cluster::PODS,
                 ],
             )?;

@@ -190,6 +190,18 @@ pub fn link_name(link: &LinkMessage) -> Option<&str> {
     })
 }
 
+/// Every IPv4 route of the main table and others (`ip -4 route show table all`).
+pub async fn ipv4_routes(
+    handle: &Handle,
+) -> Result<Vec<netlink_packet_route::route::RouteMessage>, StepError> {
+    Ok(handle
+        .route()
+        .get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await?)
+}
+
 /// IPv4 addresses on a link with their prefix lengths (`ip -4 addr show dev INDEX`).
 pub async fn ipv4_addresses(handle: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, StepError> {
     let messages: Vec<_> = handle
