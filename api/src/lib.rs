@@ -109,6 +109,18 @@ pub struct NodeStatus {
     /// subnet this node had before is now held by another node).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The overlay as of its last pass: how many remote nodes it reaches, and what failed.
+    #[serde(default)]
+    pub overlay: OverlayStatus,
+}
+
+/// What the node's overlay holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayStatus {
+    /// Remote nodes whose routes, neighbours and FDB entries are all in place.
+    pub peers: u32,
+    /// Why the last pass did not finish, when it did not (it is retried).
+    pub problem: Option<String>,
 }
 
 /// Why a request failed, in terms a client can act on.

@@ -221,6 +221,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         config.lease_ttl,
         Some(node::Dataplane::new(datapath)),
     )?);
+    let _ = node.overlay.set(overlay.clone());
     // Pods wired before this start (a restart): their interfaces get the programs again.
     for ifname in pod_interfaces(&handle).await? {
         if let Some(Err(e)) = node.with_dataplane(|d| d.ensure_attached(&ifname)) {

@@ -60,6 +60,8 @@ pub struct Node {
     /// How long after the last good answer from etcd it still counts as reachable.
     etcd_grace: Duration,
     inner: Mutex<Inner>,
+    /// The overlay, for the status; unset in tests of the control plane.
+    pub overlay: std::sync::OnceLock<std::sync::Arc<crate::overlay::Overlay>>,
 }
 
 #[derive(Default)]
@@ -97,6 +99,7 @@ impl Node {
                 allocations,
                 ..Inner::default()
             }),
+            overlay: std::sync::OnceLock::new(),
         };
         Ok(node)
     }
@@ -378,6 +381,7 @@ impl Node {
                     pods: inner.allocations.as_ref().map_or(0, |a| a.len() as u32),
                     not_ready: self.not_ready(&inner),
                     warnings: inner.warnings.clone(),
+                    overlay: self.overlay.get().map(|o| o.status()).unwrap_or_default(),
                 },
             },
         }

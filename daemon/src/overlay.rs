@@ -15,7 +15,10 @@ use rtnetlink::{
 };
 use tokio::sync::Mutex;
 use tracing::{info, warn};
-use twill_api::cluster::{self, NodeRecord};
+use twill_api::{
+    OverlayStatus,
+    cluster::{self, NodeRecord},
+};
 use twill_ipam::{ClusterCidr, PodSubnet};
 
 use crate::{
@@ -30,6 +33,8 @@ pub struct Overlay {
     cluster: ClusterCidr,
     me: String,
     records: Mutex<BTreeMap<String, NodeRecord>>,
+    /// The outcome of the last pass, for the node's status.
+    status: std::sync::Mutex<OverlayStatus>,
 }
 
 impl Overlay {
@@ -45,6 +50,7 @@ impl Overlay {
             cluster,
             me,
             records: Mutex::new(BTreeMap::new()),
+            status: std::sync::Mutex::new(OverlayStatus::default()),
         }
     }
 
@@ -56,8 +62,29 @@ impl Overlay {
         }
     }
 
-    /// One pass: make the device hold what the current records say.
-    async fn reconcile(&self) {
+    /// The outcome of the last pass.
+    pub fn status(&self) -> OverlayStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, peers: usize, problem: Option<String>) -> bool {
+        let ok = problem.is_none();
+        *self
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = OverlayStatus {
+            peers: u32::try_from(peers).unwrap_or(u32::MAX),
+            problem,
+        };
+        ok
+    }
+
+    /// One pass: make the device hold what the current records say. Returns whether
+    /// everything is in place; a pass that failed is retried soon, not at the next tick.
+    async fn reconcile(&self) -> bool {
         let desired = {
             let records = self.records.lock().await;
             let peers = peers(&self.me, &self.cluster, records.values());
@@ -67,13 +94,16 @@ impl Overlay {
         {
             Ok(c) => c,
             Err(e) => {
-                warn!("reading {}'s entries: {e}", vxlan::DEVICE);
-                return;
+                let problem = format!("reading {}'s entries: {e}", vxlan::DEVICE);
+                warn!("overlay: {problem}");
+                // What the kernel held before is unknown; keep the last count.
+                let before = self.status().peers as usize;
+                return self.record(before, Some(problem));
             }
         };
         let changes = diff(&desired, &current);
         if changes.is_empty() {
-            return;
+            return self.record(desired.routes.len(), None);
         }
         tracing::debug!(?changes, "overlay changes");
         let failed = vxlan::apply(&self.handle, &self.device, &changes).await;
@@ -83,11 +113,17 @@ impl Overlay {
             failed = failed.len(),
             "overlay reconciled"
         );
-        for f in failed {
+        for f in &failed {
             warn!("overlay: {f}");
         }
+        let problem = (!failed.is_empty()).then(|| failed.join("; "));
+        let reached = desired.routes.len().saturating_sub(failed.len());
+        self.record(reached, problem)
     }
 }
+
+/// How soon a pass that failed is tried again.
+const RETRY: Duration = Duration::from_millis(500);
 
 /// How long to gather kernel notifications before one pass repairs what they reported.
 const DRIFT_DEBOUNCE: Duration = Duration::from_millis(100);
@@ -135,7 +171,13 @@ fn parse(kv: &etcd_client::KeyValue) -> Option<(String, NodeRecord)> {
 /// kernel keeps forwarding with what it has.
 pub async fn run(config: Config, overlay: Arc<Overlay>, resync: Duration) {
     let mut notifications = subscribe();
+    // A pending pass: after kernel notifications settle, or to retry a failed pass.
     let mut repair: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let retry_later = |ok: bool, repair: &mut Option<Pin<Box<tokio::time::Sleep>>>| {
+        if !ok && repair.is_none() {
+            *repair = Some(Box::pin(tokio::time::sleep(RETRY)));
+        }
+    };
     loop {
         let mut client = match crate::connect(&config).await {
             Ok(c) => c,
@@ -158,7 +200,7 @@ pub async fn run(config: Config, overlay: Arc<Overlay>, resync: Duration) {
         };
         let revision = snapshot.header().map_or(0, |h| h.revision());
         *overlay.records.lock().await = snapshot.kvs().iter().filter_map(parse).collect();
-        overlay.reconcile().await;
+        retry_later(overlay.reconcile().await, &mut repair);
 
         let options = WatchOptions::new()
             .with_prefix()
@@ -199,9 +241,9 @@ pub async fn run(config: Config, overlay: Arc<Overlay>, resync: Duration) {
                             }
                         }
                     }
-                    overlay.reconcile().await;
+                    retry_later(overlay.reconcile().await, &mut repair);
                 }
-                _ = tick.tick() => overlay.reconcile().await,
+                _ = tick.tick() => retry_later(overlay.reconcile().await, &mut repair),
                 Some((message, _)) = async {
                     match notifications.as_mut() {
                         Some(n) => n.next().await,
@@ -219,7 +261,7 @@ pub async fn run(config: Config, overlay: Arc<Overlay>, resync: Duration) {
                     }
                 } => {
                     repair = None;
-                    overlay.reconcile().await;
+                    retry_later(overlay.reconcile().await, &mut repair);
                 }
             }
         }

@@ -215,6 +215,12 @@ fn a_joining_node_is_routed_from_every_node_within_a_second() {
         || has_route(&nodes[0], subnet) && has_route(&nodes[1], subnet),
     );
     assert!(took <= Duration::from_secs(1), "join took {took:?}");
+    // Each daemon says so in its status: two peers reached, nothing failing.
+    for d in [&d1, &d2, &d3] {
+        d.wait_status("two overlay peers", Duration::from_secs(5), |s| {
+            s.overlay.peers == 2 && s.overlay.problem.is_none()
+        });
+    }
 }
 
 #[test]

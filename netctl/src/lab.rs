@@ -259,9 +259,12 @@ fn up(o: UpOptions) -> anyhow::Result<()> {
         }
         return Err(e.context(format!("lab {name} was removed again")));
     }
+    if !o.bare {
+        wait_overlay(&lab, Duration::from_secs(10));
+    }
     print_lab(lab.manifest());
-    if !lab.manifest().pods.is_empty() {
-        print_connectivity(&lab.manifest().pods);
+    if !lab.manifest().pods.is_empty() && !print_connectivity(&lab.manifest().pods) {
+        print_daemon_warnings(&lab);
     }
     if !o.hold {
         println!(
@@ -354,6 +357,24 @@ fn wait_ready(node: &Host, timeout: Duration) -> anyhow::Result<()> {
                 },
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
             );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until every node's overlay reaches every other node, so the connectivity check
+/// tests the network rather than how fast the daemons heard of each other. Gives up
+/// quietly after `timeout`: the check then shows what does not work.
+fn wait_overlay(lab: &Lab, timeout: Duration) {
+    let nodes = lab.nodes();
+    let remote = u32::try_from(nodes.len().saturating_sub(1)).unwrap_or(u32::MAX);
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let converged = nodes.iter().all(|n| {
+            daemon_status(n).is_ok_and(|s| s.overlay.peers == remote && s.overlay.problem.is_none())
+        });
+        if converged {
+            return;
         }
         thread::sleep(Duration::from_millis(50));
     }
@@ -531,26 +552,36 @@ fn print_lab(m: &Manifest) {
         m.plan.underlay_netns
     );
     println!();
+    let remote = m.plan.nodes().count().saturating_sub(1);
     println!(
-        "{:<8} {:<9} {:<14} {:<16} STATUS",
-        "HOST", "ROLE", "UNDERLAY IP", "POD SUBNET"
+        "{:<8} {:<9} {:<14} {:<16} {:<6} STATUS",
+        "HOST", "ROLE", "UNDERLAY IP", "POD SUBNET", "PEERS"
     );
     for host in m.hosts() {
-        let (role, subnet, status) = match host.plan.role {
-            Role::External => ("external", "-".to_owned(), "-".to_owned()),
+        let (role, subnet, peers, status) = match host.plan.role {
+            Role::External => ("external", "-".to_owned(), "-".to_owned(), "-".to_owned()),
             Role::Node => match daemon_status(&host) {
                 Ok(s) => (
                     "node",
                     s.subnet.map_or("-".to_owned(), |s| s.to_string()),
-                    s.not_ready
-                        .map_or("ready".to_owned(), |r| format!("not ready: {r}")),
+                    format!("{}/{remote}", s.overlay.peers),
+                    match (s.not_ready, s.overlay.problem) {
+                        (Some(r), _) => format!("not ready: {r}"),
+                        (None, Some(p)) => format!("ready, overlay trouble: {p}"),
+                        (None, None) => "ready".to_owned(),
+                    },
                 ),
-                Err(_) => ("node", "-".to_owned(), "no twilld".to_owned()),
+                Err(_) => (
+                    "node",
+                    "-".to_owned(),
+                    "-".to_owned(),
+                    "no twilld".to_owned(),
+                ),
             },
         };
         println!(
-            "{:<8} {:<9} {:<14} {:<16} {}",
-            host.plan.name, role, host.plan.underlay_ip, subnet, status
+            "{:<8} {:<9} {:<14} {:<16} {:<6} {}",
+            host.plan.name, role, host.plan.underlay_ip, subnet, peers, status
         );
     }
     if !m.pods.is_empty() {
@@ -574,7 +605,8 @@ fn print_lab(m: &Manifest) {
 }
 
 /// Pings every pod from every other pod (in parallel) and prints the matrix.
-fn print_connectivity(pods: &[LabPod]) {
+/// Returns whether every pair worked.
+fn print_connectivity(pods: &[LabPod]) -> bool {
     let results: Vec<Vec<Option<bool>>> = thread::scope(|s| {
         let handles: Vec<Vec<_>> = pods
             .iter()
@@ -587,7 +619,8 @@ fn print_connectivity(pods: &[LabPod]) {
                                     return false;
                                 };
                                 let mut cmd = Command::new("ping");
-                                cmd.args(["-c", "1", "-W", "2", &to.ip.to_string()])
+                                // One probe a second until a reply, for at most 3 s.
+                                cmd.args(["-c", "1", "-w", "3", &to.ip.to_string()])
                                     .stdout(Stdio::null())
                                     .stderr(Stdio::null());
                                 ns.run(move || cmd.status())
@@ -639,6 +672,26 @@ fn print_connectivity(pods: &[LabPod]) {
         println!("all {pairs} pod pairs reach each other");
     } else {
         println!("{failures} of {pairs} pod pairs FAILED");
+    }
+    failures == 0
+}
+
+/// The last warnings of each node's twilld, to start from when something does not work.
+fn print_daemon_warnings(lab: &Lab) {
+    for node in lab.nodes() {
+        let path = DaemonPaths::of(&node).log;
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        let recent = &warnings[warnings.len().saturating_sub(5)..];
+        if !recent.is_empty() {
+            println!("\ntwilld on {} ({}):", node.name(), path.display());
+            for line in recent {
+                println!("  {line}");
+            }
+        }
     }
 }
 
