@@ -33,6 +33,11 @@ pub struct Frontend {
     pub affinity_timeout: u32,
 }
 
+/// [`Frontend::flags`]: `sessionAffinity: ClientIP`. A client's new flows go to the backend
+/// its last new flow went to, while that was less than `affinity_timeout` seconds ago and
+/// the backend is still one of the frontend's.
+pub const FRONTEND_AFFINITY: u32 = 1;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BackendKey {
@@ -46,6 +51,35 @@ pub struct Backend {
     pub ip: u32,
     pub port: u16,
     pub _pad: u16,
+}
+
+/// A backend as a member of its service: the programs check that a remembered backend
+/// (session affinity) is still in the set before reusing it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MemberKey {
+    pub service_id: u32,
+    pub ip: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Session affinity: which client a remembered backend belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    pub client_ip: u32,
+}
+
+/// The backend a client's last new flow went to, and when (`bpf_ktime_get_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Affinity {
+    pub backend_ip: u32,
+    pub backend_port: u16,
+    pub _pad: u16,
+    pub last_used_ns: u64,
 }
 
 /// A flow as one side sent it: source, destination, protocol.
@@ -122,6 +156,9 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Flow>() == 16);
 const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
+const _: () = assert!(core::mem::size_of::<MemberKey>() == 12);
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Affinity>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -141,6 +178,12 @@ mod pod {
     unsafe impl aya::Pod for Flow {}
     // SAFETY: as above.
     unsafe impl aya::Pod for RevNat {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for MemberKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Affinity {}
 }
 
 #[cfg(test)]

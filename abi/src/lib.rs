@@ -23,6 +23,10 @@ pub mod maps {
     pub const CONNTRACK: &str = "TWILL_CT";
     /// Reverse NAT (LRU): backend-side flow [`crate::lb::FlowKey`] -> [`crate::lb::RevNat`].
     pub const REVNAT: &str = "TWILL_REVNAT";
+    /// Backend membership: [`crate::lb::MemberKey`] -> slot, for session affinity checks.
+    pub const MEMBERS: &str = "TWILL_MEMBERS";
+    /// Session affinity (LRU): [`crate::lb::AffinityKey`] -> [`crate::lb::Affinity`].
+    pub const AFFINITY: &str = "TWILL_AFFINITY";
 }
 
 /// Return codes of tc (`sched_cls`) programs, from `include/uapi/linux/pkt_cls.h`.

@@ -20,7 +20,7 @@ use aya::{
     },
 };
 use twill_abi::{
-    lb::{Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey, RevNat},
+    lb::{Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey, MemberKey, RevNat},
     maps,
     metrics::{Direction, MetricValue, Reason, metric_index},
     programs,
@@ -242,15 +242,32 @@ impl Datapath {
     ) -> Result<()> {
         frontend.backend_count = backends.len() as u32;
         let service_id = frontend.service_id;
-        let old_count = self
+        let old = match self
             .hash_map::<FrontendKey, Frontend>(maps::SERVICES)?
             .get(&key, 0)
-            .map_or(0, |f| f.backend_count);
+        {
+            Ok(f) if f.service_id == service_id => self.backends_of(&f)?,
+            _ => Vec::new(),
+        };
         let map_err = |name, source| DatapathError::Map {
             name,
             path: PathBuf::new(),
             source: Box::new(source),
         };
+        let member = |b: &Backend| MemberKey {
+            service_id,
+            ip: b.ip,
+            port: b.port,
+            _pad: 0,
+        };
+        // Members first (they only widen what affinity may reuse), then slots, then the
+        // frontend; what is gone is removed last.
+        let mut members = self.hash_map::<MemberKey, u32>(maps::MEMBERS)?;
+        for (slot, backend) in backends.iter().enumerate() {
+            members
+                .insert(member(backend), slot as u32, 0)
+                .map_err(|e| map_err(maps::MEMBERS, e))?;
+        }
         let mut slots = self.hash_map::<BackendKey, Backend>(maps::BACKENDS)?;
         for (slot, backend) in backends.iter().enumerate() {
             let k = BackendKey {
@@ -265,8 +282,15 @@ impl Datapath {
             .insert(key, frontend, 0)
             .map_err(|e| map_err(maps::SERVICES, e))?;
         let mut slots = self.hash_map::<BackendKey, Backend>(maps::BACKENDS)?;
-        for slot in backends.len() as u32..old_count {
-            let _ = slots.remove(&BackendKey { service_id, slot });
+        for slot in backends.len()..old.len() {
+            let _ = slots.remove(&BackendKey {
+                service_id,
+                slot: slot as u32,
+            });
+        }
+        let mut members = self.hash_map::<MemberKey, u32>(maps::MEMBERS)?;
+        for gone in old.iter().filter(|b| !backends.contains(b)) {
+            let _ = members.remove(&member(gone));
         }
         Ok(())
     }
@@ -301,11 +325,21 @@ impl Datapath {
             return Ok(());
         };
         let _ = frontends.remove(key);
+        let gone = self.backends_of(&frontend)?;
         let mut slots = self.hash_map::<BackendKey, Backend>(maps::BACKENDS)?;
         for slot in 0..frontend.backend_count {
             let _ = slots.remove(&BackendKey {
                 service_id: frontend.service_id,
                 slot,
+            });
+        }
+        let mut members = self.hash_map::<MemberKey, u32>(maps::MEMBERS)?;
+        for b in gone {
+            let _ = members.remove(&MemberKey {
+                service_id: frontend.service_id,
+                ip: b.ip,
+                port: b.port,
+                _pad: 0,
             });
         }
         Ok(())

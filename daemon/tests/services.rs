@@ -100,9 +100,13 @@ fn netctl(lab: &Lab, args: &[&str], stdin: &str) -> String {
 }
 
 fn connect_many(client: &Pod, vip: &str, n: u32) -> serde_json::Value {
+    connect_port(client, vip, 80, n)
+}
+
+fn connect_port(client: &Pod, vip: &str, port: u16, n: u32) -> serde_json::Value {
     let ns = NetNs::from_path(&client.netns).unwrap();
     let mut cmd = Command::new("python3");
-    cmd.args(["-c", CLIENT, vip, "80", &n.to_string()]);
+    cmd.args(["-c", CLIENT, vip, &port.to_string(), &n.to_string()]);
     let out = ns.run(move || cmd.output()).unwrap().unwrap();
     assert!(
         out.status.success(),
@@ -260,6 +264,52 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
         );
         thread::sleep(Duration::from_millis(50));
     }
+
+    // Session affinity, on a Service with two ports (a named and a numbered targetPort):
+    // every connection from the client goes to one backend, on either port.
+    netctl(
+        &lab,
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: sticky}\nspec:\n  selector: {app: web}\n  \
+         sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}\n  \
+         ports: [{name: a, port: 80, targetPort: http}, {name: b, port: 81, targetPort: 8080}]\n",
+    );
+    let services: serde_json::Value =
+        serde_json::from_str(&netctl(&lab, &["get", "services", "-o", "json"], "")).unwrap();
+    let sticky_vip = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "sticky")
+        .and_then(|s| s["cluster_ip"]["fixed"].as_str())
+        .unwrap_or_else(|| panic!("{services}"))
+        .to_owned();
+    let start = Instant::now();
+    while connect_many(&client, &sticky_vip, 1)["failures"] != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the sticky Service never answered"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    for port in [80, 81] {
+        let stuck = connect_port(&client, &sticky_vip, port, 40);
+        assert_eq!(stuck["failures"], 0, "{stuck}");
+        let counts: BTreeMap<String, u64> =
+            serde_json::from_value(stuck["counts"].clone()).unwrap();
+        assert_eq!(
+            counts.len(),
+            1,
+            "port {port}: one backend for the client: {counts:?}"
+        );
+    }
+    let frontends = netctl(&lab, &["bpf", "services", "--node", "node1"], "");
+    assert!(
+        frontends
+            .lines()
+            .any(|l| l.starts_with(&format!("{sticky_vip}:81")) && l.contains(" 30s ")),
+        "{frontends}"
+    );
 
     for mut s in servers {
         let _ = s.kill();

@@ -21,8 +21,9 @@ use aya_ebpf::{
 };
 use twill_abi::{
     lb::{
-        Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
-        MAX_BACKENDS, MAX_FLOWS, MAX_FRONTENDS, RevNat, SCOPE_CLUSTER_IP, pick_slot,
+        Affinity, AffinityKey, Backend, BackendKey, FRONTEND_AFFINITY, Flow, FlowKey, Frontend,
+        FrontendKey, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_FLOWS, MAX_FRONTENDS, MemberKey,
+        RevNat, SCOPE_CLUSTER_IP, pick_slot,
     },
     metrics::{Direction, METRICS_ENTRIES, MetricValue, Reason, metric_index},
     tc::{TC_ACT_OK, TC_ACT_SHOT},
@@ -39,6 +40,10 @@ static TWILL_BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_BACKEN
 static TWILL_CT: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(MAX_FLOWS, 0);
 #[map(name = "TWILL_REVNAT")]
 static TWILL_REVNAT: LruHashMap<FlowKey, RevNat> = LruHashMap::pinned(MAX_FLOWS, 0);
+#[map(name = "TWILL_MEMBERS")]
+static TWILL_MEMBERS: HashMap<MemberKey, u32> = HashMap::pinned(MAX_BACKENDS, 0);
+#[map(name = "TWILL_AFFINITY")]
+static TWILL_AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(MAX_FLOWS, 0);
 
 /// The service CIDR, set at load time (wire order): destinations outside it skip the
 /// Service lookups, so pod-to-pod traffic pays for none. A mask of 0 means "every
@@ -190,14 +195,7 @@ fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
             };
             // No backend: the node's stack refuses it (unreachable route over the service
             // CIDR), so the client learns at once instead of timing out.
-            let Some(slot) = pick_slot(&l4.flow, frontend.backend_count) else {
-                return Reason::NoBackend;
-            };
-            let backend_key = BackendKey {
-                service_id: frontend.service_id,
-                slot,
-            };
-            let Some(backend) = lookup!(TWILL_BACKENDS, &backend_key) else {
+            let Some(backend) = choose_backend(&l4.flow, &frontend) else {
                 return Reason::NoBackend;
             };
             let flow = Flow {
@@ -243,6 +241,59 @@ fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
         Ok(()) => Reason::ServiceTranslated,
         Err(()) => Reason::DropRewriteFailed,
     }
+}
+
+/// The backend for a new flow: the client's remembered one under session affinity, while
+/// it is fresh and still a member; otherwise one picked by the flow's hash.
+#[inline(always)]
+fn choose_backend(flow: &FlowKey, frontend: &Frontend) -> Option<Backend> {
+    if frontend.flags & FRONTEND_AFFINITY == 0 {
+        return pick(flow, frontend);
+    }
+    let key = AffinityKey {
+        service_id: frontend.service_id,
+        client_ip: flow.src_ip,
+    };
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let timeout = u64::from(frontend.affinity_timeout) * 1_000_000_000;
+    let remembered = lookup!(TWILL_AFFINITY, &key).and_then(|a| {
+        let member = MemberKey {
+            service_id: frontend.service_id,
+            ip: a.backend_ip,
+            port: a.backend_port,
+            _pad: 0,
+        };
+        let fresh = now.saturating_sub(a.last_used_ns) <= timeout;
+        (fresh && lookup!(TWILL_MEMBERS, &member).is_some()).then_some(Backend {
+            ip: a.backend_ip,
+            port: a.backend_port,
+            _pad: 0,
+        })
+    });
+    let backend = match remembered {
+        Some(b) => b,
+        None => pick(flow, frontend)?,
+    };
+    let affinity = Affinity {
+        backend_ip: backend.ip,
+        backend_port: backend.port,
+        _pad: 0,
+        last_used_ns: now,
+    };
+    // Failing to remember only costs stickiness for the next flow, not this one.
+    let _ = TWILL_AFFINITY.insert(key, affinity, 0);
+    Some(backend)
+}
+
+#[inline(always)]
+fn pick(flow: &FlowKey, frontend: &Frontend) -> Option<Backend> {
+    let slot = pick_slot(flow, frontend.backend_count)?;
+    let key = BackendKey {
+        service_id: frontend.service_id,
+        slot,
+    };
+    lookup!(TWILL_BACKENDS, &key)
 }
 
 /// Into a pod: a backend's reply comes from the frontend the client spoke to.

@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use twill_abi::lb::IPPROTO_TCP;
+use twill_abi::lb::{FRONTEND_AFFINITY, IPPROTO_TCP};
 use twill_lab::Manifest;
 
 #[derive(Subcommand)]
@@ -63,8 +63,8 @@ pub fn run(cmd: BpfCommand) -> anyhow::Result<()> {
             let dir = t.pin_dir()?;
             let entries = twill_bpf::read_services(&dir)?;
             println!(
-                "{:<22} {:<6} {:<11} BACKENDS",
-                "FRONTEND", "PROTO", "SERVICE-ID"
+                "{:<22} {:<6} {:<11} {:<9} BACKENDS",
+                "FRONTEND", "PROTO", "SERVICE-ID", "AFFINITY"
             );
             for e in entries {
                 let backends: Vec<String> = e
@@ -72,11 +72,17 @@ pub fn run(cmd: BpfCommand) -> anyhow::Result<()> {
                     .iter()
                     .map(|b| format!("{}:{}", ip(b.ip), port(b.port)))
                     .collect();
+                let affinity = if e.frontend.flags & FRONTEND_AFFINITY != 0 {
+                    format!("{}s", e.frontend.affinity_timeout)
+                } else {
+                    "-".to_owned()
+                };
                 println!(
-                    "{:<22} {:<6} {:<11} {}",
+                    "{:<22} {:<6} {:<11} {:<9} {}",
                     format!("{}:{}", ip(e.key.ip), port(e.key.port)),
                     proto(e.key.protocol),
                     e.frontend.service_id,
+                    affinity,
                     if backends.is_empty() {
                         "<none: refused>".to_owned()
                     } else {

@@ -7,8 +7,8 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use twill_abi::{
     lb::{
-        Backend, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SCOPE_CLUSTER_IP, wire_ip,
-        wire_port,
+        Backend, FRONTEND_AFFINITY, FlowKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
+        SCOPE_CLUSTER_IP, pick_slot, wire_ip, wire_port,
     },
     metrics::{Direction, Reason},
     programs,
@@ -247,4 +247,79 @@ fn with_the_service_cidr_known_only_its_destinations_are_looked_up() {
         out.packet, to_outside,
         "outside the service CIDR: untouched"
     );
+}
+
+#[test]
+fn session_affinity_keeps_a_client_on_its_backend_until_the_timeout_or_the_backend_goes() {
+    let (_lab, mut dp) = setup();
+    let key = frontend(IPPROTO_TCP, 80);
+    let affine = Frontend {
+        service_id: 6,
+        flags: FRONTEND_AFFINITY,
+        affinity_timeout: 2,
+        ..Default::default()
+    };
+    dp.set_frontend(key, affine, &backends(&BACKENDS)).unwrap();
+    let connect = |dp: &mut Datapath, client: Ipv4Addr, port: u16| {
+        let syn = packet::l4_frame(IPPROTO_TCP, (client, port), (VIP, 80), b"", true);
+        let out = dp.test_run(programs::FROM_POD, &syn).unwrap();
+        assert_eq!(out.action, TC_ACT_OK);
+        packet::endpoints(&out.packet).1
+    };
+
+    // Thirty connections from one client, each from its own port: one backend.
+    let first = connect(&mut dp, CLIENT, 21000);
+    for port in 21001..21030 {
+        assert_eq!(connect(&mut dp, CLIENT, port), first, "port {port}");
+    }
+    // Other clients are balanced on their own: together they reach every backend.
+    let others: std::collections::BTreeSet<_> = (1..=60u8)
+        .map(|host| connect(&mut dp, Ipv4Addr::new(10, 244, 9, host), 21000))
+        .collect();
+    assert_eq!(others.len(), 3, "{others:?}");
+
+    // The remembered backend is removed: the client moves, and sticks to the new one.
+    let rest: Vec<(Ipv4Addr, u16)> = BACKENDS.into_iter().filter(|b| *b != first).collect();
+    dp.set_frontend(key, affine, &backends(&rest)).unwrap();
+    let moved = connect(&mut dp, CLIENT, 22000);
+    assert_ne!(moved, first);
+    for port in 22001..22010 {
+        assert_eq!(connect(&mut dp, CLIENT, port), moved);
+    }
+
+    // After the timeout, a new connection is balanced again: one whose hash picks the
+    // other backend goes there.
+    std::thread::sleep(std::time::Duration::from_millis(2300));
+    let other_port = (23000..24000u16)
+        .find(|port| {
+            let flow = FlowKey {
+                src_ip: wire_ip(CLIENT.octets()),
+                dst_ip: wire_ip(VIP.octets()),
+                src_port: wire_port(*port),
+                dst_port: wire_port(80),
+                protocol: IPPROTO_TCP,
+                _pad: [0; 3],
+            };
+            let slot = pick_slot(&flow, 2).unwrap() as usize;
+            rest[slot] != moved
+        })
+        .unwrap();
+    let after = connect(&mut dp, CLIENT, other_port);
+    assert_ne!(after, moved, "affinity expired after its timeout");
+
+    // Without affinity the same client spreads over the backends.
+    dp.set_frontend(
+        key,
+        Frontend {
+            flags: 0,
+            affinity_timeout: 0,
+            ..affine
+        },
+        &backends(&BACKENDS),
+    )
+    .unwrap();
+    let spread: std::collections::BTreeSet<_> = (25000..25060)
+        .map(|p| connect(&mut dp, CLIENT, p))
+        .collect();
+    assert_eq!(spread.len(), 3, "{spread:?}");
 }
