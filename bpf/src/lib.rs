@@ -16,7 +16,10 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, Map, MapData, PerCpuArray},
     programs::{
-        SchedClassifier, TcAttachType, TestRun, TestRunOptions, tc, tc::SchedClassifierLinkId,
+        SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+        links::{FdLink, PinnedLink},
+        tc,
+        tc::{SchedClassifierLink, SchedClassifierLinkId},
     },
 };
 use twill_abi::{
@@ -57,6 +60,18 @@ pub enum DatapathError {
         interface: String,
         #[source]
         source: Box<aya::programs::ProgramError>,
+    },
+    #[error("program link pinned at {path}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::programs::links::LinkError>,
+    },
+    #[error("pinning a program link at {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::pin::PinError>,
     },
     #[error("test run of program {name}")]
     TestRun {
@@ -141,39 +156,97 @@ impl Datapath {
     /// Attaches the pod programs to the host side of a pod's veth: [`programs::FROM_POD`] on
     /// tc ingress, [`programs::TO_POD`] on tc egress. Equivalent to
     /// `tc filter add dev IF ingress|egress bpf ...` (through tcx on kernels that have it).
-    /// The programs stay attached while this `Datapath` lives or until [`Self::detach_pod`].
+    ///
+    /// With tcx (kernel 6.6+) the links are pinned under `<pin_dir>/links/`, so they outlive
+    /// this process: a restarted daemon finds them and swaps in its own programs atomically
+    /// (`bpf_link_update`), and no packet passes untranslated in between. They stay until
+    /// [`Self::detach_pod`] or [`Self::forget_pods_except`]. Without tcx the links live as
+    /// long as this `Datapath`.
     pub fn attach_pod(&mut self, interface: &str) -> Result<PodAttachment> {
-        // tcx (kernel 6.6+) needs no qdisc, and adding one would get in the way of other
-        // tools' qdiscs (the bandwidth plugin's `ingress`); older kernels need clsact.
+        // tcx needs no qdisc, and adding one would get in the way of other tools' qdiscs
+        // (the bandwidth plugin's `ingress`); older kernels need clsact.
         let tcx = aya::util::KernelVersion::current()
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
         if !tcx {
             let _ = tc::qdisc_add_clsact(interface);
         }
-        // Each tcx attach waits for an RCU grace period under RTNL (about 15 ms here);
+        let mut attachment = PodAttachment {
+            interface: interface.to_owned(),
+            links: Vec::new(),
+            pins: Vec::new(),
+        };
+        // Each new tcx attach waits for an RCU grace period under RTNL (about 10 ms here);
         // that, not twill's own work, is most of a pod's attach time.
-        let mut links = Vec::new();
         for (name, attach_type) in [
             (programs::FROM_POD, TcAttachType::Ingress),
             (programs::TO_POD, TcAttachType::Egress),
         ] {
-            let link = classifier(&mut self.ebpf, name)?
-                .attach(interface, attach_type)
-                .map_err(|source| DatapathError::Attach {
-                    program: name,
-                    interface: interface.to_owned(),
-                    source: Box::new(source),
-                });
-            match link {
-                Ok(link) => links.push((name, link)),
-                Err(e) => {
-                    // Both or neither.
-                    self.detach_pod(PodAttachment { links });
-                    return Err(e);
-                }
+            let done = if tcx {
+                self.attach_pinned(interface, name, attach_type)
+                    .map(|pin| attachment.pins.push(pin))
+            } else {
+                classifier(&mut self.ebpf, name)?
+                    .attach(interface, attach_type)
+                    .map(|id| attachment.links.push((name, id)))
+                    .map_err(|source| attach_error(name, interface, source))
+            };
+            if let Err(e) = done {
+                // Both or neither.
+                self.detach_pod(attachment);
+                return Err(e);
             }
         }
-        Ok(PodAttachment { links })
+        Ok(attachment)
+    }
+
+    /// Attaches `name` to `interface` through a pinned tcx link: the link pinned by an
+    /// earlier run gets this run's program, or a new link is made and pinned.
+    fn attach_pinned(
+        &mut self,
+        interface: &str,
+        name: &'static str,
+        attach_type: TcAttachType,
+    ) -> Result<PathBuf> {
+        let pin = self.link_pin(interface, name);
+        let program = classifier(&mut self.ebpf, name)?;
+        let reused = PinnedLink::from_pin(&pin)
+            .ok()
+            .and_then(|pinned| SchedClassifierLink::try_from(FdLink::from(pinned)).ok())
+            .and_then(|link| program.attach_to_link(link).ok());
+        let id = match reused {
+            Some(id) => id,
+            None => {
+                // Nothing usable pinned (none yet, or a link whose interface is gone).
+                let _ = fs::remove_file(&pin);
+                program
+                    .attach(interface, attach_type)
+                    .map_err(|source| attach_error(name, interface, source))?
+            }
+        };
+        let link = program
+            .take_link(id)
+            .map_err(|source| attach_error(name, interface, source))?;
+        if !pin.exists() {
+            let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
+                path: pin.clone(),
+                source: Box::new(source),
+            })?;
+            let dir = self.pin_dir.join(LINKS).join(interface);
+            fs::create_dir_all(&dir)
+                .map_err(|source| DatapathError::PinDirectory { path: dir, source })?;
+            // Dropping the pinned handle closes our descriptor; the pin keeps the link.
+            fd_link.pin(&pin).map_err(|source| DatapathError::Pin {
+                path: pin.clone(),
+                source: Box::new(source),
+            })?;
+        }
+        // Otherwise the pin already holds the (updated) link; our descriptor closes here.
+        Ok(pin)
+    }
+
+    /// `<pin_dir>/links/<interface>/<program>` (bpffs refuses names with dots).
+    fn link_pin(&self, interface: &str, program: &str) -> PathBuf {
+        self.pin_dir.join(LINKS).join(interface).join(program)
     }
 
     /// Detaches what [`Self::attach_pod`] attached. An interface that is already gone took
@@ -184,6 +257,37 @@ impl Datapath {
                 let _ = program.detach(link);
             }
         }
+        // The pin is the last reference: removing it releases the link, which detaches.
+        for pin in &attachment.pins {
+            let _ = fs::remove_file(pin);
+        }
+        let _ = fs::remove_dir(self.pin_dir.join(LINKS).join(&attachment.interface));
+    }
+
+    /// The interfaces with pinned pod programs, as an earlier run left them.
+    pub fn pinned_pods(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.pin_dir.join(LINKS))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Releases the pinned programs of every interface not in `keep` (pods deleted while
+    /// the daemon was down). Returns the interfaces released.
+    pub fn forget_pods_except(&mut self, keep: &[String]) -> Vec<String> {
+        let gone: Vec<String> = self
+            .pinned_pods()
+            .into_iter()
+            .filter(|i| !keep.contains(i))
+            .collect();
+        for interface in &gone {
+            let _ = fs::remove_dir_all(self.pin_dir.join(LINKS).join(interface));
+        }
+        gone
     }
 
     /// Runs a program once on `packet` with `BPF_PROG_TEST_RUN`, without any interface.
@@ -375,7 +479,26 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Sche
 /// The programs attached to one pod interface.
 #[derive(Debug)]
 pub struct PodAttachment {
+    pub interface: String,
+    /// Links owned by this process (kernels without tcx).
     links: Vec<(&'static str, SchedClassifierLinkId)>,
+    /// Pinned tcx links.
+    pins: Vec<PathBuf>,
+}
+
+/// The subdirectory of a node's pin directory holding the pods' program links.
+pub const LINKS: &str = "links";
+
+fn attach_error(
+    program: &'static str,
+    interface: &str,
+    source: aya::programs::ProgramError,
+) -> DatapathError {
+    DatapathError::Attach {
+        program,
+        interface: interface.to_owned(),
+        source: Box::new(source),
+    }
 }
 
 /// What a program did with a packet in a test run.

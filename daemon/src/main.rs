@@ -222,11 +222,19 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         Some(node::Dataplane::new(datapath)),
     )?);
     let _ = node.overlay.set(overlay.clone());
-    // Pods wired before this start (a restart): their interfaces get the programs again.
-    for ifname in pod_interfaces(&handle).await? {
-        if let Some(Err(e)) = node.with_dataplane(|d| d.ensure_attached(&ifname)) {
-            warn!(interface = %ifname, "re-attaching the pod programs: {e:#}");
+    // Pods wired before this start (a restart): their pinned links get this run's programs
+    // in place, so their traffic is never without translation; links of pods deleted
+    // meanwhile are released.
+    let pods = pod_interfaces(&handle).await?;
+    for ifname in &pods {
+        if let Some(Err(e)) = node.with_dataplane(|d| d.ensure_attached(ifname)) {
+            warn!(interface = %ifname, "re-attaching the pod programs: {:#}", anyhow::Error::new(e));
         }
+    }
+    if let Some(gone) = node.with_dataplane(|d| d.datapath.forget_pods_except(&pods))
+        && !gone.is_empty()
+    {
+        info!(interfaces = ?gone, "released the programs of pods gone while stopped");
     }
     let listener = server::bind(&config.socket)?;
     info!(socket = %config.socket.display(), "listening");

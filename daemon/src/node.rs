@@ -269,7 +269,9 @@ impl Node {
                 let ifname = ifname.clone();
                 return match self.with_dataplane(|d| d.ensure_attached(&ifname)) {
                     Some(Ok(())) => Response::Attached { ifname },
-                    Some(Err(e)) => error(ErrorKind::Internal, format!("{e:#}")),
+                    Some(Err(e)) => {
+                        error(ErrorKind::Internal, format!("{:#}", anyhow::Error::new(e)))
+                    }
                     None => error(
                         ErrorKind::Internal,
                         "this node has no eBPF dataplane".to_owned(),

@@ -316,3 +316,126 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
         let _ = s.wait();
     }
 }
+
+/// Sends 1 KiB every 10 ms to each connection, until it closes.
+const STREAMER: &str = "import socket,threading,time\n\
+s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+s.bind(('0.0.0.0', 8080)); s.listen(64)\n\
+def feed(c):\n\
+\x20   try:\n\
+\x20       while True:\n\
+\x20           c.sendall(b'x' * 1024); time.sleep(0.01)\n\
+\x20   except OSError:\n\
+\x20       c.close()\n\
+while True:\n\
+\x20   c, _ = s.accept(); threading.Thread(target=feed, args=(c,), daemon=True).start()\n";
+
+/// Reads from host:80 for N seconds; prints the bytes, the longest silence and any error.
+const READER: &str = "import socket,sys,json,time\n\
+c = socket.create_connection((sys.argv[1], 80), timeout=5)\n\
+end = time.monotonic() + float(sys.argv[2]); last = time.monotonic(); gap = 0.0; n = 0; err = None\n\
+try:\n\
+\x20   while time.monotonic() < end:\n\
+\x20       b = c.recv(65536)\n\
+\x20       if not b:\n\
+\x20           err = 'closed by the peer'; break\n\
+\x20       now = time.monotonic(); gap = max(gap, now - last); last = now; n += len(b)\n\
+except OSError as e:\n\
+\x20   err = repr(e)\n\
+print(json.dumps({'bytes': n, 'max_gap': gap, 'error': err}))\n";
+
+/// One connection that must deliver data within 2 s.
+const PROBE: &str = "import socket,sys\n\
+c = socket.create_connection((sys.argv[1], 80), timeout=2)\n\
+assert c.recv(1024)\n";
+
+fn python_in(pod: &Pod, script: &str, args: &[&str]) -> std::process::Child {
+    let ns = NetNs::from_path(&pod.netns).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(script)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    ns.run(move || cmd.spawn()).unwrap().unwrap()
+}
+
+fn probe(client: &Pod, vip: &str) -> Result<(), String> {
+    let out = python_in(client, PROBE, &[vip]).wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn a_stream_through_a_cluster_ip_survives_a_twilld_restart_and_new_connections_work_meanwhile() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec::for_test(2, 0)).expect("lab up");
+    let nodes = lab.nodes();
+    let mut daemons: Vec<Twilld> = nodes
+        .iter()
+        .map(|n| Twilld::start(Path::new(TWILLD), &lab, n, CONFIG, &[]))
+        .collect();
+    for d in &daemons {
+        d.wait_status("ready", Duration::from_secs(10), |s| s.not_ready.is_none());
+    }
+    let backend = add_pod(&mut lab, &nodes[1], &daemons[1], "web-1");
+    let mut server = python_in(&backend, STREAMER, &[]);
+    let client = add_pod(&mut lab, &nodes[0], &daemons[0], "client");
+    netctl(
+        &lab,
+        &["apply", "-f", "-"],
+        &format!(
+            "{}apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  \
+             selector: {{app: web}}\n  ports: [{{port: 80, targetPort: http}}]\n",
+            backend_pod("web-1")
+        ),
+    );
+    let services: serde_json::Value =
+        serde_json::from_str(&netctl(&lab, &["get", "services", "-o", "json"], "")).unwrap();
+    let vip = services[0]["cluster_ip"]["fixed"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let start = Instant::now();
+    while let Err(e) = probe(&client, &vip) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the ClusterIP never answered: {e}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    // A 6-second stream from the backend on node2 to the client on node1. The client's
+    // node translates it; its twilld is killed (SIGKILL: no cleanup) and started again.
+    let reader = python_in(&client, READER, &[&vip, "6"]);
+    thread::sleep(Duration::from_secs(1));
+    daemons[0].kill();
+    // While node1's daemon is down, a new connection still works: the pinned programs
+    // and maps carry on without it.
+    let down = probe(&client, &vip);
+    daemons[0].restart();
+    daemons[0].wait_status("ready again", Duration::from_secs(10), |s| {
+        s.not_ready.is_none()
+    });
+    let after = probe(&client, &vip);
+
+    let out = reader.wait_with_output().unwrap();
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(result["error"], serde_json::Value::Null, "{result}");
+    // 6 s at ~100 KiB/s: most of it arrives, with no silence near a retransmission.
+    assert!(result["bytes"].as_u64().unwrap() > 400 * 1024, "{result}");
+    assert!(result["max_gap"].as_f64().unwrap() < 0.5, "{result}");
+    assert_eq!(down, Ok(()), "a new connection while twilld was down");
+    assert_eq!(after, Ok(()), "a new connection after the restart");
+    let log = daemons[0].log_text();
+    assert!(
+        !log.contains("re-attaching the pod programs"),
+        "the pinned links were reused:\n{log}"
+    );
+}
