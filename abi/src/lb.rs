@@ -82,6 +82,17 @@ pub struct Affinity {
     pub last_used_ns: u64,
 }
 
+/// A host socket's translated UDP destination: the socket (its cookie) and the backend it
+/// sends to. `recvmsg4` finds the frontend to show as the reply's source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub cookie: u64,
+    pub ip: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
 /// A flow as one side sent it: source, destination, protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -159,6 +170,7 @@ const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
 const _: () = assert!(core::mem::size_of::<MemberKey>() == 12);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Affinity>() == 16);
+const _: () = assert!(core::mem::size_of::<SockKey>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -184,6 +196,8 @@ mod pod {
     unsafe impl aya::Pod for AffinityKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Affinity {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockKey {}
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ pub mod maps {
     pub const MEMBERS: &str = "TWILL_MEMBERS";
     /// Session affinity (LRU): [`crate::lb::AffinityKey`] -> [`crate::lb::Affinity`].
     pub const AFFINITY: &str = "TWILL_AFFINITY";
+    /// Host sockets' UDP translations (LRU): [`crate::lb::SockKey`] -> [`crate::lb::RevNat`].
+    pub const SOCK_NAT: &str = "TWILL_SOCK_NAT";
 }
 
 /// Return codes of tc (`sched_cls`) programs, from `include/uapi/linux/pkt_cls.h`.

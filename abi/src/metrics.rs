@@ -81,15 +81,19 @@ pub enum Direction {
     FromPod = 0,
     /// On its way to the pod (tc egress on the host-side veth).
     ToPod = 1,
+    /// A host process's socket call (cgroup connect4/sendmsg4/recvmsg4); counted per
+    /// call, with no bytes.
+    HostSocket = 2,
 }
 
 impl Direction {
-    pub const ALL: [Direction; 2] = [Direction::FromPod, Direction::ToPod];
+    pub const ALL: [Direction; 3] = [Direction::FromPod, Direction::ToPod, Direction::HostSocket];
 
     pub const fn name(self) -> &'static str {
         match self {
             Direction::FromPod => "from-pod",
             Direction::ToPod => "to-pod",
+            Direction::HostSocket => "host-socket",
         }
     }
 }
@@ -97,7 +101,10 @@ impl Direction {
 /// Room for reason codes 0..64 in each direction.
 pub const REASON_SLOTS: u32 = 64;
 /// Number of entries in the metrics map.
-pub const METRICS_ENTRIES: u32 = REASON_SLOTS * Direction::ALL.len() as u32;
+/// Room for directions to come (NodePort, policy, DNS) without resizing the pinned map.
+pub const DIRECTION_SLOTS: u32 = 8;
+pub const METRICS_ENTRIES: u32 = REASON_SLOTS * DIRECTION_SLOTS;
+const _: () = assert!(Direction::ALL.len() as u32 <= DIRECTION_SLOTS);
 
 /// Index of a (direction, reason) counter in the metrics map.
 pub const fn metric_index(direction: Direction, reason: Reason) -> u32 {

@@ -16,7 +16,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, Map, MapData, PerCpuArray},
     programs::{
-        SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
         links::{FdLink, PinnedLink},
         tc,
         tc::{SchedClassifierLink, SchedClassifierLinkId},
@@ -46,7 +46,7 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::EbpfError>,
     },
-    #[error("program {name} is missing from the eBPF object or is not a tc classifier")]
+    #[error("program {name} is missing from the eBPF object or is not of the expected type")]
     MissingProgram { name: &'static str },
     #[error("kernel rejected program {name}")]
     ProgramLoad {
@@ -60,6 +60,12 @@ pub enum DatapathError {
         interface: String,
         #[source]
         source: Box<aya::programs::ProgramError>,
+    },
+    #[error("opening cgroup {path}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
     },
     #[error("program link pinned at {path}")]
     Link {
@@ -134,13 +140,19 @@ impl Datapath {
                 pin_dir: pin_dir.to_owned(),
                 source: Box::new(source),
             })?;
-        for name in programs::ALL {
+        let load_error = |name, source| DatapathError::ProgramLoad {
+            name,
+            source: Box::new(source),
+        };
+        for name in programs::TC {
             classifier(&mut ebpf, name)?
                 .load()
-                .map_err(|source| DatapathError::ProgramLoad {
-                    name,
-                    source: Box::new(source),
-                })?;
+                .map_err(|e| load_error(name, e))?;
+        }
+        for name in programs::SOCKET {
+            socket_program(&mut ebpf, name)?
+                .load()
+                .map_err(|e| load_error(name, e))?;
         }
         Ok(Self {
             ebpf,
@@ -247,6 +259,50 @@ impl Datapath {
     /// `<pin_dir>/links/<interface>/<program>` (bpffs refuses names with dots).
     fn link_pin(&self, interface: &str, program: &str) -> PathBuf {
         self.pin_dir.join(LINKS).join(interface).join(program)
+    }
+
+    /// Attaches the socket programs ([`programs::SOCKET`]) to `cgroup`, a cgroup v2
+    /// directory: processes in it or below reach Services by socket-level translation
+    /// (the backend is chosen once, at `connect`/`sendmsg`). The links are pinned under
+    /// `<pin_dir>/cgroup/`, so they outlive this process; the links an earlier run pinned
+    /// are released once this run's are attached (for a moment both run; the second finds
+    /// the address already translated and leaves it).
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
+        let cgroup_error = |source| DatapathError::Cgroup {
+            path: cgroup.to_owned(),
+            source,
+        };
+        let file = fs::File::open(cgroup).map_err(cgroup_error)?;
+        let dir = self.pin_dir.join(CGROUP_LINKS);
+        fs::create_dir_all(&dir).map_err(|source| DatapathError::PinDirectory {
+            path: dir.clone(),
+            source,
+        })?;
+        for name in programs::SOCKET {
+            let attach_error = |source| DatapathError::Attach {
+                program: name,
+                interface: format!("cgroup {}", cgroup.display()),
+                source: Box::new(source),
+            };
+            let program = socket_program(&mut self.ebpf, name)?;
+            // Through bpf_link_create (kernel 5.7+) cgroup links always allow several
+            // programs, and the call takes no flags: `Single` is the one that passes 0.
+            let id = program
+                .attach(&file, CgroupAttachMode::Single)
+                .map_err(attach_error)?;
+            let link = program.take_link(id).map_err(attach_error)?;
+            let pin = dir.join(name);
+            let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
+                path: pin.clone(),
+                source: Box::new(source),
+            })?;
+            let _ = fs::remove_file(&pin);
+            fd_link.pin(&pin).map_err(|source| DatapathError::Pin {
+                path: pin.clone(),
+                source: Box::new(source),
+            })?;
+        }
+        Ok(())
     }
 
     /// Detaches what [`Self::attach_pod`] attached. An interface that is already gone took
@@ -488,6 +544,14 @@ pub struct PodAttachment {
 
 /// The subdirectory of a node's pin directory holding the pods' program links.
 pub const LINKS: &str = "links";
+/// The subdirectory of a node's pin directory holding the socket programs' cgroup links.
+pub const CGROUP_LINKS: &str = "cgroup";
+
+fn socket_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr> {
+    ebpf.program_mut(name)
+        .and_then(|p| <&mut CgroupSockAddr>::try_from(p).ok())
+        .ok_or(DatapathError::MissingProgram { name })
+}
 
 fn attach_error(
     program: &'static str,

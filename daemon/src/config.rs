@@ -133,6 +133,10 @@ pub struct Overrides {
     /// bpffs directory for this node's pinned maps.
     #[arg(long)]
     pub bpffs_root: Option<PathBuf>,
+    /// cgroup v2 directory whose processes are this node's host processes: the socket
+    /// programs for Services attach here.
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// TLS material for etcd.
@@ -409,8 +413,10 @@ impl Config {
         )?;
         let cgroup_root = absolute(
             "paths.cgroup_root",
-            file.paths
+            overrides
                 .cgroup_root
+                .clone()
+                .or(file.paths.cgroup_root)
                 .unwrap_or_else(|| "/sys/fs/cgroup".into()),
         )?;
 

@@ -214,6 +214,17 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
             config.bpffs_root.display()
         )
     })?;
+    // Host processes of this node reach Services through the socket programs.
+    let mut datapath = datapath;
+    datapath
+        .attach_cgroup(&config.cgroup_root)
+        .with_context(|| {
+            format!(
+                "attaching the Service socket programs to the node's cgroup {} (paths.cgroup_root)",
+                config.cgroup_root.display()
+            )
+        })?;
+    info!(cgroup = %config.cgroup_root.display(), "host processes reach Services through socket translation");
     let node = Arc::new(Node::new(
         config.node_name.clone(),
         pod_mtu,

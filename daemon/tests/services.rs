@@ -29,8 +29,14 @@ fn sibling(name: &str) -> PathBuf {
     p
 }
 
-/// Replies to every connection with `<name> <peer address>`.
-const SERVER: &str = "import socket,sys\n\
+/// Replies to every TCP connection on 8080 and every UDP datagram on 5353 with
+/// `<name> <peer address>`.
+const SERVER: &str = "import socket,sys,threading\n\
+def udp():\n\
+\x20   u=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', 5353))\n\
+\x20   while True:\n\
+\x20       d, a = u.recvfrom(200); u.sendto(('%s %s' % (sys.argv[1], a[0])).encode(), a)\n\
+threading.Thread(target=udp, daemon=True).start()\n\
 s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
 s.bind(('0.0.0.0', 8080)); s.listen(256)\n\
 while True:\n\
@@ -49,6 +55,40 @@ for _ in range(n):\n\
 \x20   except OSError:\n\
 \x20       failures += 1\n\
 print(json.dumps({'counts': counts, 'peers': sorted(peers), 'failures': failures}))\n";
+
+/// Sends N datagrams to host:port from one unconnected socket; prints {name: count}, the
+/// addresses the replies came from, and how many got none.
+const UDP_CLIENT: &str = "import socket,sys,json,collections\n\
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n\
+counts = collections.Counter(); sources = set(); failures = 0\n\
+for _ in range(n):\n\
+\x20   u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)\n\
+\x20   try:\n\
+\x20       u.sendto(b'hi', (host, port)); d, a = u.recvfrom(200)\n\
+\x20       counts[d.decode().split()[0]] += 1; sources.add(a[0])\n\
+\x20   except OSError:\n\
+\x20       failures += 1\n\
+\x20   u.close()\n\
+print(json.dumps({'counts': counts, 'sources': sorted(sources), 'failures': failures}))\n";
+
+/// Runs python3 `script` on `host` as one of its host processes: in its network
+/// namespace and, before the script starts, in its cgroup.
+fn host_python(host: &Host, script: &str, args: &[&str]) -> serde_json::Value {
+    let procs = host.cgroup_dir.join("cgroup.procs");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("echo $$ > \"$0\" && exec python3 -c \"$@\"")
+        .arg(&procs)
+        .arg(script)
+        .args(args);
+    let out = host.run(move || cmd.output()).unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
 
 struct Pod {
     netns: String,
@@ -194,6 +234,61 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
         result["peers"],
         serde_json::json!([client.ip.to_string()]),
         "{result}"
+    );
+
+    // A host process on node2 (its namespace and cgroup) reaches the ClusterIP too,
+    // through the socket programs, spread over the backends.
+    let from_host = host_python(&nodes[1], CLIENT, &[&vip, "80", "60"]);
+    assert_eq!(from_host["failures"], 0, "{from_host}");
+    let counts: BTreeMap<String, u64> =
+        serde_json::from_value(from_host["counts"].clone()).unwrap();
+    assert!(counts.len() >= 2, "host connections spread: {counts:?}");
+
+    // UDP, from the pod and from a host process: replies come from the ClusterIP.
+    yaml = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: dns}\nspec:\n  selector: {app: web}\n  \
+         ports: [{port: 53, targetPort: 5353, protocol: UDP}]\n",
+    );
+    netctl(&lab, &["apply", "-f", "-"], &yaml);
+    let services: serde_json::Value =
+        serde_json::from_str(&netctl(&lab, &["get", "services", "-o", "json"], "")).unwrap();
+    let dns_vip = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "dns")
+        .and_then(|s| s["cluster_ip"]["fixed"].as_str())
+        .unwrap_or_else(|| panic!("{services}"))
+        .to_owned();
+    let udp_from_pod = |n: u32| {
+        let ns = NetNs::from_path(&client.netns).unwrap();
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", UDP_CLIENT, &dns_vip, "53", &n.to_string()]);
+        let out = ns.run(move || cmd.output()).unwrap().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let start = Instant::now();
+    while udp_from_pod(1)["failures"] != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the UDP Service never answered"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let udp = udp_from_pod(60);
+    assert_eq!(udp["failures"], 0, "{udp}");
+    assert_eq!(udp["sources"], serde_json::json!([dns_vip]), "{udp}");
+    assert_eq!(
+        udp["counts"].as_object().unwrap().len(),
+        3,
+        "UDP spreads over the backends: {udp}"
+    );
+    let udp_host = host_python(&nodes[2], UDP_CLIENT, &[&dns_vip, "53", "30"]);
+    assert_eq!(udp_host["failures"], 0, "{udp_host}");
+    assert_eq!(
+        udp_host["sources"],
+        serde_json::json!([dns_vip]),
+        "{udp_host}"
     );
 
     // What the node's maps hold, as an operator sees it.

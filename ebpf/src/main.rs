@@ -15,15 +15,15 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    macros::{classifier, map},
+    macros::{cgroup_sock_addr, classifier, map},
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::TcContext,
+    programs::{SockAddrContext, TcContext},
 };
 use twill_abi::{
     lb::{
         Affinity, AffinityKey, Backend, BackendKey, FRONTEND_AFFINITY, Flow, FlowKey, Frontend,
         FrontendKey, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_FLOWS, MAX_FRONTENDS, MemberKey,
-        RevNat, SCOPE_CLUSTER_IP, pick_slot,
+        RevNat, SCOPE_CLUSTER_IP, SockKey, pick_slot,
     },
     metrics::{Direction, METRICS_ENTRIES, MetricValue, Reason, metric_index},
     tc::{TC_ACT_OK, TC_ACT_SHOT},
@@ -44,6 +44,8 @@ static TWILL_REVNAT: LruHashMap<FlowKey, RevNat> = LruHashMap::pinned(MAX_FLOWS,
 static TWILL_MEMBERS: HashMap<MemberKey, u32> = HashMap::pinned(MAX_BACKENDS, 0);
 #[map(name = "TWILL_AFFINITY")]
 static TWILL_AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(MAX_FLOWS, 0);
+#[map(name = "TWILL_SOCK_NAT")]
+static TWILL_SOCK_NAT: LruHashMap<SockKey, RevNat> = LruHashMap::pinned(MAX_FLOWS, 0);
 
 /// The service CIDR, set at load time (wire order): destinations outside it skip the
 /// Service lookups, so pod-to-pod traffic pays for none. A mask of 0 means "every
@@ -91,10 +93,9 @@ fn verdict(ctx: &TcContext, direction: Direction) -> i32 {
     let reason = match parse(ctx) {
         Err(reason) => reason,
         Ok(None) => Reason::Forwarded,
-        Ok(Some(l4)) => match direction {
-            Direction::FromPod => to_backend(ctx, &l4),
-            Direction::ToPod => from_backend(ctx, &l4),
-        },
+        // The tc programs run in two directions: from the pod, or towards it.
+        Ok(Some(l4)) if direction == Direction::FromPod => to_backend(ctx, &l4),
+        Ok(Some(l4)) => from_backend(ctx, &l4),
     };
     count(direction, reason, ctx.len());
     if reason.is_drop() {
@@ -195,7 +196,7 @@ fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
             };
             // No backend: the node's stack refuses it (unreachable route over the service
             // CIDR), so the client learns at once instead of timing out.
-            let Some(backend) = choose_backend(&l4.flow, &frontend) else {
+            let Some(backend) = choose_backend(&l4.flow, l4.flow.src_ip, &frontend) else {
                 return Reason::NoBackend;
             };
             let flow = Flow {
@@ -246,13 +247,13 @@ fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
 /// The backend for a new flow: the client's remembered one under session affinity, while
 /// it is fresh and still a member; otherwise one picked by the flow's hash.
 #[inline(always)]
-fn choose_backend(flow: &FlowKey, frontend: &Frontend) -> Option<Backend> {
+fn choose_backend(flow: &FlowKey, client_ip: u32, frontend: &Frontend) -> Option<Backend> {
     if frontend.flags & FRONTEND_AFFINITY == 0 {
         return pick(flow, frontend);
     }
     let key = AffinityKey {
         service_id: frontend.service_id,
-        client_ip: flow.src_ip,
+        client_ip,
     };
     // SAFETY: a helper without arguments or side effects.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
@@ -315,6 +316,133 @@ fn from_backend(ctx: &TcContext, l4: &L4) -> Reason {
         Ok(()) => Reason::ReplyTranslated,
         Err(()) => Reason::DropRewriteFailed,
     }
+}
+
+/// A host process connecting (TCP, connected UDP) to a frontend connects to a backend
+/// instead: the translation happens once per socket, not per packet.
+#[cgroup_sock_addr(connect4)]
+pub fn twill_connect4(ctx: SockAddrContext) -> i32 {
+    count(Direction::HostSocket, socket_to_backend(&ctx), 0);
+    SOCK_ALLOW
+}
+
+/// A host process sending unconnected UDP to a frontend sends to a backend instead.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn twill_sendmsg4(ctx: SockAddrContext) -> i32 {
+    count(Direction::HostSocket, socket_to_backend(&ctx), 0);
+    SOCK_ALLOW
+}
+
+/// A host process receiving UDP from a backend it was sent to sees the frontend as the
+/// source, so replies match what it sent to.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn twill_recvmsg4(ctx: SockAddrContext) -> i32 {
+    count(Direction::HostSocket, socket_from_backend(&ctx), 0);
+    SOCK_ALLOW
+}
+
+/// Socket hooks return 1 to let the call proceed (0 would fail it with EPERM).
+const SOCK_ALLOW: i32 = 1;
+
+#[inline(always)]
+fn socket_to_backend(ctx: &SockAddrContext) -> Reason {
+    let sa = ctx.sock_addr;
+    // SAFETY: `sock_addr` is the context the kernel passed in, valid for this run; the
+    // verifier checks each field access (4-byte reads of user_ip4, user_port, protocol).
+    let (ip, port, protocol) = unsafe {
+        (
+            core::ptr::read_volatile(&(*sa).user_ip4),
+            core::ptr::read_volatile(&(*sa).user_port) as u16,
+            core::ptr::read_volatile(&(*sa).protocol) as u8,
+        )
+    };
+    if !maybe_service(ip) || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) {
+        return Reason::Forwarded;
+    }
+    let frontend_key = FrontendKey {
+        ip,
+        port,
+        protocol,
+        scope: SCOPE_CLUSTER_IP,
+    };
+    let Some(frontend) = lookup!(TWILL_SVC, &frontend_key) else {
+        return Reason::Forwarded;
+    };
+    // No source port yet: a random one spreads the sockets over the backends. Host
+    // processes share one affinity client (the node), as a backend would see them.
+    // SAFETY: helpers without arguments or side effects.
+    let (r1, r2) = unsafe {
+        (
+            aya_ebpf::helpers::bpf_get_prandom_u32(),
+            aya_ebpf::helpers::bpf_get_prandom_u32(),
+        )
+    };
+    let flow = FlowKey {
+        src_ip: r1,
+        dst_ip: ip,
+        src_port: r2 as u16,
+        dst_port: port,
+        protocol,
+        _pad: [0; 3],
+    };
+    // No backend: the call goes on to the VIP, which the node's unreachable route
+    // refuses at once.
+    let Some(backend) = choose_backend(&flow, 0, &frontend) else {
+        return Reason::NoBackend;
+    };
+    if protocol == IPPROTO_UDP {
+        // SAFETY: the helper reads the socket of this context; always valid here.
+        let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        let key = SockKey {
+            cookie,
+            ip: backend.ip,
+            port: backend.port,
+            _pad: 0,
+        };
+        let revnat = RevNat {
+            frontend_ip: ip,
+            frontend_port: port,
+            _pad: 0,
+        };
+        if TWILL_SOCK_NAT.insert(key, revnat, 0).is_err() {
+            return Reason::DropRewriteFailed;
+        }
+    }
+    // SAFETY: as above; the verifier allows 4-byte writes of user_ip4 and user_port.
+    unsafe {
+        core::ptr::write_volatile(&mut (*sa).user_ip4, backend.ip);
+        core::ptr::write_volatile(&mut (*sa).user_port, u32::from(backend.port));
+    }
+    Reason::ServiceTranslated
+}
+
+#[inline(always)]
+fn socket_from_backend(ctx: &SockAddrContext) -> Reason {
+    let sa = ctx.sock_addr;
+    // SAFETY: as in `socket_to_backend`.
+    let (ip, port) = unsafe {
+        (
+            core::ptr::read_volatile(&(*sa).user_ip4),
+            core::ptr::read_volatile(&(*sa).user_port) as u16,
+        )
+    };
+    // SAFETY: the helper reads the socket of this context; always valid here.
+    let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let key = SockKey {
+        cookie,
+        ip,
+        port,
+        _pad: 0,
+    };
+    let Some(revnat) = lookup!(TWILL_SOCK_NAT, &key) else {
+        return Reason::Forwarded;
+    };
+    // SAFETY: as in `socket_to_backend`.
+    unsafe {
+        core::ptr::write_volatile(&mut (*sa).user_ip4, revnat.frontend_ip);
+        core::ptr::write_volatile(&mut (*sa).user_port, u32::from(revnat.frontend_port));
+    }
+    Reason::ReplyTranslated
 }
 
 /// Replaces an address and a port, keeping the IPv4 and L4 checksums right (the L4 one

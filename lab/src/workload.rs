@@ -65,6 +65,8 @@ pub fn daemon_args(
         paths.state_dir.display().to_string(),
         "--bpffs-root".into(),
         host.bpffs_dir.display().to_string(),
+        "--cgroup-root".into(),
+        host.cgroup_dir.display().to_string(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     args
