@@ -10,6 +10,18 @@
 
 /// Frontend scopes: who may reach it.
 pub const SCOPE_CLUSTER_IP: u8 = 0;
+/// A NodePort: reached on the node's underlay address (the key's `ip` is 0) from outside.
+pub const SCOPE_NODE_PORT: u8 = 1;
+
+/// The NodePort range Kubernetes allocates from; only these ports are looked up on the
+/// underlay, so other traffic to the node (VXLAN, etcd, ssh) pays a comparison, no lookup.
+pub const NODE_PORT_MIN: u16 = 30000;
+pub const NODE_PORT_MAX: u16 = 32767;
+
+/// Source ports for NodePort flows translated to the node's VTEP address (above Linux's
+/// default ephemeral range, so they do not collide with the node's own connections).
+pub const SNAT_PORT_MIN: u16 = 61000;
+pub const SNAT_PORT_COUNT: u16 = 4536;
 
 /// A Service frontend: VIP, port, protocol (IPPROTO_TCP / IPPROTO_UDP) and scope.
 #[repr(C)]
@@ -37,6 +49,9 @@ pub struct Frontend {
 /// its last new flow went to, while that was less than `affinity_timeout` seconds ago and
 /// the backend is still one of the frontend's.
 pub const FRONTEND_AFFINITY: u32 = 1;
+/// [`Frontend::flags`]: `externalTrafficPolicy: Local` on a NodePort: only this node's
+/// backends, and the client's address is kept (no source translation).
+pub const FRONTEND_LOCAL: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -105,26 +120,52 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// Conntrack entry for a client's flow to a frontend: where it goes.
+/// Conntrack entry for a client's flow to a frontend: where it goes, and for NodePort
+/// flows translated to the node's own address, the source they leave with.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     pub backend_ip: u32,
     pub backend_port: u16,
-    pub _pad: u16,
+    /// `FLOW_*` flags.
+    pub flags: u16,
     pub frontend_ip: u32,
     pub frontend_port: u16,
-    pub _pad2: u16,
+    pub snat_port: u16,
+    pub snat_ip: u32,
 }
 
+/// [`Flow::flags`] and [`RevNat::flags`]: a NodePort flow; its packets are sent on by the
+/// program (a FIB lookup and a redirect), not handed to the node's stack.
+pub const FLOW_NODE_PORT: u16 = 1;
+/// The flow's source was translated to `snat_ip:snat_port` (replies go back to the client).
+pub const FLOW_SNAT: u16 = 2;
+
 /// Reverse translation for replies (keyed by the backend's side of the flow): the
-/// frontend the client spoke to.
+/// frontend the client spoke to and, for source-translated flows, the client.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RevNat {
     pub frontend_ip: u32,
     pub frontend_port: u16,
+    pub flags: u16,
+    pub client_ip: u32,
+    pub client_port: u16,
     pub _pad: u16,
+}
+
+/// What the programs must know about their node, written by `twilld` (one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// The node's underlay address: NodePorts are served on it.
+    pub node_ip: u32,
+    /// The node's VTEP address (its pod subnet's node address): the source of NodePort
+    /// flows translated for other nodes' backends; 0 until the subnet is leased.
+    pub vtep_ip: u32,
+    /// The cluster CIDR (wire order): replies to it are not NodePort replies.
+    pub cluster_net: u32,
+    pub cluster_mask: u32,
 }
 
 pub const IPPROTO_TCP: u8 = 6;
@@ -165,8 +206,9 @@ const _: () = assert!(core::mem::size_of::<Frontend>() == 16);
 const _: () = assert!(core::mem::size_of::<BackendKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
-const _: () = assert!(core::mem::size_of::<Flow>() == 16);
-const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
+const _: () = assert!(core::mem::size_of::<Flow>() == 20);
+const _: () = assert!(core::mem::size_of::<RevNat>() == 16);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<MemberKey>() == 12);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Affinity>() == 16);
@@ -198,6 +240,8 @@ mod pod {
     unsafe impl aya::Pod for Affinity {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SockKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NodeConfig {}
 }
 
 #[cfg(test)]

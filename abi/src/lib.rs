@@ -29,6 +29,8 @@ pub mod maps {
     pub const AFFINITY: &str = "TWILL_AFFINITY";
     /// Host sockets' UDP translations (LRU): [`crate::lb::SockKey`] -> [`crate::lb::RevNat`].
     pub const SOCK_NAT: &str = "TWILL_SOCK_NAT";
+    /// The node's addresses and cluster CIDR (array of one): [`crate::lb::NodeConfig`].
+    pub const NODE: &str = "TWILL_NODE";
 }
 
 /// Return codes of tc (`sched_cls`) programs, from `include/uapi/linux/pkt_cls.h`.
@@ -37,4 +39,6 @@ pub mod tc {
     pub const TC_ACT_OK: i32 = 0;
     /// Drop the packet.
     pub const TC_ACT_SHOT: i32 = 2;
+    /// The program redirected the packet (`bpf_redirect*`).
+    pub const TC_ACT_REDIRECT: i32 = 7;
 }

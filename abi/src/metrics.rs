@@ -20,24 +20,33 @@ pub enum Reason {
     /// Sent to a Service frontend with no backend: handed to the node's stack untouched,
     /// where the service CIDR's unreachable route refuses it at once (ICMP unreachable).
     NoBackend = 4,
+    /// A NodePort request or reply: translated and sent on by the program (redirect).
+    NodePortRedirected = 5,
     /// The Ethernet or IPv4 header is truncated or invalid: dropped.
     DropMalformed = 16,
     /// Rewriting the packet failed (a helper refused it): dropped.
     DropRewriteFailed = 18,
+    /// A translated NodePort packet has no route from this node: dropped.
+    DropNoRoute = 19,
+    /// No free source port to translate a NodePort flow to: dropped.
+    DropNoSnatPort = 20,
 }
 
 impl Reason {
     /// Codes at or above this one are drops.
     pub const FIRST_DROP: u32 = 16;
     /// Every reason, in code order.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Forwarded,
         Reason::NotIpv4,
         Reason::ServiceTranslated,
         Reason::ReplyTranslated,
         Reason::NoBackend,
+        Reason::NodePortRedirected,
         Reason::DropMalformed,
         Reason::DropRewriteFailed,
+        Reason::DropNoRoute,
+        Reason::DropNoSnatPort,
     ];
 
     /// The reason for a code read back from the map, if this build knows it.
@@ -49,7 +58,10 @@ impl Reason {
             3 => Some(Reason::ReplyTranslated),
             4 => Some(Reason::NoBackend),
             16 => Some(Reason::DropMalformed),
+            5 => Some(Reason::NodePortRedirected),
             18 => Some(Reason::DropRewriteFailed),
+            19 => Some(Reason::DropNoRoute),
+            20 => Some(Reason::DropNoSnatPort),
             _ => None,
         }
     }
@@ -64,6 +76,9 @@ impl Reason {
             Reason::NoBackend => "no-backend",
             Reason::DropMalformed => "drop-malformed",
             Reason::DropRewriteFailed => "drop-rewrite-failed",
+            Reason::NodePortRedirected => "nodeport-redirected",
+            Reason::DropNoRoute => "drop-no-route",
+            Reason::DropNoSnatPort => "drop-no-snat-port",
         }
     }
 
@@ -84,16 +99,28 @@ pub enum Direction {
     /// A host process's socket call (cgroup connect4/sendmsg4/recvmsg4); counted per
     /// call, with no bytes.
     HostSocket = 2,
+    /// Arriving on the node's underlay interface (tc ingress): NodePort requests.
+    FromWorld = 3,
+    /// Arriving on the node's VXLAN device (tc ingress): NodePort replies.
+    FromOverlay = 4,
 }
 
 impl Direction {
-    pub const ALL: [Direction; 3] = [Direction::FromPod, Direction::ToPod, Direction::HostSocket];
+    pub const ALL: [Direction; 5] = [
+        Direction::FromPod,
+        Direction::ToPod,
+        Direction::HostSocket,
+        Direction::FromWorld,
+        Direction::FromOverlay,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
             Direction::FromPod => "from-pod",
             Direction::ToPod => "to-pod",
             Direction::HostSocket => "host-socket",
+            Direction::FromWorld => "from-world",
+            Direction::FromOverlay => "from-overlay",
         }
     }
 }
@@ -120,7 +147,7 @@ pub struct MetricValue {
 }
 
 const _: () = assert!(core::mem::size_of::<MetricValue>() == 16);
-const _: () = assert!((Reason::DropRewriteFailed as u32) < REASON_SLOTS);
+const _: () = assert!((Reason::DropNoSnatPort as u32) < REASON_SLOTS);
 
 #[cfg(feature = "user")]
 // SAFETY: `MetricValue` is `repr(C)`, made of two `u64`s, has no padding and every bit

@@ -23,7 +23,9 @@ use aya::{
     },
 };
 use twill_abi::{
-    lb::{Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey, MemberKey, RevNat},
+    lb::{
+        Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey, MemberKey, NodeConfig, RevNat,
+    },
     maps,
     metrics::{Direction, MetricValue, Reason, metric_index},
     programs,
@@ -189,12 +191,14 @@ impl Datapath {
         };
         // Each new tcx attach waits for an RCU grace period under RTNL (about 10 ms here);
         // that, not twill's own work, is most of a pod's attach time.
+        let [from_pod, to_pod] = programs::POD;
         for (name, attach_type) in [
-            (programs::FROM_POD, TcAttachType::Ingress),
-            (programs::TO_POD, TcAttachType::Egress),
+            (from_pod, TcAttachType::Ingress),
+            (to_pod, TcAttachType::Egress),
         ] {
             let done = if tcx {
-                self.attach_pinned(interface, name, attach_type)
+                let pin = self.link_pin(interface, name);
+                self.attach_pinned(&pin, interface, name, attach_type)
                     .map(|pin| attachment.pins.push(pin))
             } else {
                 classifier(&mut self.ebpf, name)?
@@ -215,11 +219,12 @@ impl Datapath {
     /// earlier run gets this run's program, or a new link is made and pinned.
     fn attach_pinned(
         &mut self,
+        pin: &Path,
         interface: &str,
         name: &'static str,
         attach_type: TcAttachType,
     ) -> Result<PathBuf> {
-        let pin = self.link_pin(interface, name);
+        let pin = pin.to_owned();
         let program = classifier(&mut self.ebpf, name)?;
         let reused = PinnedLink::from_pin(&pin)
             .ok()
@@ -243,7 +248,7 @@ impl Datapath {
                 path: pin.clone(),
                 source: Box::new(source),
             })?;
-            let dir = self.pin_dir.join(LINKS).join(interface);
+            let dir = pin.parent().unwrap_or(&self.pin_dir).to_owned();
             fs::create_dir_all(&dir)
                 .map_err(|source| DatapathError::PinDirectory { path: dir, source })?;
             // Dropping the pinned handle closes our descriptor; the pin keeps the link.
@@ -254,6 +259,45 @@ impl Datapath {
         }
         // Otherwise the pin already holds the (updated) link; our descriptor closes here.
         Ok(pin)
+    }
+
+    /// Attaches the node programs: [`programs::FROM_WORLD`] on tc ingress of the underlay
+    /// interface (NodePort requests) and [`programs::FROM_OVERLAY`] on tc ingress of the
+    /// VXLAN device (NodePort replies from other nodes' backends). Needs tcx (kernel
+    /// 6.6+); the links are pinned under `<pin_dir>/node-links/` and taken over, with this
+    /// run's programs, by the next run.
+    pub fn attach_node(&mut self, underlay: &str, overlay: &str) -> Result<()> {
+        for (name, interface) in [
+            (programs::FROM_WORLD, underlay),
+            (programs::FROM_OVERLAY, overlay),
+        ] {
+            let pin = self.pin_dir.join(NODE_LINKS).join(interface).join(name);
+            self.attach_pinned(&pin, interface, name, TcAttachType::Ingress)?;
+        }
+        Ok(())
+    }
+
+    /// Tells the programs this node's addresses and the cluster CIDR.
+    pub fn set_node_config(&mut self, config: NodeConfig) -> Result<()> {
+        let path = self.pin_dir.join(maps::NODE);
+        let map = self
+            .ebpf
+            .map_mut(maps::NODE)
+            .ok_or_else(|| DatapathError::Map {
+                name: maps::NODE,
+                path: path.clone(),
+                source: Box::new(aya::maps::MapError::InvalidName {
+                    name: maps::NODE.to_owned(),
+                }),
+            })?;
+        let map_error = |source| DatapathError::Map {
+            name: maps::NODE,
+            path: path.clone(),
+            source: Box::new(source),
+        };
+        let mut array: aya::maps::Array<&mut MapData, NodeConfig> =
+            aya::maps::Array::try_from(map).map_err(map_error)?;
+        array.set(0, config, 0).map_err(map_error)
     }
 
     /// `<pin_dir>/links/<interface>/<program>` (bpffs refuses names with dots).
@@ -544,6 +588,9 @@ pub struct PodAttachment {
 
 /// The subdirectory of a node's pin directory holding the pods' program links.
 pub const LINKS: &str = "links";
+/// The subdirectory of a node's pin directory holding the node interfaces' program links.
+pub const NODE_LINKS: &str = "node-links";
+
 /// The subdirectory of a node's pin directory holding the socket programs' cgroup links.
 pub const CGROUP_LINKS: &str = "cgroup";
 

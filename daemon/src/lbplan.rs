@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use twill_abi::lb::{
-    Backend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SCOPE_CLUSTER_IP, wire_ip, wire_port,
+    Backend, FRONTEND_AFFINITY, FRONTEND_LOCAL, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
+    SCOPE_CLUSTER_IP, SCOPE_NODE_PORT, wire_ip, wire_port,
 };
 use twill_k8s::{
     ClusterIp, EndpointSlice, Pod, Protocol, Service,
@@ -20,10 +21,13 @@ pub struct DesiredFrontend {
     /// Ready backends, in a stable order.
     pub backends: Vec<Backend>,
     pub affinity_timeout: u32,
+    /// `FRONTEND_*` flags.
+    pub flags: u32,
 }
 
-/// The frontends of every Service with a ClusterIP, as node `me` should balance them
-/// (`internalTrafficPolicy: Local` keeps only `me`'s backends).
+/// The frontends of every Service, as node `me` should balance them: one per ClusterIP
+/// port (`internalTrafficPolicy: Local` keeps only `me`'s backends) and one per NodePort
+/// (`externalTrafficPolicy: Local` keeps only `me`'s backends and the client's address).
 pub fn compile(
     me: &str,
     services: &[Service],
@@ -35,36 +39,67 @@ pub fn compile(
         let ClusterIp::Fixed(vip) = svc.cluster_ip else {
             continue; // headless or not yet allocated: nothing to balance
         };
+        let affinity_timeout = svc.affinity_timeout.unwrap_or(0);
+        let affinity = if affinity_timeout > 0 {
+            FRONTEND_AFFINITY
+        } else {
+            0
+        };
         for (port, found) in svc.ports.iter().zip(backends(svc, pods, slices)) {
             let protocol = match port.protocol {
                 Protocol::Tcp => IPPROTO_TCP,
                 Protocol::Udp => IPPROTO_UDP,
             };
-            let key = FrontendKey {
-                ip: wire_ip(vip.octets()),
-                port: wire_port(port.port),
-                protocol,
-                scope: SCOPE_CLUSTER_IP,
+            let ready = |local: bool| -> Vec<Backend> {
+                found
+                    .iter()
+                    .filter(|b| b.ready)
+                    .filter(|b| !local || b.node.as_deref() == Some(me))
+                    .map(|b| Backend {
+                        ip: wire_ip(b.ip.octets()),
+                        port: wire_port(b.port),
+                        _pad: 0,
+                    })
+                    .collect()
             };
-            let backends = found
-                .iter()
-                .filter(|b| b.ready)
-                .filter(|b| !svc.internal_local || b.node.as_deref() == Some(me))
-                .map(|b| Backend {
-                    ip: wire_ip(b.ip.octets()),
-                    port: wire_port(b.port),
-                    _pad: 0,
-                })
-                .collect();
+            let name = format!(
+                "{}/{}:{}/{}",
+                svc.namespace, svc.name, port.port, port.protocol
+            );
             out.insert(
-                key,
+                FrontendKey {
+                    ip: wire_ip(vip.octets()),
+                    port: wire_port(port.port),
+                    protocol,
+                    scope: SCOPE_CLUSTER_IP,
+                },
                 DesiredFrontend {
-                    service: format!(
-                        "{}/{}:{}/{}",
-                        svc.namespace, svc.name, port.port, port.protocol
-                    ),
-                    backends,
-                    affinity_timeout: svc.affinity_timeout.unwrap_or(0),
+                    service: name.clone(),
+                    backends: ready(svc.internal_local),
+                    affinity_timeout,
+                    flags: affinity,
+                },
+            );
+            let Some(node_port) = port.node_port else {
+                continue;
+            };
+            out.insert(
+                FrontendKey {
+                    ip: 0,
+                    port: wire_port(node_port),
+                    protocol,
+                    scope: SCOPE_NODE_PORT,
+                },
+                DesiredFrontend {
+                    service: format!("{name} (NodePort {node_port})"),
+                    backends: ready(svc.external_local),
+                    affinity_timeout,
+                    flags: affinity
+                        | if svc.external_local {
+                            FRONTEND_LOCAL
+                        } else {
+                            0
+                        },
                 },
             );
         }
@@ -161,6 +196,28 @@ spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
                 _pad: 0
             }]
         );
+        // NodePorts: one frontend per port on every node; Local keeps only the node's own
+        // backends and is flagged so the programs keep the client's address.
+        let mut with_node_ports = services.clone();
+        with_node_ports[0].ports[0].node_port = Some(30080);
+        with_node_ports[0].external_local = true;
+        let plan = compile("node1", &with_node_ports, &pods, &[]);
+        let node_port = &plan[&FrontendKey {
+            ip: 0,
+            port: wire_port(30080),
+            protocol: IPPROTO_TCP,
+            scope: SCOPE_NODE_PORT,
+        }];
+        assert_eq!(node_port.flags, FRONTEND_LOCAL);
+        assert_eq!(node_port.backends.len(), 1);
+        with_node_ports[0].external_local = false;
+        let plan = compile("node1", &with_node_ports, &pods, &[]);
+        let cluster = plan
+            .values()
+            .find(|f| f.service.contains("NodePort"))
+            .unwrap();
+        assert_eq!((cluster.flags, cluster.backends.len()), (0, 2));
+
         let on_node2 = compile("node2", &services, &pods, &[]);
         assert_eq!(
             on_node2.values().next().unwrap().backends[0].ip,

@@ -27,6 +27,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use tracing::{error, info, warn};
+use twill_abi::lb::wire_ip;
 use twill_bpf::{Datapath, OBJECT};
 
 use crate::{
@@ -225,6 +226,19 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
             )
         })?;
     info!(cgroup = %config.cgroup_root.display(), "host processes reach Services through socket translation");
+    // NodePorts: requests on the underlay, replies from other nodes' backends.
+    datapath
+        .attach_node(&underlay.name, vxlan::DEVICE)
+        .with_context(|| {
+            format!(
+                "attaching the NodePort programs to {} and {}",
+                underlay.name,
+                vxlan::DEVICE
+            )
+        })?;
+    datapath
+        .set_node_config(node_config(&config, underlay.ip, None))
+        .context("writing the node's addresses for the programs")?;
     let node = Arc::new(Node::new(
         config.node_name.clone(),
         pod_mtu,
@@ -328,6 +342,21 @@ pub(crate) async fn connect(config: &Config) -> anyhow::Result<Client> {
 
 /// Leases the subnet, keeps the lease alive, and leases again when it is lost. Never
 /// returns: etcd trouble and an exhausted cluster CIDR are waited out, not fatal.
+/// What the programs must know about this node (wire order).
+fn node_config(
+    config: &Config,
+    underlay_ip: std::net::Ipv4Addr,
+    vtep: Option<std::net::Ipv4Addr>,
+) -> twill_abi::lb::NodeConfig {
+    let cluster = config.cluster.network();
+    twill_abi::lb::NodeConfig {
+        node_ip: wire_ip(underlay_ip.octets()),
+        vtep_ip: vtep.map_or(0, |v| wire_ip(v.octets())),
+        cluster_net: wire_ip(cluster.network().octets()),
+        cluster_mask: wire_ip(cluster.mask().octets()),
+    }
+}
+
 async fn lease_loop(config: &Config, spec: &LeaseSpec, node: &Node, overlay: &overlay::Overlay) {
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
     const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -384,6 +413,13 @@ async fn lease_loop(config: &Config, spec: &LeaseSpec, node: &Node, overlay: &ov
             continue;
         }
         overlay.local_subnet(held.subnet).await;
+        let vtep = twill_ipam::PodSubnet(held.subnet).node_address();
+        if let Some(Err(e)) = node.with_dataplane(|d| {
+            d.datapath
+                .set_node_config(node_config(config, spec.underlay_ip, Some(vtep)))
+        }) {
+            error!("telling the programs the node's VTEP address {vtep}: {e:#}");
+        }
         info!(subnet = %held.subnet, "holding pod subnet");
         backoff = FIRST_BACKOFF;
 

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use tracing::{info, warn};
-use twill_abi::lb::{FRONTEND_AFFINITY, Frontend, FrontendKey};
+use twill_abi::lb::{Frontend, FrontendKey};
 use twill_api::cluster::{self, PodRecord};
 use twill_k8s::{Object, endpoints::PodPlacement};
 
@@ -85,11 +85,7 @@ fn reconcile(node: &Node, store: &Store) {
             let frontend = Frontend {
                 service_id,
                 backend_count: want.backends.len() as u32,
-                flags: if want.affinity_timeout > 0 {
-                    FRONTEND_AFFINITY
-                } else {
-                    0
-                },
+                flags: want.flags,
                 affinity_timeout: want.affinity_timeout,
             };
             let same = current.get(key) == Some(&frontend)

@@ -534,3 +534,120 @@ fn a_stream_through_a_cluster_ip_survives_a_twilld_restart_and_new_connections_w
         "the pinned links were reused:\n{log}"
     );
 }
+
+fn external_python(host: &Host, script: &str, args: &[&str]) -> serde_json::Value {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).args(args);
+    let out = host.run(move || cmd.output()).unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn node_ports_answer_on_every_node_and_the_local_policy_keeps_the_client_address() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec::for_test(3, 1)).expect("lab up");
+    let nodes = lab.nodes();
+    let outside = lab.externals().remove(0);
+    let daemons: Vec<Twilld> = nodes
+        .iter()
+        .map(|n| Twilld::start(Path::new(TWILLD), &lab, n, CONFIG, &[]))
+        .collect();
+    for d in &daemons {
+        d.wait_status("ready", Duration::from_secs(10), |s| {
+            s.not_ready.is_none() && s.overlay.peers == 2
+        });
+    }
+    // Backends on node2 and node3; none on node1.
+    let mut servers = Vec::new();
+    let mut yaml = String::new();
+    for i in [1, 2] {
+        let name = format!("web-{}", i + 1);
+        let pod = add_pod(&mut lab, &nodes[i], &daemons[i], &name);
+        servers.push(python_in(&pod, SERVER, &[&name]));
+        yaml.push_str(&backend_pod(&name));
+    }
+    yaml.push_str(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: np}\nspec:\n  type: NodePort\n  \
+         selector: {app: web}\n  ports: [{port: 80, targetPort: http, nodePort: 30080}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: np-local}\nspec:\n  type: NodePort\n  \
+         externalTrafficPolicy: Local\n  selector: {app: web}\n  \
+         ports: [{port: 80, targetPort: http, nodePort: 30081}]\n",
+    );
+    netctl(&lab, &["apply", "-f", "-"], &yaml);
+    let outside_ip = outside.plan.underlay_ip.to_string();
+    let counts_of = |v: &serde_json::Value| -> BTreeMap<String, u64> {
+        serde_json::from_value(v["counts"].clone()).unwrap()
+    };
+
+    // externalTrafficPolicy: Cluster, on every node's address, backends on other nodes
+    // included; the backends see the receiving node's address, not the client's.
+    for node in &nodes {
+        let ip = node.plan.underlay_ip.to_string();
+        let start = Instant::now();
+        while external_python(&outside, CLIENT, &[&ip, "30080", "1"])["failures"] != 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "NodePort 30080 on {} never answered",
+                node.name()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        let got = external_python(&outside, CLIENT, &[&ip, "30080", "40"]);
+        assert_eq!(got["failures"], 0, "{}: {got}", node.name());
+        assert_eq!(
+            counts_of(&got).len(),
+            2,
+            "{}: both backends: {got}",
+            node.name()
+        );
+        assert!(
+            !got["peers"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!(outside_ip)),
+            "{}: translated to the node's address: {got}",
+            node.name()
+        );
+    }
+
+    // externalTrafficPolicy: Local: only the receiving node's backend, which sees the
+    // client's own address; a node without one refuses.
+    for (i, backend) in [(1, "web-2"), (2, "web-3")] {
+        let ip = nodes[i].plan.underlay_ip.to_string();
+        let got = external_python(&outside, CLIENT, &[&ip, "30081", "20"]);
+        assert_eq!(got["failures"], 0, "{got}");
+        assert_eq!(
+            counts_of(&got).keys().collect::<Vec<_>>(),
+            [backend],
+            "{got}"
+        );
+        assert_eq!(got["peers"], serde_json::json!([outside_ip]), "{got}");
+    }
+    let none = external_python(
+        &outside,
+        CLIENT,
+        &[&nodes[0].plan.underlay_ip.to_string(), "30081", "3"],
+    );
+    assert_eq!(none["failures"], 3, "node1 has no local backend: {none}");
+
+    let counters = netctl(&lab, &["bpf", "metrics", "--node", "node1"], "");
+    assert!(counters.contains("nodeport-redirected"), "{counters}");
+    let frontends = netctl(&lab, &["bpf", "services", "--node", "node2"], "");
+    assert!(
+        frontends
+            .lines()
+            .any(|l| l.starts_with("<node>:30081 NodePort") && l.contains("local")),
+        "{frontends}"
+    );
+    let flows = netctl(&lab, &["bpf", "conntrack", "--node", "node1"], "");
+    assert!(flows.contains("NodePort, from 10.244."), "{flows}");
+    for mut s in servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}

@@ -14,19 +14,22 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, bpf_fib_lookup},
+    helpers::{bpf_fib_lookup, bpf_redirect_neigh},
     macros::{cgroup_sock_addr, classifier, map},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{SockAddrContext, TcContext},
 };
 use twill_abi::{
     lb::{
-        Affinity, AffinityKey, Backend, BackendKey, FRONTEND_AFFINITY, Flow, FlowKey, Frontend,
-        FrontendKey, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_FLOWS, MAX_FRONTENDS, MemberKey,
-        RevNat, SCOPE_CLUSTER_IP, SockKey, pick_slot,
+        Affinity, AffinityKey, Backend, BackendKey, FLOW_NODE_PORT, FLOW_SNAT, FRONTEND_AFFINITY,
+        FRONTEND_LOCAL, Flow, FlowKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
+        MAX_BACKENDS, MAX_FLOWS, MAX_FRONTENDS, MemberKey, NODE_PORT_MAX, NODE_PORT_MIN,
+        NodeConfig, RevNat, SCOPE_CLUSTER_IP, SCOPE_NODE_PORT, SNAT_PORT_COUNT, SNAT_PORT_MIN,
+        SockKey, pick_slot,
     },
     metrics::{Direction, METRICS_ENTRIES, MetricValue, Reason, metric_index},
-    tc::{TC_ACT_OK, TC_ACT_SHOT},
+    tc::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
 };
 
 /// See [`twill_abi::metrics`]. Pinned by name so counters survive a daemon restart.
@@ -44,6 +47,8 @@ static TWILL_REVNAT: LruHashMap<FlowKey, RevNat> = LruHashMap::pinned(MAX_FLOWS,
 static TWILL_MEMBERS: HashMap<MemberKey, u32> = HashMap::pinned(MAX_BACKENDS, 0);
 #[map(name = "TWILL_AFFINITY")]
 static TWILL_AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(MAX_FLOWS, 0);
+#[map(name = "TWILL_NODE")]
+static TWILL_NODE: Array<NodeConfig> = Array::pinned(1, 0);
 #[map(name = "TWILL_SOCK_NAT")]
 static TWILL_SOCK_NAT: LruHashMap<SockKey, RevNat> = LruHashMap::pinned(MAX_FLOWS, 0);
 
@@ -88,20 +93,35 @@ pub fn twill_to_pod(ctx: TcContext) -> i32 {
     verdict(&ctx, Direction::ToPod)
 }
 
+#[classifier]
+pub fn twill_from_world(ctx: TcContext) -> i32 {
+    verdict(&ctx, Direction::FromWorld)
+}
+
+#[classifier]
+pub fn twill_from_overlay(ctx: TcContext) -> i32 {
+    verdict(&ctx, Direction::FromOverlay)
+}
+
 #[inline(always)]
 fn verdict(ctx: &TcContext, direction: Direction) -> i32 {
     let reason = match parse(ctx) {
         Err(reason) => reason,
         Ok(None) => Reason::Forwarded,
-        // The tc programs run in two directions: from the pod, or towards it.
-        Ok(Some(l4)) if direction == Direction::FromPod => to_backend(ctx, &l4),
-        Ok(Some(l4)) => from_backend(ctx, &l4),
+        Ok(Some(l4)) => match direction {
+            // From a pod: to a Service, or a backend's reply to a NodePort client.
+            Direction::FromPod if maybe_service(l4.flow.dst_ip) => to_backend(ctx, &l4),
+            Direction::FromPod | Direction::FromOverlay => node_port_reply(ctx, &l4),
+            Direction::FromWorld => node_port_request(ctx, &l4),
+            Direction::ToPod | Direction::HostSocket => from_backend(ctx, &l4),
+        },
     };
     count(direction, reason, ctx.len());
-    if reason.is_drop() {
-        TC_ACT_SHOT
-    } else {
-        TC_ACT_OK
+    match reason {
+        // The packet already went where it was redirected to.
+        Reason::NodePortRedirected => TC_ACT_REDIRECT,
+        r if r.is_drop() => TC_ACT_SHOT,
+        _ => TC_ACT_OK,
     }
 }
 
@@ -202,10 +222,9 @@ fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
             let flow = Flow {
                 backend_ip: backend.ip,
                 backend_port: backend.port,
-                _pad: 0,
                 frontend_ip: l4.flow.dst_ip,
                 frontend_port: l4.flow.dst_port,
-                _pad2: 0,
+                ..Flow::default()
             };
             let reply = FlowKey {
                 src_ip: backend.ip,
@@ -218,7 +237,7 @@ fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
             let revnat = RevNat {
                 frontend_ip: l4.flow.dst_ip,
                 frontend_port: l4.flow.dst_port,
-                _pad: 0,
+                ..RevNat::default()
             };
             // Without both entries the flow's replies would not be translated back.
             if TWILL_REVNAT.insert(reply, revnat, 0).is_err()
@@ -303,6 +322,9 @@ fn from_backend(ctx: &TcContext, l4: &L4) -> Reason {
     let Some(revnat) = lookup!(TWILL_REVNAT, &l4.flow) else {
         return Reason::Forwarded;
     };
+    if revnat.flags & FLOW_NODE_PORT != 0 {
+        return Reason::Forwarded; // translated where it enters the node, not here
+    }
     match rewrite(
         ctx,
         l4,
@@ -402,7 +424,7 @@ fn socket_to_backend(ctx: &SockAddrContext) -> Reason {
         let revnat = RevNat {
             frontend_ip: ip,
             frontend_port: port,
-            _pad: 0,
+            ..RevNat::default()
         };
         if TWILL_SOCK_NAT.insert(key, revnat, 0).is_err() {
             return Reason::DropRewriteFailed;
@@ -444,6 +466,233 @@ fn socket_from_backend(ctx: &SockAddrContext) -> Reason {
     }
     Reason::ReplyTranslated
 }
+
+#[inline(always)]
+fn node_config() -> Option<NodeConfig> {
+    TWILL_NODE.get(0).copied()
+}
+
+/// On the underlay: a request to one of this node's NodePorts goes to a backend. With
+/// `externalTrafficPolicy: Local` the backend is on this node and the client's address is
+/// kept: the packet goes on through the node's stack. Otherwise its source becomes this
+/// node's VTEP address (so the reply comes back here) and the program sends it on itself:
+/// the stack would drop a packet arriving with one of its own addresses as the source.
+#[inline(always)]
+fn node_port_request(ctx: &TcContext, l4: &L4) -> Reason {
+    let port = u16::from_be(l4.flow.dst_port);
+    if !(NODE_PORT_MIN..=NODE_PORT_MAX).contains(&port) {
+        return Reason::Forwarded;
+    }
+    let Some(node) = node_config() else {
+        return Reason::Forwarded;
+    };
+    if l4.flow.dst_ip != node.node_ip {
+        return Reason::Forwarded;
+    }
+    let flow = match lookup!(TWILL_CT, &l4.flow) {
+        Some(flow) => flow,
+        None => {
+            let frontend_key = FrontendKey {
+                ip: 0,
+                port: l4.flow.dst_port,
+                protocol: l4.flow.protocol,
+                scope: SCOPE_NODE_PORT,
+            };
+            let Some(frontend) = lookup!(TWILL_SVC, &frontend_key) else {
+                return Reason::Forwarded;
+            };
+            // No backend: the node's stack answers (a TCP reset, an ICMP port unreachable).
+            let Some(backend) = choose_backend(&l4.flow, l4.flow.src_ip, &frontend) else {
+                return Reason::NoBackend;
+            };
+            let mut flow = Flow {
+                backend_ip: backend.ip,
+                backend_port: backend.port,
+                flags: FLOW_NODE_PORT,
+                frontend_ip: l4.flow.dst_ip,
+                frontend_port: l4.flow.dst_port,
+                ..Flow::default()
+            };
+            let mut reply = FlowKey {
+                src_ip: backend.ip,
+                dst_ip: l4.flow.src_ip,
+                src_port: backend.port,
+                dst_port: l4.flow.src_port,
+                protocol: l4.flow.protocol,
+                _pad: [0; 3],
+            };
+            if frontend.flags & FRONTEND_LOCAL == 0 {
+                if node.vtep_ip == 0 {
+                    return Reason::DropNoRoute;
+                }
+                let Some(snat_port) = free_snat_port(&l4.flow, backend, node.vtep_ip) else {
+                    return Reason::DropNoSnatPort;
+                };
+                flow.flags |= FLOW_SNAT;
+                flow.snat_ip = node.vtep_ip;
+                flow.snat_port = snat_port;
+                reply.dst_ip = node.vtep_ip;
+                reply.dst_port = snat_port;
+            }
+            let revnat = RevNat {
+                frontend_ip: l4.flow.dst_ip,
+                frontend_port: l4.flow.dst_port,
+                flags: flow.flags,
+                client_ip: l4.flow.src_ip,
+                client_port: l4.flow.src_port,
+                _pad: 0,
+            };
+            if TWILL_REVNAT.insert(reply, revnat, 0).is_err()
+                || TWILL_CT.insert(l4.flow, flow, 0).is_err()
+            {
+                return Reason::DropRewriteFailed;
+            }
+            flow
+        }
+    };
+    let to_backend = rewrite(
+        ctx,
+        l4,
+        IP_DST_OFF,
+        l4.flow.dst_ip,
+        flow.backend_ip,
+        l4.offset + 2,
+        l4.flow.dst_port,
+        flow.backend_port,
+    );
+    if to_backend.is_err() {
+        return Reason::DropRewriteFailed;
+    }
+    if flow.flags & FLOW_SNAT == 0 {
+        return Reason::ServiceTranslated;
+    }
+    let from_node = rewrite(
+        ctx,
+        l4,
+        IP_SRC_OFF,
+        l4.flow.src_ip,
+        flow.snat_ip,
+        l4.offset,
+        l4.flow.src_port,
+        flow.snat_port,
+    );
+    if from_node.is_err() {
+        return Reason::DropRewriteFailed;
+    }
+    redirect(ctx, l4.flow.protocol, flow.snat_ip, flow.backend_ip)
+}
+
+/// A source port for a source-translated NodePort flow that no other flow to the same
+/// backend uses: a few tries at hashed ports of the SNAT range.
+#[inline(always)]
+fn free_snat_port(flow: &FlowKey, backend: Backend, vtep_ip: u32) -> Option<u16> {
+    let mut h = flow.src_ip ^ (u32::from(flow.src_port) << 16) ^ u32::from(flow.dst_port);
+    h = h.wrapping_mul(0x9E37_79B1);
+    let mut i = 0u32;
+    while i < 4 {
+        let candidate =
+            SNAT_PORT_MIN + ((h >> 8).wrapping_add(i * 7919) % u32::from(SNAT_PORT_COUNT)) as u16;
+        let port = candidate.to_be();
+        let reply = FlowKey {
+            src_ip: backend.ip,
+            dst_ip: vtep_ip,
+            src_port: backend.port,
+            dst_port: port,
+            protocol: flow.protocol,
+            _pad: [0; 3],
+        };
+        if lookup!(TWILL_REVNAT, &reply).is_none() {
+            return Some(port);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// From a pod or the overlay: a backend's reply to a NodePort client leaves from the
+/// NodePort, to the client, sent on by the program.
+#[inline(always)]
+fn node_port_reply(ctx: &TcContext, l4: &L4) -> Reason {
+    let Some(node) = node_config() else {
+        return Reason::Forwarded;
+    };
+    // Pod-to-pod traffic is never a NodePort reply: no lookup for it.
+    if l4.flow.dst_ip & node.cluster_mask == node.cluster_net && l4.flow.dst_ip != node.vtep_ip {
+        return Reason::Forwarded;
+    }
+    let Some(revnat) = lookup!(TWILL_REVNAT, &l4.flow) else {
+        return Reason::Forwarded;
+    };
+    if revnat.flags & FLOW_NODE_PORT == 0 {
+        return Reason::Forwarded;
+    }
+    let from_port = rewrite(
+        ctx,
+        l4,
+        IP_SRC_OFF,
+        l4.flow.src_ip,
+        revnat.frontend_ip,
+        l4.offset,
+        l4.flow.src_port,
+        revnat.frontend_port,
+    );
+    if from_port.is_err() {
+        return Reason::DropRewriteFailed;
+    }
+    if revnat.flags & FLOW_SNAT != 0 {
+        let to_client = rewrite(
+            ctx,
+            l4,
+            IP_DST_OFF,
+            l4.flow.dst_ip,
+            revnat.client_ip,
+            l4.offset + 2,
+            l4.flow.dst_port,
+            revnat.client_port,
+        );
+        if to_client.is_err() {
+            return Reason::DropRewriteFailed;
+        }
+    }
+    redirect(ctx, l4.flow.protocol, revnat.frontend_ip, revnat.client_ip)
+}
+
+/// Sends the packet out of the interface the node routes `dst` through, with the
+/// neighbour's address filled in by the kernel.
+#[inline(always)]
+fn redirect(ctx: &TcContext, protocol: u8, src: u32, dst: u32) -> Reason {
+    // SAFETY: all-zero bytes are a valid `bpf_fib_lookup` (integers and unions of them).
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = protocol;
+    // SAFETY: the context's socket buffer, valid for this run; a plain field read.
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.__bindgen_anon_3.ipv4_src = src;
+    params.__bindgen_anon_4.ipv4_dst = dst;
+    // SAFETY: the helper reads and writes `params`, a local of the size passed.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb.cast(),
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH {
+        return Reason::DropNoRoute;
+    }
+    // SAFETY: no parameters (the kernel resolves the next hop's neighbour itself).
+    let ret = unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) };
+    if ret == TC_ACT_REDIRECT as i64 {
+        Reason::NodePortRedirected
+    } else {
+        Reason::DropNoRoute
+    }
+}
+
+const AF_INET: u8 = 2;
+const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 
 /// Replaces an address and a port, keeping the IPv4 and L4 checksums right (the L4 one
 /// covers the address through the pseudo-header; a UDP checksum of zero stays zero).

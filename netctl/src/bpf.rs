@@ -5,7 +5,9 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use twill_abi::lb::{FRONTEND_AFFINITY, IPPROTO_TCP};
+use twill_abi::lb::{
+    FLOW_NODE_PORT, FLOW_SNAT, FRONTEND_AFFINITY, FRONTEND_LOCAL, IPPROTO_TCP, SCOPE_NODE_PORT,
+};
 use twill_lab::Manifest;
 
 #[derive(Subcommand)]
@@ -63,7 +65,7 @@ pub fn run(cmd: BpfCommand) -> anyhow::Result<()> {
             let dir = t.pin_dir()?;
             let entries = twill_bpf::read_services(&dir)?;
             println!(
-                "{:<22} {:<6} {:<11} {:<9} BACKENDS",
+                "{:<24} {:<6} {:<11} {:<9} BACKENDS",
                 "FRONTEND", "PROTO", "SERVICE-ID", "AFFINITY"
             );
             for e in entries {
@@ -72,14 +74,21 @@ pub fn run(cmd: BpfCommand) -> anyhow::Result<()> {
                     .iter()
                     .map(|b| format!("{}:{}", ip(b.ip), port(b.port)))
                     .collect();
-                let affinity = if e.frontend.flags & FRONTEND_AFFINITY != 0 {
+                let mut affinity = if e.frontend.flags & FRONTEND_AFFINITY != 0 {
                     format!("{}s", e.frontend.affinity_timeout)
                 } else {
                     "-".to_owned()
                 };
+                if e.frontend.flags & FRONTEND_LOCAL != 0 {
+                    affinity.push_str(",local");
+                }
                 println!(
-                    "{:<22} {:<6} {:<11} {:<9} {}",
-                    format!("{}:{}", ip(e.key.ip), port(e.key.port)),
+                    "{:<24} {:<6} {:<11} {:<9} {}",
+                    if e.key.scope == SCOPE_NODE_PORT {
+                        format!("<node>:{} NodePort", port(e.key.port))
+                    } else {
+                        format!("{}:{}", ip(e.key.ip), port(e.key.port))
+                    },
                     proto(e.key.protocol),
                     e.frontend.service_id,
                     affinity,
@@ -96,16 +105,24 @@ pub fn run(cmd: BpfCommand) -> anyhow::Result<()> {
             let mut flows = twill_bpf::read_conntrack(&dir)?;
             flows.sort_by_key(|(k, _)| (u32::from_be(k.src_ip), u16::from_be(k.src_port)));
             println!(
-                "{:<22} {:<22} {:<22} PROTO",
-                "CLIENT", "FRONTEND", "BACKEND"
+                "{:<22} {:<22} {:<22} {:<6} VIA",
+                "CLIENT", "FRONTEND", "BACKEND", "PROTO"
             );
             for (k, f) in flows {
+                let via = if f.flags & FLOW_SNAT != 0 {
+                    format!("NodePort, from {}:{}", ip(f.snat_ip), port(f.snat_port))
+                } else if f.flags & FLOW_NODE_PORT != 0 {
+                    "NodePort, client address kept".to_owned()
+                } else {
+                    "ClusterIP".to_owned()
+                };
                 println!(
-                    "{:<22} {:<22} {:<22} {}",
+                    "{:<22} {:<22} {:<22} {:<6} {}",
                     format!("{}:{}", ip(k.src_ip), port(k.src_port)),
                     format!("{}:{}", ip(f.frontend_ip), port(f.frontend_port)),
                     format!("{}:{}", ip(f.backend_ip), port(f.backend_port)),
-                    proto(k.protocol)
+                    proto(k.protocol),
+                    via
                 );
             }
         }
@@ -113,13 +130,13 @@ pub fn run(cmd: BpfCommand) -> anyhow::Result<()> {
             let dir = t.pin_dir()?;
             let metrics = twill_bpf::read_metrics(&dir)?;
             println!(
-                "{:<10} {:<22} {:>12} {:>16}",
+                "{:<13} {:<26} {:>12} {:>16}",
                 "DIRECTION", "REASON", "PACKETS", "BYTES"
             );
             for row in metrics.rows.iter().filter(|r| r.packets > 0) {
                 let verdict = if row.reason.is_drop() { " (drop)" } else { "" };
                 println!(
-                    "{:<10} {:<22} {:>12} {:>16}",
+                    "{:<13} {:<26} {:>12} {:>16}",
                     row.direction.name(),
                     format!("{}{verdict}", row.reason.name()),
                     row.packets,
