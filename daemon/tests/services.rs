@@ -576,7 +576,9 @@ fn node_ports_answer_on_every_node_and_the_local_policy_keeps_the_client_address
          selector: {app: web}\n  ports: [{port: 80, targetPort: http, nodePort: 30080}]\n---\n\
          apiVersion: v1\nkind: Service\nmetadata: {name: np-local}\nspec:\n  type: NodePort\n  \
          externalTrafficPolicy: Local\n  selector: {app: web}\n  \
-         ports: [{port: 80, targetPort: http, nodePort: 30081}]\n",
+         ports: [{port: 80, targetPort: http, nodePort: 30081}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: np-udp}\nspec:\n  type: NodePort\n  \
+         selector: {app: web}\n  ports: [{port: 53, targetPort: 5353, protocol: UDP, nodePort: 30053}]\n",
     );
     netctl(&lab, &["apply", "-f", "-"], &yaml);
     let outside_ip = outside.plan.underlay_ip.to_string();
@@ -614,6 +616,13 @@ fn node_ports_answer_on_every_node_and_the_local_policy_keeps_the_client_address
             node.name()
         );
     }
+
+    // UDP: replies come from the address and port the client sent to.
+    let node1 = nodes[0].plan.underlay_ip.to_string();
+    let udp = external_python(&outside, UDP_CLIENT, &[&node1, "30053", "20"]);
+    assert_eq!(udp["failures"], 0, "{udp}");
+    assert_eq!(udp["sources"], serde_json::json!([node1]), "{udp}");
+    assert_eq!(counts_of(&udp).len(), 2, "{udp}");
 
     // externalTrafficPolicy: Local: only the receiving node's backend, which sees the
     // client's own address; a node without one refuses.

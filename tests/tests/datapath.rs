@@ -75,7 +75,7 @@ fn each_crafted_packet_gets_its_verdict_and_is_counted_under_its_reason() {
     let node = &lab.nodes()[0];
     let mut datapath = Datapath::load(&node.bpffs_dir).expect("programs load and verify");
 
-    for program in programs::TC {
+    for program in programs::POD {
         let direction = if program == programs::FROM_POD {
             Direction::FromPod
         } else {
