@@ -18,7 +18,6 @@ use std::{
     path::Path,
 };
 
-use futures::TryStreamExt as _;
 use netlink_packet_route::{
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo},
     neighbour::NeighbourState,
@@ -262,7 +261,7 @@ pub fn remove_stale_host_links(keep: &BTreeSet<String>) -> Result<Vec<String>, C
     let host = host_ns()?;
     let keep = keep.clone();
     in_netns(&host, "collecting stale host veths", |h| async move {
-        let links: Vec<_> = h.link().get().execute().try_collect().await?;
+        let links = twill_netlink::dump(|| h.link().get().execute()).await?;
         let mut removed = Vec::new();
         for link in links {
             let Some(name) = twill_netlink::link_name(&link).map(str::to_owned) else {

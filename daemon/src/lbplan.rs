@@ -2,7 +2,7 @@
 //! EndpointSlices become the frontends and backends the eBPF programs balance with.
 //! [`crate::services`] diffs the result against the maps and applies the difference.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use twill_abi::lb::{
     Backend, FRONTEND_AFFINITY, FRONTEND_LOCAL, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
@@ -34,11 +34,33 @@ pub fn compile(
     pods: &[(&Pod, PodPlacement)],
     slices: &[&EndpointSlice],
 ) -> BTreeMap<FrontendKey, DesiredFrontend> {
+    // Indexes, so each Service looks only at its namespace's pods and its own slices:
+    // one pass is O(services + pods + slices), not their product.
+    let mut pods_by_namespace: HashMap<&str, Vec<(&Pod, PodPlacement)>> = HashMap::new();
+    for (pod, placement) in pods {
+        pods_by_namespace
+            .entry(pod.namespace.as_str())
+            .or_default()
+            .push((pod, placement.clone()));
+    }
+    let mut slices_by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for slice in slices {
+        slices_by_service
+            .entry((slice.namespace.as_str(), slice.service.as_str()))
+            .or_default()
+            .push(slice);
+    }
     let mut out = BTreeMap::new();
     for svc in services {
         let ClusterIp::Fixed(vip) = svc.cluster_ip else {
             continue; // headless or not yet allocated: nothing to balance
         };
+        let pods = pods_by_namespace
+            .get(svc.namespace.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        let slices = slices_by_service
+            .get(&(svc.namespace.as_str(), svc.name.as_str()))
+            .map_or(&[][..], Vec::as_slice);
         let affinity_timeout = svc.affinity_timeout.unwrap_or(0);
         let affinity = if affinity_timeout > 0 {
             FRONTEND_AFFINITY

@@ -290,12 +290,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
 
 /// Host-side pod veths on this node: twill's names (`tw` + 12 hex digits).
 async fn pod_interfaces(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<String>> {
-    use futures::TryStreamExt as _;
-    let links: Vec<_> = handle
-        .link()
-        .get()
-        .execute()
-        .try_collect()
+    let links = twill_netlink::links(handle)
         .await
         .context("listing interfaces")?;
     Ok(links

@@ -1,6 +1,8 @@
 //! Keeps the node's Service maps equal to what etcd says: Services, pods and their
-//! placements, and EndpointSlices are compiled ([`crate::lbplan`]) into frontends and
-//! backends, diffed against the pinned maps, and only the difference is written. Runs on
+//! placements, and EndpointSlices (parsed once, as they arrive) are compiled
+//! ([`crate::lbplan`]) into frontends and backends, diffed against what was last written
+//! (read back from the pinned maps at start and at each periodic pass), and only the
+//! difference is written. Runs on
 //! every change (debounced) and periodically; a restarted daemon finds the maps as it left
 //! them, keeps their service ids, and changes nothing that is still right.
 
@@ -8,7 +10,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use tracing::{info, warn};
-use twill_abi::lb::{Frontend, FrontendKey};
+use twill_abi::lb::{Backend, Frontend, FrontendKey};
 use twill_api::cluster::{self, PodRecord};
 use twill_k8s::{Object, endpoints::PodPlacement};
 
@@ -17,45 +19,75 @@ use crate::{config::Config, lbplan, node::Node};
 /// How long to gather changes before one pass.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
-/// Everything under `/twill/v1/` this loop reads, by key.
-type Store = BTreeMap<String, Vec<u8>>;
+/// What this loop reads under `/twill/v1/`, parsed once when it arrives.
+enum Entry {
+    Object(Box<Object>),
+    Pod(PodRecord),
+}
 
-fn decode(
-    store: &Store,
-) -> (
+/// Everything this loop reads, by key.
+type Store = BTreeMap<String, Entry>;
+
+fn parse(key: &str, value: &[u8]) -> Option<Entry> {
+    if key.starts_with(cluster::OBJECTS) {
+        serde_json::from_slice::<Object>(value)
+            .ok()
+            .map(|o| Entry::Object(Box::new(o)))
+    } else if key.starts_with(cluster::PODS) {
+        serde_json::from_slice::<PodRecord>(value)
+            .ok()
+            .map(Entry::Pod)
+    } else {
+        None
+    }
+}
+
+fn put(store: &mut Store, key: &str, value: &[u8]) {
+    match parse(key, value) {
+        Some(entry) => {
+            store.insert(key.to_owned(), entry);
+        }
+        None => {
+            store.remove(key);
+        }
+    }
+}
+
+type Decoded<'a> = (
     Vec<twill_k8s::Service>,
-    Vec<(twill_k8s::Pod, PodPlacement)>,
-    Vec<twill_k8s::EndpointSlice>,
-) {
+    Vec<(&'a twill_k8s::Pod, PodPlacement)>,
+    Vec<&'a twill_k8s::EndpointSlice>,
+);
+
+fn decode(store: &Store) -> Decoded<'_> {
     let mut services = Vec::new();
     let mut pod_objects = Vec::new();
     let mut slices = Vec::new();
     let mut placements = BTreeMap::new();
-    for (key, value) in store {
-        if key.starts_with(cluster::OBJECTS) {
-            match serde_json::from_slice::<Object>(value) {
-                Ok(Object::Service(s)) => services.push(s),
-                Ok(Object::Pod(p)) => pod_objects.push(p),
-                Ok(Object::EndpointSlice(s)) => slices.push(s),
-                _ => {}
+    for entry in store.values() {
+        match entry {
+            Entry::Object(o) => match o.as_ref() {
+                Object::Service(s) => services.push(s.clone()),
+                Object::Pod(p) => pod_objects.push(p),
+                Object::EndpointSlice(s) => slices.push(s),
+                Object::Namespace(_) => {}
+            },
+            Entry::Pod(r) => {
+                placements.insert(
+                    (r.namespace.as_str(), r.name.as_str()),
+                    PodPlacement {
+                        ip: r.ip,
+                        node: r.node.clone(),
+                    },
+                );
             }
-        } else if key.starts_with(cluster::PODS)
-            && let Ok(r) = serde_json::from_slice::<PodRecord>(value)
-        {
-            placements.insert(
-                (r.namespace, r.name),
-                PodPlacement {
-                    ip: r.ip,
-                    node: r.node,
-                },
-            );
         }
     }
     let pods = pod_objects
         .into_iter()
         .filter_map(|p| {
             let placement = placements
-                .get(&(p.namespace.clone(), p.name.clone()))?
+                .get(&(p.namespace.as_str(), p.name.as_str()))?
                 .clone();
             Some((p, placement))
         })
@@ -63,20 +95,32 @@ fn decode(
     (services, pods, slices)
 }
 
-/// One pass: compile, diff against the maps, write the difference.
-fn reconcile(node: &Node, store: &Store) {
+/// What this daemon last wrote to the maps: frontends with their backends. `None` until
+/// read back from the (pinned) maps, and again after a failed write or at each periodic
+/// pass, so hand-made changes to the maps are found and repaired.
+type Programmed = Option<BTreeMap<FrontendKey, (Frontend, Vec<Backend>)>>;
+
+/// One pass: compile, diff against what the maps hold, write the difference.
+fn reconcile(node: &Node, store: &Store, programmed: &mut Programmed) {
     let (services, pods, slices) = decode(store);
-    let pod_refs: Vec<(&twill_k8s::Pod, PodPlacement)> =
-        pods.iter().map(|(p, pl)| (p, pl.clone())).collect();
-    let slice_refs: Vec<&twill_k8s::EndpointSlice> = slices.iter().collect();
-    let desired = lbplan::compile(node.name(), &services, &pod_refs, &slice_refs);
+    let desired = lbplan::compile(node.name(), &services, &pods, &slices);
     let outcome = node.with_dataplane(|d| -> Result<usize, twill_bpf::DatapathError> {
-        let current: BTreeMap<FrontendKey, Frontend> = d.datapath.frontends()?.into_iter().collect();
-        let mut next_id = current.values().map(|f| f.service_id).max().unwrap_or(0) + 1;
+        let current = match programmed {
+            Some(p) => p,
+            None => {
+                let mut read = BTreeMap::new();
+                for (key, frontend) in d.datapath.frontends()? {
+                    let backends = d.datapath.backends_of(&frontend)?;
+                    read.insert(key, (frontend, backends));
+                }
+                programmed.insert(read)
+            }
+        };
+        let mut next_id = current.values().map(|(f, _)| f.service_id).max().unwrap_or(0) + 1;
         let mut changed = 0;
         for (key, want) in &desired {
             let service_id = match current.get(key) {
-                Some(f) => f.service_id,
+                Some((f, _)) => f.service_id,
                 None => {
                     next_id += 1;
                     next_id - 1
@@ -88,22 +132,33 @@ fn reconcile(node: &Node, store: &Store) {
                 flags: want.flags,
                 affinity_timeout: want.affinity_timeout,
             };
-            let same = current.get(key) == Some(&frontend)
-                && d.datapath.backends_of(&frontend)? == want.backends;
+            let same = current
+                .get(key)
+                .is_some_and(|(f, b)| *f == frontend && *b == want.backends);
             if !same {
                 d.datapath.set_frontend(*key, frontend, &want.backends)?;
-                info!(service = %want.service, backends = want.backends.len(), "service frontend programmed");
+                current.insert(*key, (frontend, want.backends.clone()));
+                tracing::debug!(service = %want.service, backends = want.backends.len(), "service frontend programmed");
                 changed += 1;
             }
         }
-        for key in current.keys().filter(|k| !desired.contains_key(k)) {
-            d.datapath.remove_frontend(key)?;
+        let gone: Vec<FrontendKey> = current
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            d.datapath.remove_frontend(&key)?;
+            current.remove(&key);
             changed += 1;
         }
         Ok(changed)
     });
     match outcome {
-        Some(Err(e)) => warn!("programming services: {e:#}"),
+        Some(Err(e)) => {
+            warn!("programming services: {e:#}");
+            *programmed = None;
+        }
         Some(Ok(n)) if n > 0 => info!(
             frontends = desired.len(),
             changed = n,
@@ -135,12 +190,14 @@ pub async fn run(config: Config, node: Arc<Node>) {
             }
         };
         let revision = snapshot.header().map_or(0, |h| h.revision());
-        let mut store: Store = snapshot
-            .kvs()
-            .iter()
-            .filter_map(|kv| Some((kv.key_str().ok()?.to_owned(), kv.value().to_vec())))
-            .collect();
-        reconcile(&node, &store);
+        let mut store = Store::new();
+        for kv in snapshot.kvs() {
+            if let Ok(key) = kv.key_str() {
+                put(&mut store, key, kv.value());
+            }
+        }
+        let mut programmed: Programmed = None;
+        reconcile(&node, &store, &mut programmed);
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
@@ -167,7 +224,7 @@ pub async fn run(config: Config, node: Arc<Node>) {
                         let Some(kv) = event.kv() else { continue };
                         let Ok(key) = kv.key_str() else { continue };
                         match event.event_type() {
-                            EventType::Put => { store.insert(key.to_owned(), kv.value().to_vec()); }
+                            EventType::Put => put(&mut store, key, kv.value()),
                             EventType::Delete => { store.remove(key); }
                         }
                     }
@@ -182,9 +239,13 @@ pub async fn run(config: Config, node: Arc<Node>) {
                     }
                 } => {
                     pending = None;
-                    reconcile(&node, &store);
+                    reconcile(&node, &store, &mut programmed);
                 }
-                _ = tick.tick() => reconcile(&node, &store),
+                _ = tick.tick() => {
+                    // Read the maps back: repairs what was changed behind our back.
+                    programmed = None;
+                    reconcile(&node, &store, &mut programmed);
+                }
             }
         }
     }

@@ -6,7 +6,6 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures::TryStreamExt as _;
 use netlink_packet_route::{
     AddressFamily,
     link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo},
@@ -108,13 +107,13 @@ fn mac_of(link: &netlink_packet_route::link::LinkMessage) -> Result<Mac, StepErr
 
 /// Gives the device exactly `ip`/32 (the node's address in its pod subnet).
 pub async fn ensure_address(h: &Handle, device: &Device, ip: Ipv4Addr) -> Result<(), StepError> {
-    let addrs: Vec<_> = h
-        .address()
-        .get()
-        .set_link_index_filter(device.index)
-        .execute()
-        .try_collect()
-        .await?;
+    let addrs = twill_netlink::dump(|| {
+        h.address()
+            .get()
+            .set_link_index_filter(device.index)
+            .execute()
+    })
+    .await?;
     let mut present = false;
     for a in addrs {
         let this = a.attributes.iter().find_map(|x| match x {
@@ -183,13 +182,9 @@ pub async fn read_programmed(
         }
     }
     for (family, fdb) in [(AddressFamily::Inet, false), (AddressFamily::Bridge, true)] {
-        let entries: Vec<NeighbourMessage> = h
-            .neighbours()
-            .get()
-            .set_address_family(family)
-            .execute()
-            .try_collect()
-            .await?;
+        let entries: Vec<NeighbourMessage> =
+            twill_netlink::dump(|| h.neighbours().get().set_address_family(family).execute())
+                .await?;
         for n in entries {
             if n.header.ifindex != device.index || !is_permanent(n.header.state) {
                 continue;

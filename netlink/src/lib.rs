@@ -190,27 +190,57 @@ pub fn link_name(link: &LinkMessage) -> Option<&str> {
     })
 }
 
+/// Runs a dump request and collects it, taking it again (up to 10 times) when the kernel
+/// refuses it as interrupted by a concurrent change in the namespace (EBUSY), which
+/// happens when another task programs routes or neighbours at the same moment.
+pub async fn dump<T, S>(mut request: impl FnMut() -> S) -> Result<Vec<T>, rtnetlink::Error>
+where
+    S: futures::Stream<Item = Result<T, rtnetlink::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match request().try_collect::<Vec<T>>().await {
+            Err(rtnetlink::Error::NetlinkError(m))
+                if attempt < 10 && m.code.is_some_and(|c| c.get() == -EBUSY) =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+const EBUSY: i32 = 16;
+
+/// Every link in the namespace (`ip link show`).
+pub async fn links(handle: &Handle) -> Result<Vec<LinkMessage>, StepError> {
+    Ok(dump(|| handle.link().get().execute()).await?)
+}
+
 /// Every IPv4 route of the main table and others (`ip -4 route show table all`).
 pub async fn ipv4_routes(
     handle: &Handle,
 ) -> Result<Vec<netlink_packet_route::route::RouteMessage>, StepError> {
-    Ok(handle
-        .route()
-        .get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await?)
+    Ok(dump(|| {
+        handle
+            .route()
+            .get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+    })
+    .await?)
 }
 
 /// IPv4 addresses on a link with their prefix lengths (`ip -4 addr show dev INDEX`).
 pub async fn ipv4_addresses(handle: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, StepError> {
-    let messages: Vec<_> = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await?;
+    let messages: Vec<_> = dump(|| {
+        handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+    })
+    .await?;
     Ok(messages
         .iter()
         .filter_map(|m| {
