@@ -110,8 +110,14 @@ fn verdict(ctx: &TcContext, direction: Direction) -> i32 {
         Ok(None) => Reason::Forwarded,
         Ok(Some(l4)) => match direction {
             // From a pod: to a Service, or a backend's reply to a NodePort client.
-            Direction::FromPod if maybe_service(l4.flow.dst_ip) => to_backend(ctx, &l4),
-            Direction::FromPod | Direction::FromOverlay => node_port_reply(ctx, &l4),
+            Direction::FromPod => match to_backend(ctx, &l4) {
+                Reason::Forwarded => {
+                    forget_stale_reverse(ctx, &l4);
+                    node_port_reply(ctx, &l4)
+                }
+                translated => translated,
+            },
+            Direction::FromOverlay => node_port_reply(ctx, &l4),
             Direction::FromWorld => node_port_request(ctx, &l4),
             Direction::ToPod | Direction::HostSocket => from_backend(ctx, &l4),
         },
@@ -132,6 +138,21 @@ struct L4 {
     offset: usize,
     /// Offset of the L4 checksum.
     csum: usize,
+}
+
+const TCP_FLAGS_OFF: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+impl L4 {
+    /// A TCP segment opening a connection (SYN without ACK).
+    #[inline(always)]
+    fn opens_tcp(&self, ctx: &TcContext) -> bool {
+        self.flow.protocol == IPPROTO_TCP
+            && ctx
+                .load::<u8>(self.offset + TCP_FLAGS_OFF)
+                .is_ok_and(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN)
+    }
 }
 
 /// Checks the headers. `Ok(Some)` for a TCP/UDP packet that is not a later fragment,
@@ -202,7 +223,15 @@ fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
     if !maybe_service(l4.flow.dst_ip) {
         return Reason::Forwarded;
     }
-    let flow = match lookup!(TWILL_CT, &l4.flow) {
+    // A connection opening (SYN) is a new flow even if its ports were used before: the
+    // backend is chosen again (the same one, for a retransmitted SYN: the choice is a hash
+    // of the flow) and both entries are written afresh.
+    let known = if l4.opens_tcp(ctx) {
+        None
+    } else {
+        lookup!(TWILL_CT, &l4.flow)
+    };
+    let flow = match known {
         Some(flow) => flow,
         None => {
             let frontend_key = FrontendKey {
@@ -314,6 +343,24 @@ fn pick(flow: &FlowKey, frontend: &Frontend) -> Option<Backend> {
         slot,
     };
     lookup!(TWILL_BACKENDS, &key)
+}
+
+/// A pod opening a TCP connection straight to an address and port may reuse the ports of
+/// an earlier connection through a Service to the same backend. That flow's reverse entry
+/// would then translate the new connection's replies to the Service's address: it goes.
+#[inline(always)]
+fn forget_stale_reverse(ctx: &TcContext, l4: &L4) {
+    if l4.opens_tcp(ctx) {
+        let reply = FlowKey {
+            src_ip: l4.flow.dst_ip,
+            dst_ip: l4.flow.src_ip,
+            src_port: l4.flow.dst_port,
+            dst_port: l4.flow.src_port,
+            protocol: l4.flow.protocol,
+            _pad: [0; 3],
+        };
+        let _ = TWILL_REVNAT.remove(reply);
+    }
 }
 
 /// Into a pod: a backend's reply comes from the frontend the client spoke to.

@@ -323,3 +323,34 @@ fn session_affinity_keeps_a_client_on_its_backend_until_the_timeout_or_the_backe
         .collect();
     assert_eq!(spread.len(), 3, "{spread:?}");
 }
+
+#[test]
+fn a_direct_connection_reusing_a_service_flows_ports_is_not_translated() {
+    let (_lab, mut dp) = setup();
+    dp.set_frontend(
+        frontend(IPPROTO_TCP, 80),
+        Frontend {
+            service_id: 7,
+            ..Default::default()
+        },
+        &backends(&BACKENDS),
+    )
+    .unwrap();
+    // A connection through the Service from port 40000, then closed.
+    let syn = packet::l4_frame(IPPROTO_TCP, (CLIENT, 40000), (VIP, 80), b"", true);
+    let out = dp.test_run(programs::FROM_POD, &syn).unwrap();
+    let (_, backend) = packet::endpoints(&out.packet);
+    // Later the pod connects to that backend directly, from the same port.
+    let direct = packet::l4_frame(IPPROTO_TCP, (CLIENT, 40000), backend, b"", true);
+    let out = dp.test_run(programs::FROM_POD, &direct).unwrap();
+    assert_eq!(out.packet, direct, "a direct connection passes untouched");
+    // Its replies come from the backend, not from the Service.
+    let reply = packet::l4_frame(IPPROTO_TCP, backend, (CLIENT, 40000), b"", true);
+    let back = dp.test_run(programs::TO_POD, &reply).unwrap();
+    assert_eq!(packet::endpoints(&back.packet), (backend, (CLIENT, 40000)));
+    // And a new connection through the Service from that port is translated again.
+    let again = dp.test_run(programs::FROM_POD, &syn).unwrap();
+    assert_eq!(packet::endpoints(&again.packet).1, backend);
+    let back = dp.test_run(programs::TO_POD, &reply).unwrap();
+    assert_eq!(packet::endpoints(&back.packet).0, (VIP, 80));
+}

@@ -1,0 +1,388 @@
+//! Per-connection cost of a ClusterIP: TCP connections per second from a pod to one
+//! Service while 1, 1,000 and 10,000 Services exist, against the same through kube-proxy's
+//! iptables-mode ruleset, and against connecting to the backend's address directly (the
+//! limit), all in one run.
+//!
+//! twill's side: node1 runs `twilld`; a client pod and a backend pod wired by the `twill`
+//! CNI binary. The iptables side: node2 runs no daemon; a client and a backend namespace on
+//! veths routed by node2, whose nat table holds kube-proxy's ruleset for the same number
+//! of Services (`iptables-restore`). A connection is a completed handshake closed with a
+//! reset (SO_LINGER 0), so no TIME_WAIT piles up on either side.
+//!
+//! Run as root with `scripts/bench`. SECONDS_PER_RUN=N (default 2), ROUNDS=N (default 3).
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    path::Path,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use etcd_client::Client;
+use nix::sys::socket::{setsockopt, sockopt};
+use twill_api::cluster;
+use twill_k8s::{
+    ClusterIp, EndpointSlice, Object, Protocol, Service, ServicePort, ServiceType, SliceEndpoint,
+    SlicePort, TargetPort,
+};
+use twill_lab::{Host, Lab, LabSpec, workload};
+use twill_netns::NetNs;
+use twill_tests::{daemon::Twilld, require_root};
+
+const CONFIG: &str = "[network]\nresync_seconds = 60\n[lease]\nttl_seconds = 30\n";
+const SIZES: [u32; 3] = [1, 1000, 10_000];
+/// The Service under test is the first; the others are there to be looked past.
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const PORT: u16 = 8080;
+
+fn vip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(VIP) + i)
+}
+
+/// Services `from..to`, each with one endpoint; service 0's endpoint is `backend`.
+fn objects(from: u32, to: u32, backend: Ipv4Addr) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for i in from..to {
+        let name = format!("svc-{i:05}");
+        let address = if i == 0 {
+            backend
+        } else {
+            Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i)
+        };
+        let objects = [
+            Object::Service(Service {
+                namespace: "bench".into(),
+                name: name.clone(),
+                labels: BTreeMap::new(),
+                service_type: ServiceType::ClusterIP,
+                cluster_ip: ClusterIp::Fixed(vip(i)),
+                selector: None,
+                ports: vec![ServicePort {
+                    name: String::new(),
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    target: TargetPort::Number(PORT),
+                    node_port: None,
+                }],
+                affinity_timeout: None,
+                external_local: false,
+                internal_local: false,
+            }),
+            Object::EndpointSlice(EndpointSlice {
+                namespace: "bench".into(),
+                name: format!("{name}-abcde"),
+                service: name,
+                endpoints: vec![SliceEndpoint {
+                    addresses: vec![address],
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    node: None,
+                }],
+                ports: vec![SlicePort {
+                    name: String::new(),
+                    port: PORT,
+                    protocol: Protocol::Tcp,
+                }],
+            }),
+        ];
+        for o in objects {
+            out.push((
+                cluster::object_key(o.resource(), o.namespace(), o.name()),
+                serde_json::to_string(&o).unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+/// kube-proxy's iptables-mode nat ruleset for `services` Services of one endpoint each.
+fn kube_proxy_rules(services: u32, backend: Ipv4Addr) -> String {
+    let mut t = String::from(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+         :KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n",
+    );
+    for i in 0..services {
+        writeln!(t, ":KUBE-SVC-{i:012X} - [0:0]\n:KUBE-SEP-{i:012X} - [0:0]").unwrap();
+    }
+    t.push_str(
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+         -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n\
+         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
+         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE\n",
+    );
+    // The Service under test last: the worst case of a linear chain, as a Service
+    // created after the others is in kube-proxy's (its rules are sorted by name only for
+    // output, evaluation walks them all).
+    for i in (0..services).rev() {
+        let svc = format!("bench/svc-{i:05}");
+        let endpoint = if i == 0 {
+            backend
+        } else {
+            Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i)
+        };
+        writeln!(
+            t,
+            "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"{svc} cluster IP\" -m tcp --dport 80 -j KUBE-SVC-{i:012X}\n\
+             -A KUBE-SVC-{i:012X} -m comment --comment \"{svc} -> {endpoint}:{PORT}\" -j KUBE-SEP-{i:012X}\n\
+             -A KUBE-SEP-{i:012X} -s {endpoint}/32 -m comment --comment \"{svc}\" -j KUBE-MARK-MASQ\n\
+             -A KUBE-SEP-{i:012X} -p tcp -m comment --comment \"{svc}\" -m tcp -j DNAT --to-destination {endpoint}:{PORT}",
+            vip(i)
+        )
+        .unwrap();
+    }
+    t.push_str("COMMIT\n");
+    t
+}
+
+fn etcd_put(lab: &Lab, kvs: Vec<(String, String)>) {
+    let endpoint = lab.etcd_endpoint();
+    lab.underlay()
+        .unwrap()
+        .run(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let mut c = Client::connect([endpoint.as_str()], None).await.unwrap();
+                    for chunk in kvs.chunks(500) {
+                        let ops: Vec<_> = chunk
+                            .iter()
+                            .map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None))
+                            .collect();
+                        c.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
+                    }
+                })
+        })
+        .unwrap();
+}
+
+/// A server in `ns` that accepts on PORT and closes each connection at once.
+fn serve(ns: &NetNs, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    let listener = ns
+        .run(|| TcpListener::bind(("0.0.0.0", PORT)))
+        .unwrap()
+        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => drop(conn),
+                Err(_) => thread::sleep(Duration::from_micros(50)),
+            }
+        }
+    })
+}
+
+/// Connections per second from `ns` to `target` over `seconds`.
+fn rate(ns: &NetNs, target: SocketAddrV4, seconds: f64) -> f64 {
+    ns.run(move || {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed().as_secs_f64() < seconds {
+            let s = TcpStream::connect_timeout(&target.into(), Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("connecting to {target}: {e}"));
+            // Close with a reset: no TIME_WAIT on either side, so a later run reusing the
+            // ports (after translation, the same addresses at the server) is not refused.
+            let _ = setsockopt(
+                &s,
+                sockopt::Linger,
+                &nix::libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            );
+            drop(s);
+            n += 1;
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    })
+    .unwrap()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn ip(host: &Host, args: &str) {
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let out = host.output("ip", &args).unwrap();
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+fn in_ns(ns: &NetNs, args: &str) {
+    let args: Vec<String> = args.split_whitespace().map(str::to_owned).collect();
+    let out = ns
+        .run(move || Command::new("ip").args(&args).output())
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn main() {
+    require_root();
+    let seconds: f64 = std::env::var("SECONDS_PER_RUN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2.0);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let twilld_bin = Path::new(env!("CARGO_BIN_EXE_twilld"));
+    let cni = twilld_bin.with_file_name("twill");
+    assert!(
+        cni.exists(),
+        "{} missing: `cargo build --release --bins` first (scripts/bench does)",
+        cni.display()
+    );
+    let mut lab = Lab::up(&LabSpec::for_test(2, 0)).expect("lab up");
+    let nodes = lab.nodes();
+    let daemon = Twilld::start(twilld_bin, &lab, &nodes[0], CONFIG, &[]);
+    daemon.wait_status("ready", Duration::from_secs(10), |s| s.not_ready.is_none());
+
+    // twill: two pods through CNI.
+    let mut pod = |name: &str| -> (NetNs, Ipv4Addr) {
+        let ns = lab.create_netns(name).unwrap();
+        let path = ns.path().display().to_string();
+        let vars = workload::cni_vars("ADD", name, &path, "eth0");
+        let conf = workload::cni_config("1.1.0", &daemon.paths).to_string();
+        let out = workload::invoke_cni(&cni, &nodes[0], &vars, &conf).unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let result: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches("/32")
+            .parse()
+            .unwrap();
+        (ns, ip)
+    };
+    let (twill_client, _) = pod("client");
+    let (twill_backend_ns, twill_backend) = pod("backend");
+
+    // iptables: two namespaces on veths routed by node2.
+    let anchor = nodes[1].clone();
+    let ipt_client = lab.create_netns("ipt-client").unwrap();
+    let ipt_backend_ns = lab.create_netns("ipt-backend").unwrap();
+    let ipt_backend = Ipv4Addr::new(10, 250, 2, 2);
+    for (ns, n) in [(&ipt_client, 1), (&ipt_backend_ns, 2)] {
+        let name = ns
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        ip(
+            &anchor,
+            &format!("link add v{n} type veth peer name eth0 netns {name}"),
+        );
+        ip(&anchor, &format!("addr add 10.250.{n}.1/30 dev v{n}"));
+        ip(&anchor, &format!("link set v{n} up"));
+        in_ns(ns, &format!("addr add 10.250.{n}.2/30 dev eth0"));
+        in_ns(ns, "link set eth0 up");
+        in_ns(ns, "link set lo up");
+        in_ns(ns, &format!("route add default via 10.250.{n}.1"));
+    }
+    anchor
+        .run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
+        .unwrap()
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = [
+        serve(&twill_backend_ns, stop.clone()),
+        serve(&ipt_backend_ns, stop.clone()),
+    ];
+    let to_vip = SocketAddrV4::new(VIP, 80);
+
+    println!(
+        "{:>8}  {:>12} {:>12} {:>12} {:>12}  {:>14} {:>16}",
+        "services",
+        "twill c/s",
+        "direct c/s",
+        "iptables c/s",
+        "direct c/s",
+        "twill/direct",
+        "twill/iptables"
+    );
+    let mut written = 0;
+    for size in SIZES {
+        // twill: add Services up to `size`, wait until node1's maps hold them.
+        etcd_put(&lab, objects(written, size, twill_backend));
+        written = size;
+        let start = Instant::now();
+        while twill_bpf::read_services(&nodes[0].bpffs_dir).map_or(0, |f| f.len()) < size as usize {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "maps never filled"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        // iptables: the whole ruleset for `size` Services.
+        let rules = kube_proxy_rules(size, ipt_backend);
+        let out = anchor
+            .run(move || {
+                let mut child = Command::new("iptables-restore")
+                    .stdin(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()?;
+                child.stdin.take().unwrap().write_all(rules.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap()
+            .unwrap();
+        assert!(out.status.success(), "iptables-restore: {out:?}");
+
+        let (mut tw, mut tw_direct, mut ipt, mut ipt_direct) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            tw.push(rate(&twill_client, to_vip, seconds));
+            tw_direct.push(rate(
+                &twill_client,
+                SocketAddrV4::new(twill_backend, PORT),
+                seconds,
+            ));
+            ipt.push(rate(&ipt_client, to_vip, seconds));
+            ipt_direct.push(rate(
+                &ipt_client,
+                SocketAddrV4::new(ipt_backend, PORT),
+                seconds,
+            ));
+        }
+        let (tw, tw_direct, ipt, ipt_direct) = (
+            median(tw),
+            median(tw_direct),
+            median(ipt),
+            median(ipt_direct),
+        );
+        println!(
+            "{size:>8}  {tw:>12.0} {tw_direct:>12.0} {ipt:>12.0} {ipt_direct:>12.0}  {:>14.2} {:>16.2}",
+            tw / tw_direct,
+            tw / ipt
+        );
+    }
+    println!(
+        "(medians of {rounds} runs of {seconds} s each; twill's and iptables' direct columns are \
+         their own setups' limits; targets: twill/direct >= 0.90 at every size, \
+         twill/iptables >= 5 at 10,000)"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        let _ = s.join();
+    }
+    drop(daemon);
+}
