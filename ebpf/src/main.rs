@@ -42,7 +42,8 @@ static TWILL_BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_BACKEN
 #[map(name = "TWILL_CT")]
 static TWILL_CT: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 #[map(name = "TWILL_REVNAT")]
-static TWILL_REVNAT: LruHashMap<FlowKey, RevNat> = LruHashMap::pinned(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+static TWILL_REVNAT: LruHashMap<FlowKey, RevNat> =
+    LruHashMap::pinned(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 #[map(name = "TWILL_MEMBERS")]
 static TWILL_MEMBERS: HashMap<MemberKey, u32> = HashMap::pinned(MAX_BACKENDS, 0);
 #[map(name = "TWILL_AFFINITY")]
