@@ -277,6 +277,16 @@ impl Datapath {
         Ok(())
     }
 
+    /// Whether an earlier run left the node programs attached (their links pinned).
+    pub fn node_programs_pinned(&self) -> bool {
+        self.pin_dir.join(NODE_LINKS).exists()
+    }
+
+    /// Detaches what [`Self::attach_node`] attached: removing the pins releases the links.
+    pub fn detach_node(&mut self) {
+        let _ = fs::remove_dir_all(self.pin_dir.join(NODE_LINKS));
+    }
+
     /// Tells the programs this node's addresses and the cluster CIDR.
     pub fn set_node_config(&mut self, config: NodeConfig) -> Result<()> {
         let path = self.pin_dir.join(maps::NODE);

@@ -226,16 +226,6 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
             )
         })?;
     info!(cgroup = %config.cgroup_root.display(), "host processes reach Services through socket translation");
-    // NodePorts: requests on the underlay, replies from other nodes' backends.
-    datapath
-        .attach_node(&underlay.name, vxlan::DEVICE)
-        .with_context(|| {
-            format!(
-                "attaching the NodePort programs to {} and {}",
-                underlay.name,
-                vxlan::DEVICE
-            )
-        })?;
     datapath
         .set_node_config(node_config(&config, underlay.ip, None))
         .context("writing the node's addresses for the programs")?;
@@ -244,7 +234,18 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         pod_mtu,
         state,
         config.lease_ttl,
-        Some(node::Dataplane::new(datapath)),
+        // NodePort programs (underlay and VXLAN ingress) come and go with NodePort
+        // Services; see the services loop.
+        Some(
+            node::Dataplane::new(datapath, (underlay.name.clone(), vxlan::DEVICE.to_owned()))
+                .with_context(|| {
+                    format!(
+                        "taking over the NodePort programs on {} and {}",
+                        underlay.name,
+                        vxlan::DEVICE
+                    )
+                })?,
+        ),
     )?);
     let _ = node.overlay.set(overlay.clone());
     // Pods wired before this start (a restart): their pinned links get this run's programs

@@ -19,14 +19,45 @@ use crate::state::StateDir;
 pub struct Dataplane {
     pub datapath: twill_bpf::Datapath,
     attached: HashMap<String, twill_bpf::PodAttachment>,
+    /// The underlay interface and the VXLAN device, for the NodePort programs.
+    node_interfaces: (String, String),
+    /// Whether the NodePort programs are on them.
+    node_programs: bool,
 }
 
 impl Dataplane {
-    pub fn new(datapath: twill_bpf::Datapath) -> Self {
-        Self {
+    /// `node_interfaces`: the underlay interface and the VXLAN device. NodePort programs
+    /// an earlier run left attached are taken over with this run's programs at once.
+    pub fn new(
+        mut datapath: twill_bpf::Datapath,
+        node_interfaces: (String, String),
+    ) -> Result<Self, twill_bpf::DatapathError> {
+        let node_programs = datapath.node_programs_pinned();
+        if node_programs {
+            datapath.attach_node(&node_interfaces.0, &node_interfaces.1)?;
+        }
+        Ok(Self {
             datapath,
             attached: HashMap::new(),
+            node_interfaces,
+            node_programs,
+        })
+    }
+
+    /// Puts the NodePort programs on the underlay interface and the VXLAN device, or takes
+    /// them off: they run for every packet the node receives, so they are there only while
+    /// some Service has a NodePort.
+    pub fn node_programs(&mut self, wanted: bool) -> Result<(), twill_bpf::DatapathError> {
+        if wanted && !self.node_programs {
+            let (underlay, overlay) = &self.node_interfaces;
+            self.datapath.attach_node(underlay, overlay)?;
+            info!(underlay = %underlay, overlay = %overlay, "NodePort programs attached");
+        } else if !wanted && self.node_programs {
+            self.datapath.detach_node();
+            info!("NodePort programs detached: no Service has a NodePort");
         }
+        self.node_programs = wanted;
+        Ok(())
     }
 
     /// Attaches the pod programs to `ifname` once; a second call is a no-op.

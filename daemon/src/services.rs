@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use tracing::{info, warn};
-use twill_abi::lb::{Backend, Frontend, FrontendKey};
+use twill_abi::lb::{Backend, Frontend, FrontendKey, SCOPE_NODE_PORT};
 use twill_api::cluster::{self, PodRecord};
 use twill_k8s::{Object, endpoints::PodPlacement};
 
@@ -142,6 +142,7 @@ fn reconcile(node: &Node, store: &Store, programmed: &mut Programmed) {
                 changed += 1;
             }
         }
+        d.node_programs(desired.keys().any(|k| k.scope == SCOPE_NODE_PORT))?;
         let gone: Vec<FrontendKey> = current
             .keys()
             .filter(|k| !desired.contains_key(k))

@@ -655,6 +655,20 @@ fn node_ports_answer_on_every_node_and_the_local_policy_keeps_the_client_address
     );
     let flows = netctl(&lab, &["bpf", "conntrack", "--node", "node1"], "");
     assert!(flows.contains("NodePort, from 10.244."), "{flows}");
+
+    // Without NodePort Services the programs leave the underlay and VXLAN devices (they
+    // would cost every packet the node receives).
+    let node_links = nodes[0].bpffs_dir.join(twill_bpf::NODE_LINKS);
+    assert!(node_links.exists());
+    netctl(&lab, &["delete", "-f", "-"], &yaml);
+    let start = Instant::now();
+    while node_links.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "NodePort programs still attached"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
     for mut s in servers {
         let _ = s.kill();
         let _ = s.wait();

@@ -2,9 +2,10 @@
 //!
 //! One program per attach point. Each is a thin `fn prog(ctx)` over the decision logic that
 //! returns the verdict's reason; the reason is counted in the metrics map so every pass and
-//! every drop is visible from userspace. No path can panic: packet reads go through
-//! `bpf_skb_load_bytes` (bounds-checked by the kernel), map slots are looked up, never
-//! indexed, and the one division is a `checked_rem`.
+//! every drop is visible from userspace. No path can panic: packet reads are checked
+//! against `data_end` (direct access) or go through `bpf_skb_load_bytes` (checked by the
+//! kernel), map slots are looked up, never indexed, and divisions are `checked_rem` or by
+//! non-zero constants.
 //!
 //! Service load balancing (see `twill_abi::lb`): on the way out of a pod, a packet to a
 //! Service frontend is translated to a backend (DNAT), the flow pinned in conntrack and a
@@ -160,6 +161,79 @@ impl L4 {
 /// `Ok(None)` for other valid IPv4, `Err(reason)` for what is not IPv4 or is malformed.
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Result<Option<L4>, Reason> {
+    match parse_direct(ctx) {
+        Some(parsed) => parsed,
+        None => parse_copied(ctx),
+    }
+}
+
+/// [`parse`] reading the headers in place (direct packet access, no helper calls): the
+/// common case, where they are in the packet's linear part. `None` when they are not (a
+/// short or non-linear packet): [`parse_copied`] decides then.
+#[inline(always)]
+fn parse_direct(ctx: &TcContext) -> Option<Result<Option<L4>, Reason>> {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if data + ETH_HDR_LEN + IPV4_MIN_HDR_LEN > end {
+        return None;
+    }
+    // SAFETY (each read below): the bytes lie between `data` and `data_end`, checked just
+    // before (the verifier checks it again); unaligned reads, as headers are not aligned.
+    let ethertype = unsafe { ((data + 12) as *const u16).read_unaligned() };
+    if u16::from_be(ethertype) != ETH_P_IP {
+        return Some(Err(Reason::NotIpv4));
+    }
+    // SAFETY: as above.
+    let version_ihl = unsafe { *((data + ETH_HDR_LEN) as *const u8) };
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || header_len < IPV4_MIN_HDR_LEN {
+        return Some(Err(Reason::DropMalformed));
+    }
+    if (ctx.len() as usize) < ETH_HDR_LEN + header_len {
+        return Some(Err(Reason::DropMalformed));
+    }
+    // SAFETY: as above.
+    let protocol = unsafe { *((data + IP_PROTO_OFF) as *const u8) };
+    let csum = match protocol {
+        IPPROTO_TCP => 16,
+        IPPROTO_UDP => 6,
+        _ => return Some(Ok(None)),
+    };
+    // SAFETY: as above.
+    let frag = unsafe { ((data + IP_FRAG_OFF) as *const u16).read_unaligned() };
+    if u16::from_be(frag) & 0x1fff != 0 {
+        return Some(Ok(None));
+    }
+    let offset = ETH_HDR_LEN + header_len;
+    if data + offset + 4 > end {
+        return None;
+    }
+    // SAFETY: as above (the ports: checked against `data_end` just before).
+    let (src_ip, dst_ip, src_port, dst_port) = unsafe {
+        (
+            ((data + IP_SRC_OFF) as *const u32).read_unaligned(),
+            ((data + IP_DST_OFF) as *const u32).read_unaligned(),
+            ((data + offset) as *const u16).read_unaligned(),
+            ((data + offset + 2) as *const u16).read_unaligned(),
+        )
+    };
+    Some(Ok(Some(L4 {
+        flow: FlowKey {
+            src_ip,
+            dst_ip,
+            src_port,
+            dst_port,
+            protocol,
+            _pad: [0; 3],
+        },
+        offset,
+        csum: offset + csum,
+    })))
+}
+
+/// [`parse`] through `bpf_skb_load_bytes`, which also reads non-linear packets.
+#[inline(always)]
+fn parse_copied(ctx: &TcContext) -> Result<Option<L4>, Reason> {
     let ethertype = ctx.load::<u16>(12).map_err(|_| Reason::DropMalformed)?;
     if u16::from_be(ethertype) != ETH_P_IP {
         return Err(Reason::NotIpv4);
