@@ -72,16 +72,15 @@ for _ in range(n):\n\
 print(json.dumps({'counts': counts, 'sources': sorted(sources), 'failures': failures}))\n";
 
 /// Runs python3 `script` on `host` as one of its host processes: in its network
-/// namespace and, before the script starts, in its cgroup.
+/// namespace and cgroup (joined before the script starts).
 fn host_python(host: &Host, script: &str, args: &[&str]) -> serde_json::Value {
-    let procs = host.cgroup_dir.join("cgroup.procs");
-    let mut cmd = Command::new("sh");
+    let mut cmd = Command::new("python3");
     cmd.arg("-c")
-        .arg("echo $$ > \"$0\" && exec python3 -c \"$@\"")
-        .arg(&procs)
         .arg(script)
-        .args(args);
-    let out = host.run(move || cmd.output()).unwrap().unwrap();
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = host.spawn(cmd).unwrap().wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -235,30 +235,43 @@ impl Host {
         Ok(self.netns()?.run(f)?)
     }
 
-    /// Starts a process inside this host's network namespace and, on a node, its cgroup.
+    /// Starts a process inside this host's network namespace and, on a node, its cgroup:
+    /// it joins the cgroup before it runs a single instruction of its own, so its first
+    /// `connect` already goes through the node's socket programs.
     pub fn spawn(&self, mut cmd: Command) -> Result<Child, LabError> {
-        let child = self
-            .run(move || cmd.spawn())?
+        if self.plan.role == Role::Node {
+            let procs = self.cgroup_dir.join("cgroup.procs");
+            let path =
+                std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).map_err(|e| {
+                    LabError::Resource {
+                        action: "naming".to_owned(),
+                        path: procs.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
+            // SAFETY: the hook runs in the child between fork and exec, where only
+            // async-signal-safe calls are allowed: open(2), write(2) and close(2) on a path
+            // made before the fork, with no allocation. Writing "0" to cgroup.procs moves the
+            // writing process itself.
+            unsafe {
+                use std::os::unix::process::CommandExt as _;
+                cmd.pre_exec(move || {
+                    let fd = nix::fcntl::open(
+                        path.as_c_str(),
+                        nix::fcntl::OFlag::O_WRONLY,
+                        nix::sys::stat::Mode::empty(),
+                    )?;
+                    nix::unistd::write(&fd, b"0")?;
+                    Ok(())
+                });
+            }
+        }
+        self.run(move || cmd.spawn())?
             .map_err(|e| LabError::Resource {
                 action: format!("starting a process on {}", self.plan.name),
                 path: self.cgroup_dir.clone(),
                 message: e.to_string(),
-            })?;
-        if self.plan.role != Role::Node {
-            return Ok(child);
-        }
-        let procs = self.cgroup_dir.join("cgroup.procs");
-        // The child may exit at once (a quick command); then there is nothing to move.
-        if let Err(e) = fs::write(&procs, child.id().to_string())
-            && ProcessRef::of(child.id()).is_some()
-        {
-            return Err(LabError::Resource {
-                action: "moving a process into".to_owned(),
-                path: procs,
-                message: e.to_string(),
-            });
-        }
-        Ok(child)
+            })
     }
 
     /// Runs a command to completion inside this host and returns its output.
