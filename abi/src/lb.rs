@@ -140,6 +140,10 @@ pub struct Flow {
 pub const FLOW_NODE_PORT: u16 = 1;
 /// The flow's source was translated to `snat_ip:snat_port` (replies go back to the client).
 pub const FLOW_SNAT: u16 = 2;
+/// A pod reaching itself through a Service (hairpin): the source becomes the frontend's
+/// address, so the pod does not receive a packet from its own address, and the program
+/// sends the packets back out of the interface they came in on.
+pub const FLOW_HAIRPIN: u16 = 4;
 
 /// Reverse translation for replies (keyed by the backend's side of the flow): the
 /// frontend the client spoke to and, for source-translated flows, the client.

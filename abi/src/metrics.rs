@@ -22,6 +22,8 @@ pub enum Reason {
     NoBackend = 4,
     /// A NodePort request or reply: translated and sent on by the program (redirect).
     NodePortRedirected = 5,
+    /// A pod reaching itself through a Service: translated and sent back towards it.
+    HairpinRedirected = 6,
     /// The Ethernet or IPv4 header is truncated or invalid: dropped.
     DropMalformed = 16,
     /// Rewriting the packet failed (a helper refused it): dropped.
@@ -36,13 +38,14 @@ impl Reason {
     /// Codes at or above this one are drops.
     pub const FIRST_DROP: u32 = 16;
     /// Every reason, in code order.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Forwarded,
         Reason::NotIpv4,
         Reason::ServiceTranslated,
         Reason::ReplyTranslated,
         Reason::NoBackend,
         Reason::NodePortRedirected,
+        Reason::HairpinRedirected,
         Reason::DropMalformed,
         Reason::DropRewriteFailed,
         Reason::DropNoRoute,
@@ -59,6 +62,7 @@ impl Reason {
             4 => Some(Reason::NoBackend),
             16 => Some(Reason::DropMalformed),
             5 => Some(Reason::NodePortRedirected),
+            6 => Some(Reason::HairpinRedirected),
             18 => Some(Reason::DropRewriteFailed),
             19 => Some(Reason::DropNoRoute),
             20 => Some(Reason::DropNoSnatPort),
@@ -77,6 +81,7 @@ impl Reason {
             Reason::DropMalformed => "drop-malformed",
             Reason::DropRewriteFailed => "drop-rewrite-failed",
             Reason::NodePortRedirected => "nodeport-redirected",
+            Reason::HairpinRedirected => "hairpin-redirected",
             Reason::DropNoRoute => "drop-no-route",
             Reason::DropNoSnatPort => "drop-no-snat-port",
         }

@@ -177,10 +177,15 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
 
     // A backend on each node, serving its name; a client on node1.
     let mut servers = Vec::new();
+    let mut backend_pods = Vec::new();
     let mut yaml = String::new();
     for (i, node) in nodes.iter().enumerate() {
         let name = format!("web-{}", i + 1);
         let pod = add_pod(&mut lab, node, &daemons[i], &name);
+        backend_pods.push(Pod {
+            netns: pod.netns.clone(),
+            ip: pod.ip,
+        });
         let ns = NetNs::from_path(&pod.netns).unwrap();
         let mut cmd = Command::new("python3");
         cmd.args(["-c", SERVER, &name])
@@ -289,6 +294,47 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
         serde_json::json!([dns_vip]),
         "{udp_host}"
     );
+
+    // Hairpin: a pod that is its Service's only backend reaches itself through it, and
+    // sees the Service's address as the peer (kube-proxy masquerades this case too).
+    let web1 = &backend_pods[0];
+    netctl(
+        &lab,
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: itself}}\nspec:\n  ports: [{{port: 80, targetPort: 8080}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: itself-1\n  \
+             labels: {{kubernetes.io/service-name: itself}}\naddressType: IPv4\n\
+             endpoints: [{{addresses: [\"{}\"]}}]\nports: [{{port: 8080}}]\n",
+            web1.ip
+        ),
+    );
+    let services: serde_json::Value =
+        serde_json::from_str(&netctl(&lab, &["get", "services", "-o", "json"], "")).unwrap();
+    let self_vip = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "itself")
+        .and_then(|s| s["cluster_ip"]["fixed"].as_str())
+        .unwrap_or_else(|| panic!("{services}"))
+        .to_owned();
+    let start = Instant::now();
+    while connect_many(web1, &self_vip, 1)["failures"] != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "a pod never reached itself through its Service"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let hairpin = connect_many(web1, &self_vip, 20);
+    assert_eq!(hairpin["failures"], 0, "{hairpin}");
+    assert_eq!(
+        hairpin["counts"],
+        serde_json::json!({"web-1": 20}),
+        "{hairpin}"
+    );
+    assert_eq!(hairpin["peers"], serde_json::json!([self_vip]), "{hairpin}");
 
     // What the node's maps hold, as an operator sees it.
     let bpf = |what: &str| netctl(&lab, &["bpf", what, "--node", "node1"], "");

@@ -23,11 +23,11 @@ use aya_ebpf::{
 };
 use twill_abi::{
     lb::{
-        Affinity, AffinityKey, Backend, BackendKey, FLOW_NODE_PORT, FLOW_SNAT, FRONTEND_AFFINITY,
-        FRONTEND_LOCAL, Flow, FlowKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
-        MAX_BACKENDS, MAX_FLOWS, MAX_FRONTENDS, MemberKey, NODE_PORT_MAX, NODE_PORT_MIN,
-        NodeConfig, RevNat, SCOPE_CLUSTER_IP, SCOPE_NODE_PORT, SNAT_PORT_COUNT, SNAT_PORT_MIN,
-        SockKey, pick_slot,
+        Affinity, AffinityKey, Backend, BackendKey, FLOW_HAIRPIN, FLOW_NODE_PORT, FLOW_SNAT,
+        FRONTEND_AFFINITY, FRONTEND_LOCAL, Flow, FlowKey, Frontend, FrontendKey, IPPROTO_TCP,
+        IPPROTO_UDP, MAX_BACKENDS, MAX_FLOWS, MAX_FRONTENDS, MemberKey, NODE_PORT_MAX,
+        NODE_PORT_MIN, NodeConfig, RevNat, SCOPE_CLUSTER_IP, SCOPE_NODE_PORT, SNAT_PORT_COUNT,
+        SNAT_PORT_MIN, SockKey, pick_slot,
     },
     metrics::{Direction, METRICS_ENTRIES, MetricValue, Reason, metric_index},
     tc::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
@@ -127,7 +127,7 @@ fn verdict(ctx: &TcContext, direction: Direction) -> i32 {
     count(direction, reason, ctx.len());
     match reason {
         // The packet already went where it was redirected to.
-        Reason::NodePortRedirected => TC_ACT_REDIRECT,
+        Reason::NodePortRedirected | Reason::HairpinRedirected => TC_ACT_REDIRECT,
         r if r.is_drop() => TC_ACT_SHOT,
         _ => TC_ACT_OK,
     }
@@ -323,14 +323,14 @@ fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
             let Some(backend) = choose_backend(&l4.flow, l4.flow.src_ip, &frontend) else {
                 return Reason::NoBackend;
             };
-            let flow = Flow {
+            let mut flow = Flow {
                 backend_ip: backend.ip,
                 backend_port: backend.port,
                 frontend_ip: l4.flow.dst_ip,
                 frontend_port: l4.flow.dst_port,
                 ..Flow::default()
             };
-            let reply = FlowKey {
+            let mut reply = FlowKey {
                 src_ip: backend.ip,
                 dst_ip: l4.flow.src_ip,
                 src_port: backend.port,
@@ -338,11 +338,22 @@ fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
                 protocol: l4.flow.protocol,
                 _pad: [0; 3],
             };
-            let revnat = RevNat {
+            let mut revnat = RevNat {
                 frontend_ip: l4.flow.dst_ip,
                 frontend_port: l4.flow.dst_port,
                 ..RevNat::default()
             };
+            if backend.ip == l4.flow.src_ip {
+                // Hairpin: the pod is its own backend. It sees the frontend's address as
+                // the peer; the backend's reply goes to that address, keyed below.
+                flow.flags = FLOW_HAIRPIN;
+                flow.snat_ip = l4.flow.dst_ip;
+                flow.snat_port = l4.flow.src_port;
+                reply.dst_ip = l4.flow.dst_ip;
+                revnat.flags = FLOW_HAIRPIN;
+                revnat.client_ip = l4.flow.src_ip;
+                revnat.client_port = l4.flow.src_port;
+            }
             // Without both entries the flow's replies would not be translated back.
             if TWILL_REVNAT.insert(reply, revnat, 0).is_err()
                 || TWILL_CT.insert(l4.flow, flow, 0).is_err()
@@ -352,7 +363,7 @@ fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
             flow
         }
     };
-    match rewrite(
+    let to_backend = rewrite(
         ctx,
         l4,
         IP_DST_OFF,
@@ -361,10 +372,80 @@ fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
         l4.offset + 2,
         l4.flow.dst_port,
         flow.backend_port,
-    ) {
-        Ok(()) => Reason::ServiceTranslated,
-        Err(()) => Reason::DropRewriteFailed,
+    );
+    if to_backend.is_err() {
+        return Reason::DropRewriteFailed;
     }
+    if flow.flags & FLOW_HAIRPIN == 0 {
+        return Reason::ServiceTranslated;
+    }
+    let from_frontend = rewrite(
+        ctx,
+        l4,
+        IP_SRC_OFF,
+        l4.flow.src_ip,
+        flow.snat_ip,
+        l4.offset,
+        l4.flow.src_port,
+        flow.snat_port,
+    );
+    if from_frontend.is_err() {
+        return Reason::DropRewriteFailed;
+    }
+    hairpin(ctx)
+}
+
+/// Sends the packet back out of the interface it came in on, towards the pod (the node's
+/// stack would check the frontend's address as a source against its routes and drop it).
+#[inline(always)]
+fn hairpin(ctx: &TcContext) -> Reason {
+    // The frame goes back where it came from: swap its Ethernet addresses, or the pod
+    // would see a frame for the node's MAC and drop it.
+    let (Ok(dst), Ok(src)) = (ctx.load::<[u8; 6]>(0), ctx.load::<[u8; 6]>(6)) else {
+        return Reason::DropMalformed;
+    };
+    if ctx.store(0, &src, 0).is_err() || ctx.store(6, &dst, 0).is_err() {
+        return Reason::DropRewriteFailed;
+    }
+    // SAFETY: the context's socket buffer, valid for this run; a plain field read.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a helper taking plain integers.
+    let ret = unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) };
+    if ret == TC_ACT_REDIRECT as i64 {
+        Reason::HairpinRedirected
+    } else {
+        Reason::DropNoRoute
+    }
+}
+
+/// A pod's reply to itself through a Service (hairpin): back to the frontend's address
+/// and port, to the client's port, and out towards the pod again.
+#[inline(always)]
+fn hairpin_reply(ctx: &TcContext, l4: &L4, revnat: &RevNat) -> Reason {
+    let from_frontend = rewrite(
+        ctx,
+        l4,
+        IP_SRC_OFF,
+        l4.flow.src_ip,
+        revnat.frontend_ip,
+        l4.offset,
+        l4.flow.src_port,
+        revnat.frontend_port,
+    );
+    let to_client = rewrite(
+        ctx,
+        l4,
+        IP_DST_OFF,
+        l4.flow.dst_ip,
+        revnat.client_ip,
+        l4.offset + 2,
+        l4.flow.dst_port,
+        revnat.client_port,
+    );
+    if from_frontend.is_err() || to_client.is_err() {
+        return Reason::DropRewriteFailed;
+    }
+    hairpin(ctx)
 }
 
 /// The backend for a new flow: the client's remembered one under session affinity, while
@@ -444,7 +525,7 @@ fn from_backend(ctx: &TcContext, l4: &L4) -> Reason {
     let Some(revnat) = lookup!(TWILL_REVNAT, &l4.flow) else {
         return Reason::Forwarded;
     };
-    if revnat.flags & FLOW_NODE_PORT != 0 {
+    if revnat.flags & (FLOW_NODE_PORT | FLOW_HAIRPIN) != 0 {
         return Reason::Forwarded; // translated where it enters the node, not here
     }
     match rewrite(
@@ -732,19 +813,24 @@ fn free_snat_port(flow: &FlowKey, backend: Backend, vtep_ip: u32) -> Option<u16>
 }
 
 /// From a pod or the overlay: a backend's reply to a NodePort client leaves from the
-/// NodePort, to the client, sent on by the program.
+/// NodePort, to the client, sent on by the program; a pod's reply to itself through a
+/// Service (hairpin) goes back to it.
 #[inline(always)]
 fn node_port_reply(ctx: &TcContext, l4: &L4) -> Reason {
-    let Some(node) = node_config() else {
-        return Reason::Forwarded;
-    };
-    // Pod-to-pod traffic is never a NodePort reply: no lookup for it.
-    if l4.flow.dst_ip & node.cluster_mask == node.cluster_net && l4.flow.dst_ip != node.vtep_ip {
+    // Pod-to-pod traffic is never a NodePort or hairpin reply: no lookup for it.
+    if let Some(node) = node_config()
+        && node.cluster_mask != 0
+        && l4.flow.dst_ip & node.cluster_mask == node.cluster_net
+        && l4.flow.dst_ip != node.vtep_ip
+    {
         return Reason::Forwarded;
     }
     let Some(revnat) = lookup!(TWILL_REVNAT, &l4.flow) else {
         return Reason::Forwarded;
     };
+    if revnat.flags & FLOW_HAIRPIN != 0 {
+        return hairpin_reply(ctx, l4, &revnat);
+    }
     if revnat.flags & FLOW_NODE_PORT == 0 {
         return Reason::Forwarded;
     }

@@ -12,7 +12,7 @@ use twill_abi::{
     },
     metrics::{Direction, Reason},
     programs,
-    tc::TC_ACT_OK,
+    tc::{TC_ACT_OK, TC_ACT_REDIRECT},
 };
 use twill_bpf::Datapath;
 use twill_lab::{Lab, LabSpec};
@@ -353,4 +353,47 @@ fn a_direct_connection_reusing_a_service_flows_ports_is_not_translated() {
     assert_eq!(packet::endpoints(&again.packet).1, backend);
     let back = dp.test_run(programs::TO_POD, &reply).unwrap();
     assert_eq!(packet::endpoints(&back.packet).0, (VIP, 80));
+}
+
+#[test]
+fn a_pod_that_is_its_own_backend_reaches_itself_through_the_service() {
+    let (_lab, mut dp) = setup();
+    dp.set_frontend(
+        frontend(IPPROTO_TCP, 80),
+        Frontend {
+            service_id: 8,
+            ..Default::default()
+        },
+        &backends(&[(CLIENT, 8080)]),
+    )
+    .unwrap();
+    // The pod's SYN to the Service comes back to it from the Service's address (not its
+    // own, which its kernel would drop), sent straight back out of its interface.
+    let syn = packet::l4_frame(IPPROTO_TCP, (CLIENT, 40000), (VIP, 80), b"", true);
+    let out = dp.test_run(programs::FROM_POD, &syn).unwrap();
+    assert_eq!(out.action, TC_ACT_REDIRECT);
+    assert_eq!(
+        packet::endpoints(&out.packet),
+        ((VIP, 40000), (CLIENT, 8080))
+    );
+    assert_eq!(
+        (&out.packet[..6], &out.packet[6..12]),
+        (&syn[6..12], &syn[..6]),
+        "the frame goes back with its Ethernet addresses swapped"
+    );
+    assert!(packet::checksums_ok(&out.packet));
+    // Its server's reply goes back to its client socket, from the Service.
+    let reply = packet::l4_frame(IPPROTO_TCP, (CLIENT, 8080), (VIP, 40000), b"hi", true);
+    let back = dp.test_run(programs::FROM_POD, &reply).unwrap();
+    assert_eq!(back.action, TC_ACT_REDIRECT);
+    assert_eq!(
+        packet::endpoints(&back.packet),
+        ((VIP, 80), (CLIENT, 40000))
+    );
+    assert!(packet::checksums_ok(&back.packet));
+    let m = dp.metrics().unwrap();
+    assert_eq!(
+        m.get(Direction::FromPod, Reason::HairpinRedirected).packets,
+        2
+    );
 }
