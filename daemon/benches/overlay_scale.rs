@@ -14,10 +14,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etcd_client::Client;
 use twill_api::cluster::{self, NodeRecord};
 use twill_lab::{Host, Lab, LabSpec};
-use twill_tests::{daemon::Twilld, require_root};
+use twill_tests::{
+    bench::{etcd, rss_mib},
+    daemon::Twilld,
+    require_root,
+};
 
 const CONFIG: &str = "[network]\ncluster_cidr = \"10.0.0.0/8\"\nservice_cidr = \"192.168.240.0/20\"\nresync_seconds = 60\n[lease]\nttl_seconds = 30\n";
 
@@ -81,32 +84,6 @@ fn wait_until(node: &Host, want: usize, timeout: Duration) -> Duration {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-fn etcd<T: Send>(lab: &Lab, f: impl AsyncFnOnce(Client) -> T + Send) -> T {
-    let endpoint = lab.etcd_endpoint();
-    lab.underlay()
-        .unwrap()
-        .run(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    let client = Client::connect([endpoint.as_str()], None).await.unwrap();
-                    f(client).await
-                })
-        })
-        .unwrap()
 }
 
 fn main() {

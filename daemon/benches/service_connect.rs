@@ -26,7 +26,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etcd_client::Client;
 use nix::sys::socket::{setsockopt, sockopt};
 use twill_api::cluster;
 use twill_k8s::{
@@ -35,7 +34,7 @@ use twill_k8s::{
 };
 use twill_lab::{Host, Lab, LabSpec, workload};
 use twill_netns::NetNs;
-use twill_tests::{daemon::Twilld, require_root};
+use twill_tests::{bench::put_all, daemon::Twilld, require_root};
 
 const CONFIG: &str = "[network]\nresync_seconds = 60\n[lease]\nttl_seconds = 30\n";
 const SIZES: [u32; 3] = [1, 1000, 10_000];
@@ -144,29 +143,6 @@ fn kube_proxy_rules(services: u32, backend: Ipv4Addr) -> String {
     }
     t.push_str("COMMIT\n");
     t
-}
-
-fn etcd_put(lab: &Lab, kvs: Vec<(String, String)>) {
-    let endpoint = lab.etcd_endpoint();
-    lab.underlay()
-        .unwrap()
-        .run(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    let mut c = Client::connect([endpoint.as_str()], None).await.unwrap();
-                    for chunk in kvs.chunks(500) {
-                        let ops: Vec<_> = chunk
-                            .iter()
-                            .map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None))
-                            .collect();
-                        c.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
-                    }
-                })
-        })
-        .unwrap();
 }
 
 /// A server in `ns` that accepts on PORT and closes each connection at once.
@@ -322,7 +298,7 @@ fn main() {
     let mut written = 0;
     for size in SIZES {
         // twill: add Services up to `size`, wait until node1's maps hold them.
-        etcd_put(&lab, objects(written, size, twill_backend));
+        put_all(&lab, &objects(written, size, twill_backend));
         written = size;
         let start = Instant::now();
         while twill_bpf::read_services(&nodes[0].bpffs_dir).map_or(0, |f| f.len()) < size as usize {

@@ -17,14 +17,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etcd_client::Client;
 use twill_api::cluster;
 use twill_k8s::{
     ClusterIp, EndpointSlice, Object, Protocol, Service, ServicePort, ServiceType, SliceEndpoint,
     SlicePort, TargetPort,
 };
 use twill_lab::{Lab, LabSpec};
-use twill_tests::{daemon::Twilld, require_root};
+use twill_tests::{
+    bench::{put_all, rss_mib},
+    daemon::Twilld,
+    require_root,
+};
 
 const CONFIG: &str = "[network]\nresync_seconds = 60\n[lease]\nttl_seconds = 30\n";
 const ENDPOINTS: u32 = 10;
@@ -149,32 +152,6 @@ fn kube_proxy_rules(services: u32) -> String {
     t
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-fn etcd<T: Send>(lab: &Lab, f: impl AsyncFnOnce(Client) -> T + Send) -> T {
-    let endpoint = lab.etcd_endpoint();
-    lab.underlay()
-        .unwrap()
-        .run(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    let client = Client::connect([endpoint.as_str()], None).await.unwrap();
-                    f(client).await
-                })
-        })
-        .unwrap()
-}
-
 fn main() {
     require_root();
     let services: u32 = std::env::var("SERVICES")
@@ -199,15 +176,7 @@ fn main() {
 
     // twill: write the objects (500 to a transaction), time until the maps are complete.
     let start = Instant::now();
-    etcd(&lab, async |mut c| {
-        for chunk in stored.chunks(500) {
-            let ops: Vec<_> = chunk
-                .iter()
-                .map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None))
-                .collect();
-            c.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
-        }
-    });
+    put_all(&lab, &stored);
     let written = start.elapsed();
     let want = services as usize;
     loop {

@@ -138,6 +138,20 @@ fn netctl(lab: &Lab, args: &[&str], stdin: &str) -> String {
     text
 }
 
+/// The ClusterIP `netctl get services` shows for Service `name`.
+fn cluster_ip(lab: &Lab, name: &str) -> String {
+    let services: serde_json::Value =
+        serde_json::from_str(&netctl(lab, &["get", "services", "-o", "json"], "")).unwrap();
+    services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .and_then(|s| s["cluster_ip"]["fixed"].as_str())
+        .unwrap_or_else(|| panic!("no ClusterIP for {name}: {services}"))
+        .to_owned()
+}
+
 fn connect_many(client: &Pod, vip: &str, n: u32) -> serde_json::Value {
     connect_port(client, vip, 80, n)
 }
@@ -198,12 +212,7 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
 
     yaml.push_str("apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n");
     netctl(&lab, &["apply", "-f", "-"], &yaml);
-    let services: serde_json::Value =
-        serde_json::from_str(&netctl(&lab, &["get", "services", "-o", "json"], "")).unwrap();
-    let vip = services[0]["cluster_ip"]["fixed"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let vip = cluster_ip(&lab, "web");
 
     // The Service reaches the client's node within moments.
     let start = Instant::now();
@@ -254,16 +263,7 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
          ports: [{port: 53, targetPort: 5353, protocol: UDP}]\n",
     );
     netctl(&lab, &["apply", "-f", "-"], &yaml);
-    let services: serde_json::Value =
-        serde_json::from_str(&netctl(&lab, &["get", "services", "-o", "json"], "")).unwrap();
-    let dns_vip = services
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "dns")
-        .and_then(|s| s["cluster_ip"]["fixed"].as_str())
-        .unwrap_or_else(|| panic!("{services}"))
-        .to_owned();
+    let dns_vip = cluster_ip(&lab, "dns");
     let udp_from_pod = |n: u32| {
         let ns = NetNs::from_path(&client.netns).unwrap();
         let mut cmd = Command::new("python3");
@@ -309,16 +309,7 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
             web1.ip
         ),
     );
-    let services: serde_json::Value =
-        serde_json::from_str(&netctl(&lab, &["get", "services", "-o", "json"], "")).unwrap();
-    let self_vip = services
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "itself")
-        .and_then(|s| s["cluster_ip"]["fixed"].as_str())
-        .unwrap_or_else(|| panic!("{services}"))
-        .to_owned();
+    let self_vip = cluster_ip(&lab, "itself");
     let start = Instant::now();
     while connect_many(web1, &self_vip, 1)["failures"] != 0 {
         assert!(
@@ -414,16 +405,7 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
          sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}\n  \
          ports: [{name: a, port: 80, targetPort: http}, {name: b, port: 81, targetPort: 8080}]\n",
     );
-    let services: serde_json::Value =
-        serde_json::from_str(&netctl(&lab, &["get", "services", "-o", "json"], "")).unwrap();
-    let sticky_vip = services
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "sticky")
-        .and_then(|s| s["cluster_ip"]["fixed"].as_str())
-        .unwrap_or_else(|| panic!("{services}"))
-        .to_owned();
+    let sticky_vip = cluster_ip(&lab, "sticky");
     let start = Instant::now();
     while connect_many(&client, &sticky_vip, 1)["failures"] != 0 {
         assert!(
@@ -533,12 +515,7 @@ fn a_stream_through_a_cluster_ip_survives_a_twilld_restart_and_new_connections_w
             backend_pod("web-1")
         ),
     );
-    let services: serde_json::Value =
-        serde_json::from_str(&netctl(&lab, &["get", "services", "-o", "json"], "")).unwrap();
-    let vip = services[0]["cluster_ip"]["fixed"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let vip = cluster_ip(&lab, "web");
     let start = Instant::now();
     while let Err(e) = probe(&client, &vip) {
         assert!(

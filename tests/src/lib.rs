@@ -401,3 +401,50 @@ pub mod cni {
         workload::cni_config(version, &daemon.paths)
     }
 }
+
+/// Helpers the benchmarks share.
+pub mod bench {
+    use etcd_client::Client;
+    use twill_lab::Lab;
+
+    /// A process's resident memory in MiB (0 when it cannot be read).
+    pub fn rss_mib(pid: u32) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+
+    /// Runs `f` with a client of the lab's etcd, from the underlay namespace.
+    pub fn etcd<T: Send>(lab: &Lab, f: impl AsyncFnOnce(Client) -> T + Send) -> T {
+        let endpoint = lab.etcd_endpoint();
+        lab.underlay()
+            .unwrap()
+            .run(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async move {
+                        let client = Client::connect([endpoint.as_str()], None).await.unwrap();
+                        f(client).await
+                    })
+            })
+            .unwrap()
+    }
+
+    /// Writes the keys and values to etcd, 500 to a transaction.
+    pub fn put_all(lab: &Lab, kvs: &[(String, String)]) {
+        etcd(lab, async |mut c| {
+            for chunk in kvs.chunks(500) {
+                let ops: Vec<_> = chunk
+                    .iter()
+                    .map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None))
+                    .collect();
+                c.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
+            }
+        });
+    }
+}
