@@ -32,9 +32,9 @@ use twill_k8s::{
     ClusterIp, EndpointSlice, Object, Protocol, Service, ServicePort, ServiceType, SliceEndpoint,
     SlicePort, TargetPort,
 };
-use twill_lab::{Host, Lab, LabSpec, workload};
+use twill_lab::{Host, Lab, LabSpec};
 use twill_netns::NetNs;
-use twill_tests::{bench::put_all, daemon::Twilld, require_root};
+use twill_tests::{bench::put_all, cni, daemon::Twilld, require_root};
 
 const CONFIG: &str = "[network]\nresync_seconds = 60\n[lease]\nttl_seconds = 30\n";
 const SIZES: [u32; 3] = [1, 1000, 10_000];
@@ -219,11 +219,11 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let twilld_bin = Path::new(env!("CARGO_BIN_EXE_twilld"));
-    let cni = twilld_bin.with_file_name("twill");
+    let cni_bin = twilld_bin.with_file_name("twill");
     assert!(
-        cni.exists(),
+        cni_bin.exists(),
         "{} missing: `cargo build --release --bins` first (scripts/bench does)",
-        cni.display()
+        cni_bin.display()
     );
     let mut lab = Lab::up(&LabSpec::for_test(2, 0)).expect("lab up");
     let nodes = lab.nodes();
@@ -232,20 +232,8 @@ fn main() {
 
     // twill: two pods through CNI.
     let mut pod = |name: &str| -> (NetNs, Ipv4Addr) {
-        let ns = lab.create_netns(name).unwrap();
-        let path = ns.path().display().to_string();
-        let vars = workload::cni_vars("ADD", name, &path, "eth0");
-        let conf = workload::cni_config("1.1.0", &daemon.paths).to_string();
-        let out = workload::invoke_cni(&cni, &nodes[0], &vars, &conf).unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let result: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .trim_end_matches("/32")
-            .parse()
-            .unwrap();
-        (ns, ip)
+        let (path, ip) = cni::add_pod(&cni_bin, &mut lab, &nodes[0], &daemon, name, "");
+        (NetNs::from_path(&path).unwrap(), ip)
     };
     let (twill_client, _) = pod("client");
     let (twill_backend_ns, twill_backend) = pod("backend");

@@ -15,9 +15,9 @@ use std::{
     time::Duration,
 };
 
-use twill_lab::{Lab, LabSpec, workload};
+use twill_lab::{Lab, LabSpec};
 use twill_netns::NetNs;
-use twill_tests::{daemon::Twilld, require_root};
+use twill_tests::{cni, daemon::Twilld, require_root};
 
 fn ns_of(path: &str) -> NetNs {
     NetNs::from_path(path).unwrap()
@@ -94,28 +94,8 @@ fn main() {
     }
     let mut pods = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
-        let netns = lab
-            .create_netns(&format!("tp{i}"))
-            .unwrap()
-            .path()
-            .display()
-            .to_string();
-        let conf = workload::cni_config("1.1.0", &daemons[i].paths).to_string();
-        let out = workload::invoke_cni(
-            &twill,
-            node,
-            &workload::cni_vars("ADD", &format!("tp{i}"), &netns, "eth0"),
-            &conf,
-        )
-        .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let result: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .trim_end_matches("/32")
-            .to_owned();
-        pods.push((netns, ip));
+        let (netns, ip) = cni::add_pod(&twill, &mut lab, node, &daemons[i], &format!("tp{i}"), "");
+        pods.push((netns, ip.to_string()));
     }
 
     // Hand-built VXLAN between the same two node namespaces: 10.99.0.1 <-> 10.99.0.2.

@@ -30,7 +30,7 @@ pub struct DesiredFrontend {
 /// (`externalTrafficPolicy: Local` keeps only `me`'s backends and the client's address).
 pub fn compile(
     me: &str,
-    services: &[Service],
+    services: &[&Service],
     pods: &[(&Pod, PodPlacement)],
     slices: &[&EndpointSlice],
 ) -> BTreeMap<FrontendKey, DesiredFrontend> {
@@ -196,7 +196,7 @@ spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
                 _ => None,
             })
             .collect();
-        let plan = compile("node1", &services, &pods, &[]);
+        let plan = compile("node1", &services.iter().collect::<Vec<_>>(), &pods, &[]);
         assert_eq!(
             plan.len(),
             2,
@@ -223,7 +223,12 @@ spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
         let mut with_node_ports = services.clone();
         with_node_ports[0].ports[0].node_port = Some(30080);
         with_node_ports[0].external_local = true;
-        let plan = compile("node1", &with_node_ports, &pods, &[]);
+        let plan = compile(
+            "node1",
+            &with_node_ports.iter().collect::<Vec<_>>(),
+            &pods,
+            &[],
+        );
         let node_port = &plan[&FrontendKey {
             ip: 0,
             port: wire_port(30080),
@@ -233,14 +238,19 @@ spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
         assert_eq!(node_port.flags, FRONTEND_LOCAL);
         assert_eq!(node_port.backends.len(), 1);
         with_node_ports[0].external_local = false;
-        let plan = compile("node1", &with_node_ports, &pods, &[]);
+        let plan = compile(
+            "node1",
+            &with_node_ports.iter().collect::<Vec<_>>(),
+            &pods,
+            &[],
+        );
         let cluster = plan
             .values()
             .find(|f| f.service.contains("NodePort"))
             .unwrap();
         assert_eq!((cluster.flags, cluster.backends.len()), (0, 2));
 
-        let on_node2 = compile("node2", &services, &pods, &[]);
+        let on_node2 = compile("node2", &services.iter().collect::<Vec<_>>(), &pods, &[]);
         assert_eq!(
             on_node2.values().next().unwrap().backends[0].ip,
             wire_ip([10, 244, 1, 6])

@@ -54,7 +54,7 @@ fn put(store: &mut Store, key: &str, value: &[u8]) {
 }
 
 type Decoded<'a> = (
-    Vec<twill_k8s::Service>,
+    Vec<&'a twill_k8s::Service>,
     Vec<(&'a twill_k8s::Pod, PodPlacement)>,
     Vec<&'a twill_k8s::EndpointSlice>,
 );
@@ -67,7 +67,7 @@ fn decode(store: &Store) -> Decoded<'_> {
     for entry in store.values() {
         match entry {
             Entry::Object(o) => match o.as_ref() {
-                Object::Service(s) => services.push(s.clone()),
+                Object::Service(s) => services.push(s),
                 Object::Pod(p) => pod_objects.push(p),
                 Object::EndpointSlice(s) => slices.push(s),
                 Object::Namespace(_) => {}

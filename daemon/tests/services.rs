@@ -11,9 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use twill_lab::{Host, Lab, LabSpec, workload};
+use twill_lab::{Host, Lab, LabSpec};
 use twill_netns::NetNs;
-use twill_tests::{daemon::Twilld, require_root};
+use twill_tests::{cni, daemon::Twilld, require_root};
 
 const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
 const CONFIG: &str = "[network]\nresync_seconds = 1\n[lease]\nttl_seconds = 5\n";
@@ -95,20 +95,8 @@ struct Pod {
 }
 
 fn add_pod(lab: &mut Lab, host: &Host, daemon: &Twilld, name: &str) -> Pod {
-    let netns = lab.create_netns(name).unwrap().path().display().to_string();
     let args = format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
-    let mut vars = workload::cni_vars("ADD", name, &netns, "eth0");
-    vars.push(("CNI_ARGS", &args));
-    let conf = workload::cni_config("1.1.0", &daemon.paths).to_string();
-    let out = workload::invoke_cni(&sibling("twill"), host, &vars, &conf).unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let result: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    let ip = result["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches("/32")
-        .parse()
-        .unwrap();
+    let (netns, ip) = cni::add_pod(&sibling("twill"), lab, host, daemon, name, &args);
     Pod { netns, ip }
 }
 

@@ -323,47 +323,76 @@ fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
             let Some(backend) = choose_backend(&l4.flow, l4.flow.src_ip, &frontend) else {
                 return Reason::NoBackend;
             };
-            let mut flow = Flow {
-                backend_ip: backend.ip,
-                backend_port: backend.port,
-                frontend_ip: l4.flow.dst_ip,
-                frontend_port: l4.flow.dst_port,
-                ..Flow::default()
+            // Hairpin: the pod is its own backend. It sees the frontend's address as the
+            // peer (its own would be dropped by its kernel).
+            let (flags, snat) = if backend.ip == l4.flow.src_ip {
+                (FLOW_HAIRPIN, (l4.flow.dst_ip, l4.flow.src_port))
+            } else {
+                (0, (0, 0))
             };
-            let mut reply = FlowKey {
-                src_ip: backend.ip,
-                dst_ip: l4.flow.src_ip,
-                src_port: backend.port,
-                dst_port: l4.flow.src_port,
-                protocol: l4.flow.protocol,
-                _pad: [0; 3],
-            };
-            let mut revnat = RevNat {
-                frontend_ip: l4.flow.dst_ip,
-                frontend_port: l4.flow.dst_port,
-                ..RevNat::default()
-            };
-            if backend.ip == l4.flow.src_ip {
-                // Hairpin: the pod is its own backend. It sees the frontend's address as
-                // the peer; the backend's reply goes to that address, keyed below.
-                flow.flags = FLOW_HAIRPIN;
-                flow.snat_ip = l4.flow.dst_ip;
-                flow.snat_port = l4.flow.src_port;
-                reply.dst_ip = l4.flow.dst_ip;
-                revnat.flags = FLOW_HAIRPIN;
-                revnat.client_ip = l4.flow.src_ip;
-                revnat.client_port = l4.flow.src_port;
+            match record_flow(l4, backend, flags, snat) {
+                Ok(flow) => flow,
+                Err(()) => return Reason::DropRewriteFailed,
             }
-            // Without both entries the flow's replies would not be translated back.
-            if TWILL_REVNAT.insert(reply, revnat, 0).is_err()
-                || TWILL_CT.insert(l4.flow, flow, 0).is_err()
-            {
-                return Reason::DropRewriteFailed;
-            }
-            flow
         }
     };
-    let to_backend = rewrite(
+    if translate_request(ctx, l4, &flow).is_err() {
+        return Reason::DropRewriteFailed;
+    }
+    if flow.flags & FLOW_HAIRPIN != 0 {
+        hairpin(ctx)
+    } else {
+        Reason::ServiceTranslated
+    }
+}
+
+/// Pins a new flow in conntrack and records its reverse entry: `flags` (`FLOW_*`) and, when
+/// the source is translated, the address and port it leaves with (`snat`, else zeros).
+/// Without both entries the flow's replies would not be translated back.
+#[inline(always)]
+fn record_flow(l4: &L4, backend: Backend, flags: u16, snat: (u32, u16)) -> Result<Flow, ()> {
+    let (snat_ip, snat_port) = snat;
+    let flow = Flow {
+        backend_ip: backend.ip,
+        backend_port: backend.port,
+        flags,
+        frontend_ip: l4.flow.dst_ip,
+        frontend_port: l4.flow.dst_port,
+        snat_port,
+        snat_ip,
+    };
+    // The backend answers whoever it saw as the source.
+    let (peer_ip, peer_port) = if snat_ip != 0 {
+        (snat_ip, snat_port)
+    } else {
+        (l4.flow.src_ip, l4.flow.src_port)
+    };
+    let reply = FlowKey {
+        src_ip: backend.ip,
+        dst_ip: peer_ip,
+        src_port: backend.port,
+        dst_port: peer_port,
+        protocol: l4.flow.protocol,
+        _pad: [0; 3],
+    };
+    let revnat = RevNat {
+        frontend_ip: l4.flow.dst_ip,
+        frontend_port: l4.flow.dst_port,
+        flags,
+        client_ip: l4.flow.src_ip,
+        client_port: l4.flow.src_port,
+        _pad: 0,
+    };
+    TWILL_REVNAT.insert(reply, revnat, 0).map_err(|_| ())?;
+    TWILL_CT.insert(l4.flow, flow, 0).map_err(|_| ())?;
+    Ok(flow)
+}
+
+/// A client's packet of a flow: to the backend, and from the translated source if the
+/// flow has one.
+#[inline(always)]
+fn translate_request(ctx: &TcContext, l4: &L4, flow: &Flow) -> Result<(), ()> {
+    rewrite(
         ctx,
         l4,
         IP_DST_OFF,
@@ -372,27 +401,49 @@ fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
         l4.offset + 2,
         l4.flow.dst_port,
         flow.backend_port,
-    );
-    if to_backend.is_err() {
-        return Reason::DropRewriteFailed;
+    )?;
+    if flow.snat_ip != 0 {
+        rewrite(
+            ctx,
+            l4,
+            IP_SRC_OFF,
+            l4.flow.src_ip,
+            flow.snat_ip,
+            l4.offset,
+            l4.flow.src_port,
+            flow.snat_port,
+        )?;
     }
-    if flow.flags & FLOW_HAIRPIN == 0 {
-        return Reason::ServiceTranslated;
-    }
-    let from_frontend = rewrite(
+    Ok(())
+}
+
+/// A backend's reply: from the frontend the client spoke to, and to the client itself if
+/// the flow's source was translated.
+#[inline(always)]
+fn translate_reply(ctx: &TcContext, l4: &L4, revnat: &RevNat) -> Result<(), ()> {
+    rewrite(
         ctx,
         l4,
         IP_SRC_OFF,
         l4.flow.src_ip,
-        flow.snat_ip,
+        revnat.frontend_ip,
         l4.offset,
         l4.flow.src_port,
-        flow.snat_port,
-    );
-    if from_frontend.is_err() {
-        return Reason::DropRewriteFailed;
+        revnat.frontend_port,
+    )?;
+    if revnat.flags & (FLOW_SNAT | FLOW_HAIRPIN) != 0 {
+        rewrite(
+            ctx,
+            l4,
+            IP_DST_OFF,
+            l4.flow.dst_ip,
+            revnat.client_ip,
+            l4.offset + 2,
+            l4.flow.dst_port,
+            revnat.client_port,
+        )?;
     }
-    hairpin(ctx)
+    Ok(())
 }
 
 /// Sends the packet back out of the interface it came in on, towards the pod (the node's
@@ -416,36 +467,6 @@ fn hairpin(ctx: &TcContext) -> Reason {
     } else {
         Reason::DropNoRoute
     }
-}
-
-/// A pod's reply to itself through a Service (hairpin): back to the frontend's address
-/// and port, to the client's port, and out towards the pod again.
-#[inline(always)]
-fn hairpin_reply(ctx: &TcContext, l4: &L4, revnat: &RevNat) -> Reason {
-    let from_frontend = rewrite(
-        ctx,
-        l4,
-        IP_SRC_OFF,
-        l4.flow.src_ip,
-        revnat.frontend_ip,
-        l4.offset,
-        l4.flow.src_port,
-        revnat.frontend_port,
-    );
-    let to_client = rewrite(
-        ctx,
-        l4,
-        IP_DST_OFF,
-        l4.flow.dst_ip,
-        revnat.client_ip,
-        l4.offset + 2,
-        l4.flow.dst_port,
-        revnat.client_port,
-    );
-    if from_frontend.is_err() || to_client.is_err() {
-        return Reason::DropRewriteFailed;
-    }
-    hairpin(ctx)
 }
 
 /// The backend for a new flow: the client's remembered one under session affinity, while
@@ -528,16 +549,7 @@ fn from_backend(ctx: &TcContext, l4: &L4) -> Reason {
     if revnat.flags & (FLOW_NODE_PORT | FLOW_HAIRPIN) != 0 {
         return Reason::Forwarded; // translated where it enters the node, not here
     }
-    match rewrite(
-        ctx,
-        l4,
-        IP_SRC_OFF,
-        l4.flow.src_ip,
-        revnat.frontend_ip,
-        l4.offset,
-        l4.flow.src_port,
-        revnat.frontend_port,
-    ) {
+    match translate_reply(ctx, l4, &revnat) {
         Ok(()) => Reason::ReplyTranslated,
         Err(()) => Reason::DropRewriteFailed,
     }
@@ -708,79 +720,28 @@ fn node_port_request(ctx: &TcContext, l4: &L4) -> Reason {
             let Some(backend) = choose_backend(&l4.flow, l4.flow.src_ip, &frontend) else {
                 return Reason::NoBackend;
             };
-            let mut flow = Flow {
-                backend_ip: backend.ip,
-                backend_port: backend.port,
-                flags: FLOW_NODE_PORT,
-                frontend_ip: l4.flow.dst_ip,
-                frontend_port: l4.flow.dst_port,
-                ..Flow::default()
-            };
-            let mut reply = FlowKey {
-                src_ip: backend.ip,
-                dst_ip: l4.flow.src_ip,
-                src_port: backend.port,
-                dst_port: l4.flow.src_port,
-                protocol: l4.flow.protocol,
-                _pad: [0; 3],
-            };
-            if frontend.flags & FRONTEND_LOCAL == 0 {
+            let (flags, snat) = if frontend.flags & FRONTEND_LOCAL != 0 {
+                (FLOW_NODE_PORT, (0, 0))
+            } else {
                 if node.vtep_ip == 0 {
                     return Reason::DropNoRoute;
                 }
-                let Some(snat_port) = free_snat_port(&l4.flow, backend, node.vtep_ip) else {
+                let Some(port) = free_snat_port(&l4.flow, backend, node.vtep_ip) else {
                     return Reason::DropNoSnatPort;
                 };
-                flow.flags |= FLOW_SNAT;
-                flow.snat_ip = node.vtep_ip;
-                flow.snat_port = snat_port;
-                reply.dst_ip = node.vtep_ip;
-                reply.dst_port = snat_port;
-            }
-            let revnat = RevNat {
-                frontend_ip: l4.flow.dst_ip,
-                frontend_port: l4.flow.dst_port,
-                flags: flow.flags,
-                client_ip: l4.flow.src_ip,
-                client_port: l4.flow.src_port,
-                _pad: 0,
+                (FLOW_NODE_PORT | FLOW_SNAT, (node.vtep_ip, port))
             };
-            if TWILL_REVNAT.insert(reply, revnat, 0).is_err()
-                || TWILL_CT.insert(l4.flow, flow, 0).is_err()
-            {
-                return Reason::DropRewriteFailed;
+            match record_flow(l4, backend, flags, snat) {
+                Ok(flow) => flow,
+                Err(()) => return Reason::DropRewriteFailed,
             }
-            flow
         }
     };
-    let to_backend = rewrite(
-        ctx,
-        l4,
-        IP_DST_OFF,
-        l4.flow.dst_ip,
-        flow.backend_ip,
-        l4.offset + 2,
-        l4.flow.dst_port,
-        flow.backend_port,
-    );
-    if to_backend.is_err() {
+    if translate_request(ctx, l4, &flow).is_err() {
         return Reason::DropRewriteFailed;
     }
     if flow.flags & FLOW_SNAT == 0 {
         return Reason::ServiceTranslated;
-    }
-    let from_node = rewrite(
-        ctx,
-        l4,
-        IP_SRC_OFF,
-        l4.flow.src_ip,
-        flow.snat_ip,
-        l4.offset,
-        l4.flow.src_port,
-        flow.snat_port,
-    );
-    if from_node.is_err() {
-        return Reason::DropRewriteFailed;
     }
     redirect(ctx, l4.flow.protocol, flow.snat_ip, flow.backend_ip)
 }
@@ -828,41 +789,17 @@ fn node_port_reply(ctx: &TcContext, l4: &L4) -> Reason {
     let Some(revnat) = lookup!(TWILL_REVNAT, &l4.flow) else {
         return Reason::Forwarded;
     };
-    if revnat.flags & FLOW_HAIRPIN != 0 {
-        return hairpin_reply(ctx, l4, &revnat);
-    }
-    if revnat.flags & FLOW_NODE_PORT == 0 {
+    if revnat.flags & (FLOW_NODE_PORT | FLOW_HAIRPIN) == 0 {
         return Reason::Forwarded;
     }
-    let from_port = rewrite(
-        ctx,
-        l4,
-        IP_SRC_OFF,
-        l4.flow.src_ip,
-        revnat.frontend_ip,
-        l4.offset,
-        l4.flow.src_port,
-        revnat.frontend_port,
-    );
-    if from_port.is_err() {
+    if translate_reply(ctx, l4, &revnat).is_err() {
         return Reason::DropRewriteFailed;
     }
-    if revnat.flags & FLOW_SNAT != 0 {
-        let to_client = rewrite(
-            ctx,
-            l4,
-            IP_DST_OFF,
-            l4.flow.dst_ip,
-            revnat.client_ip,
-            l4.offset + 2,
-            l4.flow.dst_port,
-            revnat.client_port,
-        );
-        if to_client.is_err() {
-            return Reason::DropRewriteFailed;
-        }
+    if revnat.flags & FLOW_HAIRPIN != 0 {
+        hairpin(ctx)
+    } else {
+        redirect(ctx, l4.flow.protocol, revnat.frontend_ip, revnat.client_ip)
     }
-    redirect(ctx, l4.flow.protocol, revnat.frontend_ip, revnat.client_ip)
 }
 
 /// Sends the packet out of the interface the node routes `dst` through, with the

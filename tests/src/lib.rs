@@ -345,11 +345,11 @@ pub mod daemon {
 /// Calling a CNI plugin binary exactly as a runtime does: environment and stdin in, JSON on
 /// stdout, from inside the node's network namespace.
 pub mod cni {
-    use std::path::Path;
+    use std::{net::Ipv4Addr, path::Path};
 
     use serde_json::Value;
     pub use twill_lab::workload::cni_vars as vars;
-    use twill_lab::{Host, workload};
+    use twill_lab::{Host, Lab, workload};
 
     use crate::daemon::Twilld;
 
@@ -399,6 +399,30 @@ pub mod cni {
     /// twill's network configuration for a daemon, in `version`.
     pub fn config(version: &str, daemon: &Twilld) -> Value {
         workload::cni_config(version, &daemon.paths)
+    }
+
+    /// Wires pod `name` on `host` as a runtime would: a new lab-owned namespace, then ADD
+    /// (spec 1.1.0) through the CNI binary `bin`, with `args` as `CNI_ARGS` when not
+    /// empty. Returns the namespace's path and the pod's address.
+    pub fn add_pod(
+        bin: &Path,
+        lab: &mut Lab,
+        host: &Host,
+        daemon: &Twilld,
+        name: &str,
+        args: &str,
+    ) -> (String, Ipv4Addr) {
+        let netns = lab.create_netns(name).unwrap().path().display().to_string();
+        let mut vars = vars("ADD", name, &netns, "eth0");
+        if !args.is_empty() {
+            vars.push(("CNI_ARGS", args));
+        }
+        let result = invoke(bin, host, &vars, &config("1.1.0", daemon).to_string()).ok();
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.trim_end_matches("/32").parse().ok())
+            .unwrap_or_else(|| panic!("no address in {result}"));
+        (netns, ip)
     }
 }
 
