@@ -39,13 +39,38 @@ pub const HOST_IFNAME_PREFIX: &str = "tw";
 /// again from the container id and interface name alone, and 14 characters (the kernel
 /// allows 15).
 pub fn host_ifname(key: &AttachmentKey) -> String {
+    format!("{HOST_IFNAME_PREFIX}{}", attachment_hex(key))
+}
+
+fn attachment_hex(key: &AttachmentKey) -> String {
     let digest = Sha256::new()
         .chain_update(key.container_id.as_bytes())
         .chain_update(b"/")
         .chain_update(key.ifname.as_bytes())
         .finalize();
-    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    format!("{HOST_IFNAME_PREFIX}{hex}")
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Names of a deleted pod's pair while `twilld` removes it in the background: host end
+/// `tx` + the attachment's 12 hex digits, the former pod interface `ty` + the same.
+pub const RETIRED_HOST_PREFIX: &str = "tx";
+pub const RETIRED_PEER_PREFIX: &str = "ty";
+
+/// The names an attachment's pair gets when DEL retires it: (host end, former pod end).
+pub fn retired_ifnames(key: &AttachmentKey) -> (String, String) {
+    let hex = attachment_hex(key);
+    (
+        format!("{RETIRED_HOST_PREFIX}{hex}"),
+        format!("{RETIRED_PEER_PREFIX}{hex}"),
+    )
+}
+
+/// Whether `name` is one of twill's interface names with `prefix`: the prefix and then
+/// exactly 12 hex digits.
+pub fn is_twill_ifname(name: &str, prefix: &str) -> bool {
+    name.len() == prefix.len() + 12
+        && name.starts_with(prefix)
+        && name[prefix.len()..].chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// What a client asks.
@@ -69,13 +94,23 @@ pub enum Request {
     Release {
         #[serde(flatten)]
         key: AttachmentKey,
+        /// The caller moved the pod interface out of the pod and renamed the pair to
+        /// [`retired_ifnames`]: the daemon removes it in the background.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        retired: bool,
     },
     /// Frees every address whose attachment is not in `valid` (CNI GC).
     Gc { valid: Vec<AttachmentKey> },
     /// Whether the node can wire pods now (CNI STATUS).
     Status,
     /// Attach the pod programs (Service translation, counters) to a pod's host-side veth.
-    AttachPod { ifname: String },
+    /// Answered once they are on, or at once with `queue` (ADD): the daemon then attaches
+    /// them in the background, in order, and a later call without `queue` waits for them.
+    AttachPod {
+        ifname: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        queue: bool,
+    },
 }
 
 /// An attachment's address and how to wire it.
@@ -112,6 +147,18 @@ pub struct NodeStatus {
     /// The overlay as of its last pass: how many remote nodes it reaches, and what failed.
     #[serde(default)]
     pub overlay: OverlayStatus,
+    /// Pod work the daemon does in the background, off the CNI calls' path.
+    #[serde(default)]
+    pub background: PodWorkStatus,
+}
+
+/// The node's background pod work: attaches queued by ADD, pairs queued by DEL.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodWorkStatus {
+    /// Pod interfaces whose programs are still being attached.
+    pub attaching: u32,
+    /// Deleted pods' veth pairs still to be removed.
+    pub retiring: u32,
 }
 
 /// What the node's overlay holds.
@@ -140,13 +187,32 @@ pub enum ErrorKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Allocated { address: PodAddress },
-    Found { address: Option<PodAddress> },
-    Released { released: bool },
-    Collected { released: Vec<AttachmentKey> },
-    Status { status: NodeStatus },
-    Attached { ifname: String },
-    Error { kind: ErrorKind, message: String },
+    Allocated {
+        address: PodAddress,
+    },
+    Found {
+        address: Option<PodAddress>,
+    },
+    Released {
+        released: bool,
+    },
+    Collected {
+        released: Vec<AttachmentKey>,
+    },
+    Status {
+        status: NodeStatus,
+    },
+    Attached {
+        ifname: String,
+    },
+    /// The attach is queued (`AttachPod` with `queue`).
+    AttachQueued {
+        ifname: String,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 /// A message on the wire: the version and the body.
@@ -205,6 +271,24 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
         socket: socket.to_owned(),
         message,
     })
+}
+
+/// Waits until the pod programs of `key`'s attachment are on. ADD only queues them, as a
+/// runtime starts a pod's containers well after ADD returns; callers that send from the
+/// pod at once (the lab's `pod add`, tests, benchmarks) call this first.
+pub fn wait_attached(socket: &Path, key: &AttachmentKey, timeout: Duration) -> Result<(), String> {
+    let ifname = host_ifname(key);
+    let request = Request::AttachPod {
+        ifname: ifname.clone(),
+        queue: false,
+    };
+    match call(socket, &request, timeout) {
+        Ok(Response::Attached { .. }) => Ok(()),
+        Ok(other) => Err(format!(
+            "twilld did not attach the pod programs to {ifname}: {other:?}"
+        )),
+        Err(e) => Err(format!("attaching the pod programs to {ifname}: {e}")),
+    }
 }
 
 /// Reads a request line. The error says what was wrong, for the reply.
@@ -286,6 +370,23 @@ mod tests {
         assert_ne!(a, host_ifname(&key("abc124", "eth0")));
         // The separator keeps ("a", "b/c") and ("a/b", "c") apart... as far as a hash can.
         assert_ne!(host_ifname(&key("ab", "c")), host_ifname(&key("a", "bc")));
+    }
+
+    #[test]
+    fn retired_names_fit_the_kernel_and_are_told_apart() {
+        let k = key("abc123", "eth0");
+        let host = host_ifname(&k);
+        let (rh, rp) = retired_ifnames(&k);
+        assert_eq!(rh, format!("tx{}", &host[2..]));
+        assert_eq!(rp, format!("ty{}", &host[2..]));
+        for name in [&host, &rh, &rp] {
+            assert!(name.len() <= 15, "{name}");
+        }
+        assert!(is_twill_ifname(&host, HOST_IFNAME_PREFIX));
+        assert!(!is_twill_ifname(&rh, HOST_IFNAME_PREFIX));
+        assert!(is_twill_ifname(&rh, RETIRED_HOST_PREFIX));
+        assert!(!is_twill_ifname("tw12", HOST_IFNAME_PREFIX));
+        assert!(!is_twill_ifname("twxyzxyzxyzxyz", HOST_IFNAME_PREFIX));
     }
 
     #[test]

@@ -96,6 +96,17 @@ pub enum DatapathError {
     },
 }
 
+impl DatapathError {
+    /// Whether the error is that the interface to attach to does not exist (any more).
+    pub fn is_missing_interface(&self) -> bool {
+        matches!(
+            self,
+            Self::Attach { source, .. }
+                if matches!(**source, aya::programs::ProgramError::UnknownInterface { .. })
+        )
+    }
+}
+
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
 
 /// The loaded programs and maps of one node.
@@ -191,10 +202,11 @@ impl Datapath {
         };
         // Each new tcx attach waits for an RCU grace period under RTNL (about 10 ms here);
         // that, not twill's own work, is most of a pod's attach time.
+        // Replies first: once a request can be translated, so can its reply.
         let [from_pod, to_pod] = programs::POD;
         for (name, attach_type) in [
-            (from_pod, TcAttachType::Ingress),
             (to_pod, TcAttachType::Egress),
+            (from_pod, TcAttachType::Ingress),
         ] {
             let done = if tcx {
                 let pin = self.link_pin(interface, name);
@@ -372,6 +384,38 @@ impl Datapath {
             let _ = fs::remove_file(pin);
         }
         let _ = fs::remove_dir(self.pin_dir.join(LINKS).join(&attachment.interface));
+    }
+
+    /// Whether pod links are pinned (tcx, kernel 6.6+): only then can an attachment follow
+    /// its interface through a rename ([`Self::rename_pod`]).
+    pub fn pins_pod_links() -> bool {
+        aya::util::KernelVersion::current()
+            .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+    }
+
+    /// Follows a rename of the attachment's interface to `interface`: its pins move to
+    /// `<pin_dir>/links/<interface>/` (pins left there by an earlier attachment of that
+    /// name are released first). The links themselves are tied to the device, not the
+    /// name, and stay attached throughout.
+    pub fn rename_pod(&mut self, attachment: &mut PodAttachment, interface: &str) -> Result<()> {
+        let from = self.pin_dir.join(LINKS).join(&attachment.interface);
+        let to = self.pin_dir.join(LINKS).join(interface);
+        if !attachment.pins.is_empty() {
+            if to.exists() {
+                let _ = fs::remove_dir_all(&to);
+            }
+            fs::rename(&from, &to).map_err(|source| DatapathError::PinDirectory {
+                path: to.clone(),
+                source,
+            })?;
+            for pin in &mut attachment.pins {
+                if let Some(name) = pin.file_name() {
+                    *pin = to.join(name);
+                }
+            }
+        }
+        attachment.interface = interface.to_owned();
+        Ok(())
     }
 
     /// The interfaces with pinned pod programs, as an earlier run left them.

@@ -104,16 +104,31 @@ fn main() {
     time(bridge, "ADD", "warm", &warm, &reference_conf);
     time(bridge, "DEL", "warm", &warm, &reference_conf);
 
+    // twilld's background work (attaching a new pod's programs, deleting a deleted pod's
+    // pair) finishes before the next call on either side, so neither side's call meets
+    // it: SETTLE=0 skips the wait, and calls then also meet that work (pods arriving
+    // faster than it is done).
+    let settle = std::env::var("SETTLE").map_or(true, |v| v != "0");
+    let settled = || {
+        if settle {
+            daemon.wait_status("settled", Duration::from_secs(30), |s| {
+                s.background.attaching == 0 && s.background.retiring == 0
+            });
+        }
+    };
+    settled();
     let (mut t_add, mut r_add, mut t_del, mut r_del) = (vec![], vec![], vec![], vec![]);
     // Interleaved, so drift on a noisy machine hits both sides alike.
     for (i, (tns, rns)) in namespaces.iter().enumerate() {
         let id = format!("pod{i}");
         t_add.push(time(twill, "ADD", &id, tns, &twill_conf));
+        settled();
         r_add.push(time(bridge, "ADD", &id, rns, &reference_conf));
     }
     for (i, (tns, rns)) in namespaces.iter().enumerate() {
         let id = format!("pod{i}");
         t_del.push(time(twill, "DEL", &id, tns, &twill_conf));
+        settled();
         r_del.push(time(bridge, "DEL", &id, rns, &reference_conf));
     }
 
@@ -126,7 +141,14 @@ fn main() {
     let (ra, ra90) = stats(&mut r_add);
     let (td, td90) = stats(&mut t_del);
     let (rd, rd90) = stats(&mut r_del);
-    println!("CNI latency, {pods} pods, one lab node (ms; median / p90)");
+    println!(
+        "CNI latency, {pods} pods, one lab node (ms; median / p90); twilld's background work {}",
+        if settle {
+            "done before each next call"
+        } else {
+            "not waited for (SETTLE=0)"
+        }
+    );
     println!(
         "{:<8} {:>18} {:>26} {:>8}",
         "", "twill", "bridge+host-local", "ratio"

@@ -134,14 +134,18 @@ fn add(conf: &NetConf, env: &Env, log: &Log) -> Result<Option<Value>, CniError> 
         mtu: conf.mtu.unwrap_or(address.mtu),
     };
     let wired = wire::add(&plan).and_then(|wiring| {
-        // The pod's programs (Service translation) are on before the pod can send.
+        // The pod's programs (Service translation) are attached by twilld in the
+        // background: the kernel's attach costs several times the rest of ADD. Until they
+        // are on, the pod's packets to a ClusterIP meet the node's unreachable route for
+        // the service CIDR; sockets in the node's cgroup are translated at connect anyway.
         match ask(
             conf,
             &Request::AttachPod {
                 ifname: host_if.clone(),
+                queue: true,
             },
         ) {
-            Ok(Response::Attached { .. }) => Ok(wiring),
+            Ok(Response::AttachQueued { .. } | Response::Attached { .. }) => Ok(wiring),
             Ok(other) => Err(CniError::new(
                 code::WIRING_FAILED,
                 format!("attaching the pod programs to {host_if}: {other:?}"),
@@ -163,16 +167,23 @@ fn add(conf: &NetConf, env: &Env, log: &Log) -> Result<Option<Value>, CniError> 
             if let Err(undo) = wire::remove(&host_if) {
                 log.line(&format!("rollback: removing {host_if}: {undo}"));
             }
-            release(conf, env, log);
+            release(conf, env, log, false);
             Err(e)
         }
     }
 }
 
 /// Frees the attachment's address, or queues the release for the daemon when it is down.
-fn release(conf: &NetConf, env: &Env, log: &Log) -> Option<CniError> {
+/// `retired`: the pair was renamed by [`wire::retire`] for the daemon to delete.
+fn release(conf: &NetConf, env: &Env, log: &Log, retired: bool) -> Option<CniError> {
     let key = env.key();
-    match ask(conf, &Request::Release { key: key.clone() }) {
+    match ask(
+        conf,
+        &Request::Release {
+            key: key.clone(),
+            retired,
+        },
+    ) {
         Ok(Response::Released { .. }) => None,
         answer => {
             let why = match answer {
@@ -210,14 +221,20 @@ fn queue_release(path: &Path, key: &twill_api::AttachmentKey) -> std::io::Result
 }
 
 fn del(conf: &NetConf, env: &Env, log: &Log) -> Result<(), CniError> {
-    let host_if = host_ifname(&env.key());
+    let key = env.key();
+    let host_if = host_ifname(&key);
+    let retired = twill_api::retired_ifnames(&key);
     // Gone already (a repeated DEL, a namespace that died with its pod) is success.
-    match wire::remove(&host_if) {
-        Ok(true) => log.line(&format!("removed {host_if}")),
-        Ok(false) => {}
-        Err(e) => return Err(e),
+    let outcome = wire::retire(env.netns.as_deref(), &env.ifname, &host_if, &retired)?;
+    match outcome {
+        wire::Retired::Renamed => log.line(&format!(
+            "moved {} out of the pod; {host_if} is now {} for twilld to delete",
+            env.ifname, retired.0
+        )),
+        wire::Retired::Deleted => log.line(&format!("removed {host_if}")),
+        wire::Retired::Gone => {}
     }
-    match release(conf, env, log) {
+    match release(conf, env, log, outcome == wire::Retired::Renamed) {
         None => Ok(()),
         Some(e) => Err(e),
     }

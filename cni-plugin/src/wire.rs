@@ -25,8 +25,8 @@ use netlink_packet_route::{
 };
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use twill_netlink::{
-    NetlinkError, StepError, delete_link, in_netns, ipv4_addresses, link_by_name, link_index,
-    link_mac, link_mac_bytes, link_mtu, link_up,
+    NetlinkError, StepError, delete_link, in_netns, ipv4_addresses, link_by_name, link_mac,
+    link_mac_bytes, link_mtu, link_up,
 };
 use twill_netns::NetNs;
 
@@ -123,9 +123,24 @@ pub fn add(plan: &PodPlan<'_>) -> Result<Wiring, CniError> {
     .map_err(failed)?;
     let _ = host_index;
 
-    let (ifname, gateway, mac) = (plan.ifname.to_owned(), plan.gateway, host_mac.clone());
-    let pod_mac = in_netns(&pod, "configuring the pod interface", |h| async move {
-        let index = link_index(&h, &ifname).await?;
+    let pod_mac = configure_pod(&pod, plan, &host_mac)?;
+    Ok(wiring(plan, &host_mac, pod_mac))
+}
+
+/// The pod side: address, link up, routes through the gateway, the gateway's neighbour
+/// entry (`host_mac`). Returns the pod interface's MAC.
+fn configure_pod(pod: &NetNs, plan: &PodPlan<'_>, host_mac: &[u8]) -> Result<String, CniError> {
+    let (ifname, gateway, mac, ip) = (
+        plan.ifname.to_owned(),
+        plan.gateway,
+        host_mac.to_vec(),
+        plan.ip,
+    );
+    in_netns(pod, "configuring the pod interface", |h| async move {
+        let link = link_by_name(&h, &ifname)
+            .await?
+            .ok_or_else(|| StepError::NoLink(ifname.clone()))?;
+        let index = link.header.index;
         h.address().add(index, IpAddr::V4(ip), 32).execute().await?;
         link_up(&h, index).await?;
         // ip route add 169.254.1.1 dev IFNAME scope link
@@ -148,14 +163,13 @@ pub fn add(plan: &PodPlan<'_>) -> Result<Wiring, CniError> {
             .state(NeighbourState::Permanent)
             .execute()
             .await?;
-        let link = link_by_name(&h, &ifname)
-            .await?
-            .ok_or_else(|| StepError::NoLink(ifname.clone()))?;
         Ok(link_mac(&link).unwrap_or_default())
     })
-    .map_err(failed)?;
+    .map_err(failed)
+}
 
-    Ok(Wiring {
+fn wiring(plan: &PodPlan<'_>, host_mac: &[u8], pod_mac: String) -> Wiring {
+    Wiring {
         host: Interface {
             name: plan.host_ifname.to_owned(),
             mac: host_mac
@@ -174,7 +188,115 @@ pub fn add(plan: &PodPlan<'_>) -> Result<Wiring, CniError> {
         },
         ip: plan.ip,
         gateway: plan.gateway,
+    }
+}
+
+/// What [`retire`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Retired {
+    /// The pair is out of the pod and renamed for `twilld` to delete in the background.
+    Renamed,
+    /// The host end was already gone (a repeated DEL, a namespace gone with its pod).
+    Gone,
+    /// The pod end was not where it should be; the pair was deleted here instead.
+    Deleted,
+}
+
+/// DEL's fast path: moves the pod's interface out of its namespace (renamed
+/// `retired.1`), takes the host end down (its route goes with it) and renames it
+/// `retired.0`, for `twilld` to delete when nobody waits. Deleting a device that carries
+/// programs waits for the kernel several times over; moving one does not.
+pub fn retire(
+    netns: Option<&Path>,
+    ifname: &str,
+    host_ifname: &str,
+    retired: &(String, String),
+) -> Result<Retired, CniError> {
+    let host = host_ns()?;
+    let name = host_ifname.to_owned();
+    let found = in_netns(&host, "looking up the host veth", |h| async move {
+        Ok(link_by_name(&h, &name).await?.map(|l| {
+            let peer = l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Link(i) => Some(*i),
+                _ => None,
+            });
+            (l.header.index, peer)
+        }))
     })
+    .map_err(failed)?;
+    let Some((host_index, Some(peer_index))) = found else {
+        return if found.is_some() {
+            remove(host_ifname).map(|_| Retired::Deleted)
+        } else {
+            Ok(Retired::Gone)
+        };
+    };
+    let moved = match netns.filter(|p| p.exists()) {
+        None => false,
+        Some(path) => {
+            let pod = pod_ns(path)?;
+            let host_file = File::open("/proc/self/ns/net")
+                .map_err(|e| CniError::new(code::WIRING_FAILED, e.to_string()))?;
+            let host_fd = host_file.as_raw_fd();
+            let (ifname, new_name) = (ifname.to_owned(), retired.1.clone());
+            in_netns(&pod, "moving the pod interface out", |h| async move {
+                let Some(link) = link_by_name(&h, &ifname).await? else {
+                    return Ok(false);
+                };
+                let points_back = link
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::Link(i) if *i == host_index));
+                if link.header.index != peer_index || !points_back {
+                    return Ok(false);
+                }
+                // ip link set IFNAME netns HOST name RETIRED_PEER
+                h.link()
+                    .set(
+                        LinkUnspec::new_with_index(link.header.index)
+                            .setns_by_fd(host_fd)
+                            .name(new_name)
+                            .build(),
+                    )
+                    .execute()
+                    .await?;
+                Ok(true)
+            })
+            .map_err(failed)?
+        }
+    };
+    if !moved {
+        return remove(host_ifname).map(|_| Retired::Deleted);
+    }
+    let new_name = retired.0.clone();
+    in_netns(&host, "retiring the host veth", |h| async move {
+        // ip link set HOST_IF down; ip link set HOST_IF name RETIRED_HOST
+        h.link()
+            .set(LinkUnspec::new_with_index(host_index).down().build())
+            .execute()
+            .await?;
+        let rename = || {
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(host_index)
+                        .name(new_name.clone())
+                        .build(),
+                )
+                .execute()
+        };
+        if let Err(e) = rename().await {
+            let e = StepError::from(e);
+            if !e.is_exists() {
+                return Err(e);
+            }
+            // An earlier pod of this attachment, not deleted yet.
+            delete_link(&h, &new_name).await?;
+            rename().await?;
+        }
+        Ok(())
+    })
+    .map_err(failed)?;
+    Ok(Retired::Renamed)
 }
 
 /// Removes the host end of a pod's veth (`ip link del HOST_IF`), which takes the pod end

@@ -226,6 +226,61 @@ fn add_check_del_work_in_every_spec_version_and_pods_reach_each_other() {
 }
 
 #[test]
+fn twilld_attaches_the_programs_after_add_and_deletes_the_pair_after_del() {
+    let mut node = node();
+    let netns = node.pod_ns("pbg");
+    let conf = cni::config("1.1.0", &node.daemon);
+    let host_if = host_ifname(&key("bg"));
+    let (tx, ty) = twill_api::retired_ifnames(&key("bg"));
+    let links = node.host.bpffs_dir.join("links");
+    let pins = |name: &str| -> Vec<String> {
+        let mut found: Vec<String> = std::fs::read_dir(links.join(name))
+            .map(|d| {
+                d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort();
+        found
+    };
+
+    node.call("ADD", "bg", &netns, &conf).ok();
+    // ADD only queued the attach; twilld does it in the background, soon.
+    node.daemon
+        .wait_status("pod programs attached", Duration::from_secs(10), |s| {
+            s.background.attaching == 0
+        });
+    assert_eq!(pins(&host_if), ["twill_from_pod", "twill_to_pod"]);
+    // Waiting for an attach that is done answers at once.
+    twill_api::wait_attached(&node.daemon.socket, &key("bg"), Duration::from_secs(5)).unwrap();
+
+    node.call("DEL", "bg", &netns, &conf).ok();
+    // At once: the pod's interface has left the pod and the host name is free.
+    let inside = node.in_pod(&netns, "ip", &["-o", "link", "show"]);
+    let inside = String::from_utf8_lossy(&inside.stdout).into_owned();
+    assert!(!inside.contains("eth0"), "{inside}");
+    assert!(!link_exists_on_node(&node, &host_if));
+    assert_eq!(node.lookup("bg"), None, "address released");
+    // Then twilld deletes the renamed pair and releases its programs.
+    node.daemon
+        .wait_status("retired pair deleted", Duration::from_secs(10), |s| {
+            s.background.retiring == 0
+        });
+    assert!(!link_exists_on_node(&node, &tx), "{tx} left behind");
+    assert!(!link_exists_on_node(&node, &ty), "{ty} left behind");
+    assert!(
+        pins(&host_if).is_empty() && pins(&tx).is_empty(),
+        "pins left"
+    );
+
+    // The same attachment again gets the same host name and its programs again.
+    node.call("ADD", "bg", &netns, &conf).ok();
+    twill_api::wait_attached(&node.daemon.socket, &key("bg"), Duration::from_secs(5)).unwrap();
+    assert_eq!(pins(&host_if), ["twill_from_pod", "twill_to_pod"]);
+    node.call("DEL", "bg", &netns, &conf).ok();
+}
+
+#[test]
 fn check_finds_what_was_broken_and_del_works_without_the_namespace() {
     let mut node = node();
     let netns = node.pod_ns("pod");

@@ -11,6 +11,7 @@ mod node;
 mod overlay;
 mod peers;
 mod podsync;
+mod podwork;
 mod server;
 mod services;
 mod state;
@@ -267,6 +268,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     tokio::spawn(server::serve(listener, node.clone()));
     tokio::spawn(podsync::run(config.clone(), node.clone()));
     tokio::spawn(services::run(config.clone(), node.clone()));
+    tokio::spawn(podwork::run(node.clone(), handle.clone()));
 
     let spec = LeaseSpec {
         node: config.node_name.clone(),

@@ -9,7 +9,7 @@ use std::{
 };
 
 use ipnetwork::Ipv4Network;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use twill_api::{AttachmentKey, ErrorKind, NodeStatus, POD_GATEWAY, PodAddress, Request, Response};
 use twill_ipam::{Allocation, Allocations, IpamError, PodSubnet};
 
@@ -23,6 +23,8 @@ pub struct Dataplane {
     node_interfaces: (String, String),
     /// Whether the NodePort programs are on them.
     node_programs: bool,
+    /// Attaches and deletions no CNI call waits for.
+    pub work: crate::podwork::PodWork,
 }
 
 impl Dataplane {
@@ -41,7 +43,43 @@ impl Dataplane {
             attached: HashMap::new(),
             node_interfaces,
             node_programs,
+            work: crate::podwork::PodWork::default(),
         })
+    }
+
+    /// A deleted pod's pair, renamed `retired_host` by DEL, goes to the background for
+    /// deletion; its pins follow the name. Without pinned links (no tcx) the programs are
+    /// released now.
+    pub fn retire(&mut self, host_ifname: &str, retired_host: &str) {
+        self.work.forget_attach(host_ifname);
+        if !twill_bpf::Datapath::pins_pod_links() {
+            self.remove_attached(host_ifname);
+        } else if let Err(e) = self.rename_attached(host_ifname, retired_host) {
+            // Nothing attached yet (the attach was still queued) is the common case.
+            debug!(interface = host_ifname, "{e}; releasing its programs now");
+            self.remove_attached(host_ifname);
+        }
+        self.work.retire(retired_host.to_owned());
+    }
+
+    fn rename_attached(&mut self, from: &str, to: &str) -> Result<(), String> {
+        let Some(mut attachment) = self.attached.remove(from) else {
+            return Err(format!("no programs are attached to {from}"));
+        };
+        let renamed = self.datapath.rename_pod(&mut attachment, to);
+        match renamed {
+            Ok(()) => {
+                self.attached.insert(to.to_owned(), attachment);
+                Ok(())
+            }
+            Err(e) => {
+                self.attached.insert(from.to_owned(), attachment);
+                Err(format!(
+                    "moving the pins of {from} to {to}: {:#}",
+                    anyhow::Error::new(e)
+                ))
+            }
+        }
     }
 
     /// Puts the NodePort programs on the underlay interface and the VXLAN device, or takes
@@ -93,6 +131,8 @@ pub struct Node {
     inner: Mutex<Inner>,
     /// The overlay, for the status; unset in tests of the control plane.
     pub overlay: std::sync::OnceLock<std::sync::Arc<crate::overlay::Overlay>>,
+    /// Signalled when background pod work is queued.
+    pub work_wake: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -131,6 +171,7 @@ impl Node {
                 ..Inner::default()
             }),
             overlay: std::sync::OnceLock::new(),
+            work_wake: tokio::sync::Notify::new(),
         };
         Ok(node)
     }
@@ -292,13 +333,42 @@ impl Node {
     pub fn handle(&self, request: Request) -> Response {
         // Releases detach the pod programs from the attachment's interface.
         match &request {
-            Request::Release { key } => {
+            Request::Release { key, retired } => {
                 let ifname = twill_api::host_ifname(key);
-                self.with_dataplane(|d| d.remove_attached(&ifname));
+                if *retired {
+                    let (retired_host, _) = twill_api::retired_ifnames(key);
+                    self.with_dataplane(|d| d.retire(&ifname, &retired_host));
+                    self.work_wake.notify_one();
+                } else {
+                    self.with_dataplane(|d| {
+                        d.work.forget_attach(&ifname);
+                        d.remove_attached(&ifname);
+                    });
+                }
             }
-            Request::AttachPod { ifname } => {
+            Request::AttachPod {
+                ifname,
+                queue: true,
+            } => {
                 let ifname = ifname.clone();
-                return match self.with_dataplane(|d| d.ensure_attached(&ifname)) {
+                return match self.with_dataplane(|d| d.work.queue_attach(&ifname)) {
+                    Some(()) => {
+                        self.work_wake.notify_one();
+                        Response::AttachQueued { ifname }
+                    }
+                    None => error(
+                        ErrorKind::Internal,
+                        "this node has no eBPF dataplane".to_owned(),
+                    ),
+                };
+            }
+            Request::AttachPod { ifname, .. } => {
+                let ifname = ifname.clone();
+                let attached = self.with_dataplane(|d| {
+                    d.work.forget_attach(&ifname);
+                    d.ensure_attached(&ifname)
+                });
+                return match attached {
                     Some(Ok(())) => Response::Attached { ifname },
                     Some(Err(e)) => {
                         error(ErrorKind::Internal, format!("{:#}", anyhow::Error::new(e)))
@@ -311,7 +381,13 @@ impl Node {
             }
             _ => {}
         }
-        let response = self.answer(request);
+        let work = matches!(request, Request::Status)
+            .then(|| self.with_dataplane(|d| d.work.status()))
+            .flatten();
+        let mut response = self.answer(request);
+        if let (Some(work), Response::Status { status }) = (work, &mut response) {
+            status.background = work;
+        }
         if matches!(
             response,
             Response::Allocated { .. }
@@ -363,7 +439,7 @@ impl Node {
                     address: found.map(|a| self.address(&inner, &a)),
                 }
             }
-            Request::Release { key } => {
+            Request::Release { key, .. } => {
                 let Some(allocations) = inner.allocations.as_mut() else {
                     return Response::Released { released: false };
                 };
@@ -415,6 +491,8 @@ impl Node {
                     not_ready: self.not_ready(&inner),
                     warnings: inner.warnings.clone(),
                     overlay: self.overlay.get().map(|o| o.status()).unwrap_or_default(),
+                    // Filled in by `handle`, outside this lock.
+                    background: twill_api::PodWorkStatus::default(),
                 },
             },
         }

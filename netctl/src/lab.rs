@@ -495,6 +495,15 @@ fn add_pod(
         .and_then(|a| a.split('/').next())
         .and_then(|a| a.parse().ok())
         .with_context(|| format!("the CNI result has no address: {result}"))?;
+    // Like a runtime, which starts the containers well after ADD: the pod is ready for
+    // traffic once twilld has its programs on (ADD only queues them).
+    let key = twill_api::AttachmentKey {
+        container_id: container_id.clone(),
+        ifname: "eth0".to_owned(),
+    };
+    let socket = DaemonPaths::of(&host).socket;
+    twill_api::wait_attached(&socket, &key, std::time::Duration::from_secs(10))
+        .map_err(|e| anyhow::anyhow!("pod {namespace}/{name}: {e}"))?;
     let pod = LabPod {
         name: name.to_owned(),
         namespace: namespace.to_owned(),
@@ -565,10 +574,21 @@ fn print_lab(m: &Manifest) {
                     "node",
                     s.subnet.map_or("-".to_owned(), |s| s.to_string()),
                     format!("{}/{remote}", s.overlay.peers),
-                    match (s.not_ready, s.overlay.problem) {
-                        (Some(r), _) => format!("not ready: {r}"),
-                        (None, Some(p)) => format!("ready, overlay trouble: {p}"),
-                        (None, None) => "ready".to_owned(),
+                    {
+                        let state = match (s.not_ready, s.overlay.problem) {
+                            (Some(r), _) => format!("not ready: {r}"),
+                            (None, Some(p)) => format!("ready, overlay trouble: {p}"),
+                            (None, None) => "ready".to_owned(),
+                        };
+                        let work = &s.background;
+                        if work.attaching + work.retiring > 0 {
+                            format!(
+                                "{state} (background: {} pod attaches, {} pairs to delete)",
+                                work.attaching, work.retiring
+                            )
+                        } else {
+                            state
+                        }
                     },
                 ),
                 Err(_) => (

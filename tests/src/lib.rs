@@ -422,6 +422,12 @@ pub mod cni {
             .as_str()
             .and_then(|a| a.trim_end_matches("/32").parse().ok())
             .unwrap_or_else(|| panic!("no address in {result}"));
+        let key = twill_api::AttachmentKey {
+            container_id: name.to_owned(),
+            ifname: "eth0".to_owned(),
+        };
+        twill_api::wait_attached(&daemon.socket, &key, std::time::Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("pod {name}: {e}"));
         (netns, ip)
     }
 }
