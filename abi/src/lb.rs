@@ -108,6 +108,20 @@ pub struct SockKey {
     pub _pad: u16,
 }
 
+/// The pod a socket belongs to, found by its network namespace's cookie
+/// (`bpf_get_netns_cookie`, never reused while the machine runs): the socket programs key
+/// `ClientIP` affinity on the pod's address, as the per-packet path does. A namespace not
+/// in the map is the node's own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodSocket {
+    pub ip: u32,
+    pub _pad: u32,
+}
+
+/// Capacity of the pod namespace map (pods on one node).
+pub const MAX_PODS: u32 = 65536;
+
 /// A flow as one side sent it: source, destination, protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -217,6 +231,7 @@ const _: () = assert!(core::mem::size_of::<MemberKey>() == 12);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Affinity>() == 16);
 const _: () = assert!(core::mem::size_of::<SockKey>() == 16);
+const _: () = assert!(core::mem::size_of::<PodSocket>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -246,6 +261,8 @@ mod pod {
     unsafe impl aya::Pod for SockKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for NodeConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PodSocket {}
 }
 
 #[cfg(test)]

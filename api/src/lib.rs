@@ -110,7 +110,19 @@ pub enum Request {
         ifname: String,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         queue: bool,
+        /// The pod's network namespace, for the socket programs: recorded at once, even
+        /// when the attach is queued.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<PodNetns>,
     },
+}
+
+/// A pod's network namespace as the socket programs see it: sockets whose namespace has
+/// this cookie (`SO_NETNS_COOKIE`) are the pod's, and `ClientIP` affinity keys on `ip`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodNetns {
+    pub cookie: u64,
+    pub ip: Ipv4Addr,
 }
 
 /// An attachment's address and how to wire it.
@@ -281,6 +293,7 @@ pub fn wait_attached(socket: &Path, key: &AttachmentKey, timeout: Duration) -> R
     let request = Request::AttachPod {
         ifname: ifname.clone(),
         queue: false,
+        netns: None,
     };
     match call(socket, &request, timeout) {
         Ok(Response::Attached { .. }) => Ok(()),

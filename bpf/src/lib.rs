@@ -24,7 +24,8 @@ use aya::{
 };
 use twill_abi::{
     lb::{
-        Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey, MemberKey, NodeConfig, RevNat,
+        Affinity, AffinityKey, Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey,
+        MemberKey, NodeConfig, PodSocket, RevNat,
     },
     maps,
     metrics::{Direction, MetricValue, Reason, metric_index},
@@ -615,6 +616,42 @@ impl Datapath {
         Ok(map.iter().filter_map(|e| e.ok()).collect())
     }
 
+    /// Tells the socket programs that network namespace `netns_cookie` is the pod with
+    /// address `ip`, so its sockets' `ClientIP` affinity is the pod's own.
+    pub fn set_pod_netns(&mut self, netns_cookie: u64, ip: std::net::Ipv4Addr) -> Result<()> {
+        let value = PodSocket {
+            ip: twill_abi::lb::wire_ip(ip.octets()),
+            _pad: 0,
+        };
+        self.hash_map::<u64, PodSocket>(maps::POD_NETNS)?
+            .insert(netns_cookie, value, 0)
+            .map_err(|source| DatapathError::Map {
+                name: maps::POD_NETNS,
+                path: self.pin_dir.join(maps::POD_NETNS),
+                source: Box::new(source),
+            })
+    }
+
+    /// Forgets the network namespaces of pods whose address is not in `keep` (deleted
+    /// pods'). Returns how many were forgotten.
+    pub fn forget_pod_netns_except(&mut self, keep: &[std::net::Ipv4Addr]) -> Result<usize> {
+        let keep: Vec<u32> = keep
+            .iter()
+            .map(|ip| twill_abi::lb::wire_ip(ip.octets()))
+            .collect();
+        let mut map = self.hash_map::<u64, PodSocket>(maps::POD_NETNS)?;
+        let gone: Vec<u64> = map
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, pod)| !keep.contains(&pod.ip))
+            .map(|(cookie, _)| cookie)
+            .collect();
+        for cookie in &gone {
+            let _ = map.remove(cookie);
+        }
+        Ok(gone.len())
+    }
+
     fn hash_map_lru<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,
@@ -790,6 +827,16 @@ pub fn read_services(pin_dir: &Path) -> Result<Vec<FrontendEntry>> {
         )
     });
     Ok(out)
+}
+
+/// Reads a node's pinned pod namespaces: netns cookie -> pod.
+pub fn read_pod_netns(pin_dir: &Path) -> Result<Vec<(u64, PodSocket)>> {
+    read_pinned(pin_dir, maps::POD_NETNS)
+}
+
+/// Reads a node's pinned session affinity entries: (Service, client) -> backend.
+pub fn read_affinity(pin_dir: &Path) -> Result<Vec<(AffinityKey, Affinity)>> {
+    read_pinned(pin_dir, maps::AFFINITY)
 }
 
 /// Reads a node's pinned conntrack entries: client flow -> backend.

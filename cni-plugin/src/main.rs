@@ -134,6 +134,18 @@ fn add(conf: &NetConf, env: &Env, log: &Log) -> Result<Option<Value>, CniError> 
         mtu: conf.mtu.unwrap_or(address.mtu),
     };
     let wired = wire::add(&plan).and_then(|wiring| {
+        // The pod's namespace, so the socket programs key its sockets' ClientIP affinity
+        // on the pod's address. Without it (kernels before 5.14) they key on the node's.
+        let netns = match twill_netns::NetNs::from_path(netns).and_then(|ns| ns.cookie()) {
+            Ok(cookie) => Some(twill_api::PodNetns {
+                cookie,
+                ip: address.ip,
+            }),
+            Err(e) => {
+                log.line(&format!("no namespace cookie for the socket programs: {e}"));
+                None
+            }
+        };
         // The pod's programs (Service translation) are attached by twilld in the
         // background: the kernel's attach costs several times the rest of ADD. Until they
         // are on, the pod's packets to a ClusterIP meet the node's unreachable route for
@@ -143,6 +155,7 @@ fn add(conf: &NetConf, env: &Env, log: &Log) -> Result<Option<Value>, CniError> 
             &Request::AttachPod {
                 ifname: host_if.clone(),
                 queue: true,
+                netns,
             },
         ) {
             Ok(Response::AttachQueued { .. } | Response::Attached { .. }) => Ok(wiring),

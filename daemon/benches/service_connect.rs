@@ -208,7 +208,31 @@ fn in_ns(ns: &NetNs, args: &str) {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// Set in a child of this benchmark that measures from inside a pod and the node's
+/// cgroup: `SECONDS TARGET`; it prints its rate.
+const CHILD: &str = "TWILL_BENCH_CONNECT_CHILD";
+
+/// Connections per second from `ns` to `target`, measured by a child process in the pod's
+/// namespace and `node`'s cgroup: a pod's process on a real node, where the socket
+/// programs translate at connect.
+fn rate_in_cgroup(node: &Host, ns: &NetNs, target: SocketAddrV4, seconds: f64) -> f64 {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(CHILD, format!("{seconds} {target}"))
+        .stdout(Stdio::piped());
+    let out = node.spawn_in(ns, cmd).unwrap().wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        // Already in the pod's namespace and the node's cgroup (see `rate_in_cgroup`).
+        let (seconds, target) = spec.split_once(' ').unwrap();
+        let target: SocketAddrV4 = target.parse().unwrap();
+        let me = NetNs::from_path("/proc/self/ns/net").unwrap();
+        println!("{}", rate(&me, target, seconds.parse().unwrap()));
+        return;
+    }
     require_root();
     let seconds: f64 = std::env::var("SECONDS_PER_RUN")
         .ok()
@@ -274,14 +298,18 @@ fn main() {
     let to_vip = SocketAddrV4::new(VIP, 80);
 
     println!(
-        "{:>8}  {:>12} {:>12} {:>12} {:>12}  {:>14} {:>16}",
+        "{:>8}  {:>12} {:>12} {:>12} {:>12}  {:>14} {:>16}   {:>12} {:>12} {:>14} {:>16}",
         "services",
         "twill c/s",
         "direct c/s",
         "iptables c/s",
         "direct c/s",
         "twill/direct",
-        "twill/iptables"
+        "twill/iptables",
+        "socket c/s",
+        "direct c/s",
+        "socket/direct",
+        "socket/iptables"
     );
     let mut written = 0;
     for size in SIZES {
@@ -313,7 +341,15 @@ fn main() {
 
         let (mut tw, mut tw_direct, mut ipt, mut ipt_direct) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut sock, mut sock_direct) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
+            sock.push(rate_in_cgroup(&nodes[0], &twill_client, to_vip, seconds));
+            sock_direct.push(rate_in_cgroup(
+                &nodes[0],
+                &twill_client,
+                SocketAddrV4::new(twill_backend, PORT),
+                seconds,
+            ));
             tw.push(rate(&twill_client, to_vip, seconds));
             tw_direct.push(rate(
                 &twill_client,
@@ -333,15 +369,20 @@ fn main() {
             median(ipt),
             median(ipt_direct),
         );
+        let (sock, sock_direct) = (median(sock), median(sock_direct));
         println!(
-            "{size:>8}  {tw:>12.0} {tw_direct:>12.0} {ipt:>12.0} {ipt_direct:>12.0}  {:>14.2} {:>16.2}",
+            "{size:>8}  {tw:>12.0} {tw_direct:>12.0} {ipt:>12.0} {ipt_direct:>12.0}  {:>14.2} {:>16.2}   {sock:>12.0} {sock_direct:>12.0} {:>14.2} {:>16.2}",
             tw / tw_direct,
-            tw / ipt
+            tw / ipt,
+            sock / sock_direct,
+            sock / ipt
         );
     }
     println!(
         "(medians of {rounds} runs of {seconds} s each; twill's and iptables' direct columns are \
-         their own setups' limits; targets: twill/direct >= 0.90 at every size, \
+         their own setups' limits; twill: the client pod translated per packet on its veth; \
+         socket: the same pod with its process in the node's cgroup, as on a real node, \
+         translated at connect; targets: twill/direct >= 0.90 at every size, \
          twill/iptables >= 5 at 10,000)"
     );
     stop.store(true, Ordering::Relaxed);

@@ -98,6 +98,16 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Tells the socket programs which pod a network namespace is (see [`PodNetns`]).
+    ///
+    /// [`PodNetns`]: twill_api::PodNetns
+    pub fn record_netns(&mut self, netns: Option<twill_api::PodNetns>) {
+        let Some(netns) = netns else { return };
+        if let Err(e) = self.datapath.set_pod_netns(netns.cookie, netns.ip) {
+            warn!(ip = %netns.ip, "recording the pod's namespace for the socket programs: {:#}", anyhow::Error::new(e));
+        }
+    }
+
     /// Attaches the pod programs to `ifname` once; a second call is a no-op.
     pub fn ensure_attached(&mut self, ifname: &str) -> Result<(), twill_bpf::DatapathError> {
         if !self.attached.contains_key(ifname) {
@@ -323,6 +333,25 @@ impl Node {
         &self.name
     }
 
+    /// The socket programs forget the namespaces of pods that no longer have an address.
+    pub fn forget_deleted_netns(&self) {
+        let ips: Vec<std::net::Ipv4Addr> = {
+            let inner = self.lock();
+            inner
+                .allocations
+                .iter()
+                .flat_map(|a| a.iter())
+                .map(|a| a.ip)
+                .collect()
+        };
+        if let Some(Err(e)) = self.with_dataplane(|d| d.datapath.forget_pod_netns_except(&ips)) {
+            warn!(
+                "forgetting deleted pods' namespaces: {:#}",
+                anyhow::Error::new(e)
+            );
+        }
+    }
+
     /// Runs `f` on the dataplane, if there is one.
     pub fn with_dataplane<T>(&self, f: impl FnOnce(&mut Dataplane) -> T) -> Option<T> {
         let dp = self.dataplane.as_ref()?;
@@ -349,9 +378,14 @@ impl Node {
             Request::AttachPod {
                 ifname,
                 queue: true,
+                netns,
             } => {
                 let ifname = ifname.clone();
-                return match self.with_dataplane(|d| d.work.queue_attach(&ifname)) {
+                let queued = self.with_dataplane(|d| {
+                    d.record_netns(*netns);
+                    d.work.queue_attach(&ifname)
+                });
+                return match queued {
                     Some(()) => {
                         self.work_wake.notify_one();
                         Response::AttachQueued { ifname }
@@ -362,9 +396,10 @@ impl Node {
                     ),
                 };
             }
-            Request::AttachPod { ifname, .. } => {
+            Request::AttachPod { ifname, netns, .. } => {
                 let ifname = ifname.clone();
                 let attached = self.with_dataplane(|d| {
+                    d.record_netns(*netns);
                     d.work.forget_attach(&ifname);
                     d.ensure_attached(&ifname)
                 });
@@ -384,9 +419,13 @@ impl Node {
         let work = matches!(request, Request::Status)
             .then(|| self.with_dataplane(|d| d.work.status()))
             .flatten();
+        let releases = matches!(request, Request::Release { .. } | Request::Gc { .. });
         let mut response = self.answer(request);
         if let (Some(work), Response::Status { status }) = (work, &mut response) {
             status.background = work;
+        }
+        if releases {
+            self.forget_deleted_netns();
         }
         if matches!(
             response,

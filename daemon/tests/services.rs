@@ -13,7 +13,11 @@ use std::{
 
 use twill_lab::{Host, Lab, LabSpec};
 use twill_netns::NetNs;
-use twill_tests::{cni, daemon::Twilld, require_root};
+use twill_tests::{
+    cni::{self, Outcome as _},
+    daemon::Twilld,
+    require_root,
+};
 
 const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
 const CONFIG: &str = "[network]\nresync_seconds = 1\n[lease]\nttl_seconds = 5\n";
@@ -679,6 +683,143 @@ fn node_ports_answer_on_every_node_and_the_local_policy_keeps_the_client_address
         );
         thread::sleep(Duration::from_millis(50));
     }
+    for mut s in servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}
+
+/// On a real node, pods' processes live under `paths.cgroup_root` (the cgroup root by
+/// default), so the socket programs translate their connects to a ClusterIP before any
+/// packet is sent, and `ClientIP` affinity must still be each pod's own, not the node's:
+/// the CNI binary records each pod's network namespace for them.
+#[test]
+fn pods_in_the_nodes_cgroup_are_translated_per_socket_with_their_own_affinity() {
+    use twill_abi::metrics::{Direction, Reason};
+    require_root();
+    let mut lab = Lab::up(&LabSpec::for_test(1, 0)).expect("lab up");
+    let node = lab.nodes()[0].clone();
+    let daemon = Twilld::start(Path::new(TWILLD), &lab, &node, CONFIG, &[]);
+    daemon.wait_status("ready", Duration::from_secs(10), |s| s.not_ready.is_none());
+
+    let mut servers = Vec::new();
+    let mut yaml = String::new();
+    for name in ["web-1", "web-2"] {
+        let pod = add_pod(&mut lab, &node, &daemon, name);
+        let ns = NetNs::from_path(&pod.netns).unwrap();
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", SERVER, name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        servers.push(ns.run(move || cmd.spawn()).unwrap().unwrap());
+        yaml.push_str(&backend_pod(name));
+    }
+    let clients = [
+        add_pod(&mut lab, &node, &daemon, "client-a"),
+        add_pod(&mut lab, &node, &daemon, "client-b"),
+    ];
+    yaml.push_str(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: sticky}\nspec:\n  selector: {app: web}\n  \
+         sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n  \
+         ports: [{port: 80, targetPort: http}]\n",
+    );
+    netctl(&lab, &["apply", "-f", "-"], &yaml);
+    let vip = cluster_ip(&lab, "sticky");
+    let pin_dir = node.bpffs_dir.clone();
+    let start = Instant::now();
+    while !twill_bpf::read_services(&pin_dir)
+        .unwrap()
+        .iter()
+        .any(|f| f.backends.len() == 2)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the Service never reached the maps"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // Each client, run as a real node runs pods: its namespace, the node's cgroup.
+    let in_cgroup = |client: &Pod, n: u32| -> serde_json::Value {
+        let ns = NetNs::from_path(&client.netns).unwrap();
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", CLIENT, &vip, "80", &n.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = node.spawn_in(&ns, cmd).unwrap().wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let per_packet_before = twill_bpf::read_metrics(&pin_dir)
+        .unwrap()
+        .get(Direction::FromPod, Reason::ServiceTranslated)
+        .packets;
+    for client in &clients {
+        let result = in_cgroup(client, 20);
+        assert_eq!(result["failures"], 0, "{result}");
+        let counts: BTreeMap<String, u64> =
+            serde_json::from_value(result["counts"].clone()).unwrap();
+        assert_eq!(counts.len(), 1, "one backend per client: {counts:?}");
+        assert_eq!(
+            result["peers"],
+            serde_json::json!([client.ip.to_string()]),
+            "the backend sees the pod's address"
+        );
+    }
+    // Translated at connect, not per packet...
+    let metrics = twill_bpf::read_metrics(&pin_dir).unwrap();
+    assert!(
+        metrics
+            .get(Direction::HostSocket, Reason::ServiceTranslated)
+            .packets
+            >= 40,
+        "{metrics:?}"
+    );
+    assert_eq!(
+        metrics
+            .get(Direction::FromPod, Reason::ServiceTranslated)
+            .packets,
+        per_packet_before,
+        "no packet of these connections needed translating"
+    );
+    // ...and remembered per pod: one affinity entry for each client's address, none for
+    // the node.
+    let mut clients_seen: Vec<Ipv4Addr> = twill_bpf::read_affinity(&pin_dir)
+        .unwrap()
+        .iter()
+        .map(|(key, _)| Ipv4Addr::from(key.client_ip.to_ne_bytes()))
+        .collect();
+    clients_seen.sort();
+    let mut want: Vec<Ipv4Addr> = clients.iter().map(|c| c.ip).collect();
+    want.sort();
+    assert_eq!(clients_seen, want, "affinity entries by client");
+
+    // A deleted pod's namespace is forgotten.
+    let recorded = |ip: Ipv4Addr| {
+        twill_bpf::read_pod_netns(&pin_dir)
+            .unwrap()
+            .iter()
+            .any(|(_, pod)| Ipv4Addr::from(pod.ip.to_ne_bytes()) == ip)
+    };
+    assert!(recorded(clients[0].ip));
+    let conf = cni::config("1.1.0", &daemon);
+    cni::invoke(
+        &sibling("twill"),
+        &node,
+        &cni::vars("DEL", "client-a", &clients[0].netns, "eth0"),
+        &conf.to_string(),
+    )
+    .ok();
+    assert!(
+        !recorded(clients[0].ip),
+        "client-a's namespace is forgotten"
+    );
+    assert!(recorded(clients[1].ip));
+
     for mut s in servers {
         let _ = s.kill();
         let _ = s.wait();

@@ -25,9 +25,9 @@ use twill_abi::{
     lb::{
         Affinity, AffinityKey, Backend, BackendKey, FLOW_HAIRPIN, FLOW_NODE_PORT, FLOW_SNAT,
         FRONTEND_AFFINITY, FRONTEND_LOCAL, Flow, FlowKey, Frontend, FrontendKey, IPPROTO_TCP,
-        IPPROTO_UDP, MAX_BACKENDS, MAX_FLOWS, MAX_FRONTENDS, MemberKey, NODE_PORT_MAX,
-        NODE_PORT_MIN, NodeConfig, RevNat, SCOPE_CLUSTER_IP, SCOPE_NODE_PORT, SNAT_PORT_COUNT,
-        SNAT_PORT_MIN, SockKey, pick_slot,
+        IPPROTO_UDP, MAX_BACKENDS, MAX_FLOWS, MAX_FRONTENDS, MAX_PODS, MemberKey, NODE_PORT_MAX,
+        NODE_PORT_MIN, NodeConfig, PodSocket, RevNat, SCOPE_CLUSTER_IP, SCOPE_NODE_PORT,
+        SNAT_PORT_COUNT, SNAT_PORT_MIN, SockKey, pick_slot,
     },
     metrics::{Direction, METRICS_ENTRIES, MetricValue, Reason, metric_index},
     tc::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
@@ -53,6 +53,8 @@ static TWILL_AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(MA
 static TWILL_NODE: Array<NodeConfig> = Array::pinned(1, 0);
 #[map(name = "TWILL_SOCK_NAT")]
 static TWILL_SOCK_NAT: LruHashMap<SockKey, RevNat> = LruHashMap::pinned(MAX_FLOWS, 0);
+#[map(name = "TWILL_POD_NETNS")]
+static TWILL_POD_NETNS: HashMap<u64, PodSocket> = HashMap::pinned(MAX_PODS, 0);
 
 /// The service CIDR, set at load time (wire order): destinations outside it skip the
 /// Service lookups, so pod-to-pod traffic pays for none. A mask of 0 means "every
@@ -605,8 +607,9 @@ fn socket_to_backend(ctx: &SockAddrContext) -> Reason {
     let Some(frontend) = lookup!(TWILL_SVC, &frontend_key) else {
         return Reason::Forwarded;
     };
-    // No source port yet: a random one spreads the sockets over the backends. Host
-    // processes share one affinity client (the node), as a backend would see them.
+    // No source port yet: a random one spreads the sockets over the backends. The
+    // affinity client is the pod the socket's namespace belongs to; host processes share
+    // one (the node), as a backend would see them.
     // SAFETY: helpers without arguments or side effects.
     let (r1, r2) = unsafe {
         (
@@ -624,7 +627,14 @@ fn socket_to_backend(ctx: &SockAddrContext) -> Reason {
     };
     // No backend: the call goes on to the VIP, which the node's unreachable route
     // refuses at once.
-    let Some(backend) = choose_backend(&flow, 0, &frontend) else {
+    let client_ip = if frontend.flags & FRONTEND_AFFINITY != 0 {
+        // SAFETY: the helper reads the network namespace of this context's socket.
+        let netns = unsafe { aya_ebpf::helpers::bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+        lookup!(TWILL_POD_NETNS, &netns).map_or(0, |pod| pod.ip)
+    } else {
+        0
+    };
+    let Some(backend) = choose_backend(&flow, client_ip, &frontend) else {
         return Reason::NoBackend;
     };
     if protocol == IPPROTO_UDP {

@@ -238,7 +238,13 @@ impl Host {
     /// Starts a process inside this host's network namespace and, on a node, its cgroup:
     /// it joins the cgroup before it runs a single instruction of its own, so its first
     /// `connect` already goes through the node's socket programs.
-    pub fn spawn(&self, mut cmd: Command) -> Result<Child, LabError> {
+    pub fn spawn(&self, cmd: Command) -> Result<Child, LabError> {
+        self.spawn_in(&self.netns()?, cmd)
+    }
+
+    /// Starts a process inside `netns` (a pod's, say) and, on a node, this host's cgroup,
+    /// as a real node's pods are: their processes live under the node's cgroup root.
+    pub fn spawn_in(&self, netns: &NetNs, mut cmd: Command) -> Result<Child, LabError> {
         if self.plan.role == Role::Node {
             let procs = self.cgroup_dir.join("cgroup.procs");
             let path =
@@ -266,7 +272,8 @@ impl Host {
                 });
             }
         }
-        self.run(move || cmd.spawn())?
+        netns
+            .run(move || cmd.spawn())?
             .map_err(|e| LabError::Resource {
                 action: format!("starting a process on {}", self.plan.name),
                 path: self.cgroup_dir.clone(),
