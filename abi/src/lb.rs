@@ -119,7 +119,18 @@ pub struct PodSocket {
     pub _pad: u32,
 }
 
-/// Capacity of the pod namespace map (pods on one node).
+/// A pod on this node, by address: where the overlay program delivers its packets
+/// straight into it (`bpf_redirect_peer` to the host end `ifindex`), with the Ethernet
+/// addresses a forwarding node would have written (zeros: left as they are).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalPod {
+    pub ifindex: u32,
+    pub pod_mac: [u8; 6],
+    pub host_mac: [u8; 6],
+}
+
+/// Capacity of the pod maps (pods on one node).
 pub const MAX_PODS: u32 = 65536;
 
 /// A flow as one side sent it: source, destination, protocol.
@@ -232,6 +243,7 @@ const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Affinity>() == 16);
 const _: () = assert!(core::mem::size_of::<SockKey>() == 16);
 const _: () = assert!(core::mem::size_of::<PodSocket>() == 8);
+const _: () = assert!(core::mem::size_of::<LocalPod>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -263,6 +275,8 @@ mod pod {
     unsafe impl aya::Pod for NodeConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PodSocket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LocalPod {}
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ pub mod maps {
     pub const AFFINITY: &str = "TWILL_AFFINITY";
     /// Host sockets' UDP translations (LRU): [`crate::lb::SockKey`] -> [`crate::lb::RevNat`].
     pub const SOCK_NAT: &str = "TWILL_SOCK_NAT";
+    /// This node's pods: address (`u32`, wire order) -> [`crate::lb::LocalPod`].
+    pub const LOCAL_PODS: &str = "TWILL_LOCAL_PODS";
     /// Pods' network namespaces: netns cookie (`u64`) -> [`crate::lb::PodSocket`].
     pub const POD_NETNS: &str = "TWILL_POD_NETNS";
     /// The node's addresses and cluster CIDR (array of one): [`crate::lb::NodeConfig`].

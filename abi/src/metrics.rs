@@ -24,6 +24,9 @@ pub enum Reason {
     NodePortRedirected = 5,
     /// A pod reaching itself through a Service: translated and sent back towards it.
     HairpinRedirected = 6,
+    /// From the overlay to a pod on this node: delivered straight into the pod
+    /// (`bpf_redirect_peer`), past the node's forwarding and the veth's queue.
+    PodRedirected = 7,
     /// The Ethernet or IPv4 header is truncated or invalid: dropped.
     DropMalformed = 16,
     /// Rewriting the packet failed (a helper refused it): dropped.
@@ -38,7 +41,7 @@ impl Reason {
     /// Codes at or above this one are drops.
     pub const FIRST_DROP: u32 = 16;
     /// Every reason, in code order.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Forwarded,
         Reason::NotIpv4,
         Reason::ServiceTranslated,
@@ -46,6 +49,7 @@ impl Reason {
         Reason::NoBackend,
         Reason::NodePortRedirected,
         Reason::HairpinRedirected,
+        Reason::PodRedirected,
         Reason::DropMalformed,
         Reason::DropRewriteFailed,
         Reason::DropNoRoute,
@@ -63,6 +67,7 @@ impl Reason {
             16 => Some(Reason::DropMalformed),
             5 => Some(Reason::NodePortRedirected),
             6 => Some(Reason::HairpinRedirected),
+            7 => Some(Reason::PodRedirected),
             18 => Some(Reason::DropRewriteFailed),
             19 => Some(Reason::DropNoRoute),
             20 => Some(Reason::DropNoSnatPort),
@@ -82,6 +87,7 @@ impl Reason {
             Reason::DropRewriteFailed => "drop-rewrite-failed",
             Reason::NodePortRedirected => "nodeport-redirected",
             Reason::HairpinRedirected => "hairpin-redirected",
+            Reason::PodRedirected => "pod-redirected",
             Reason::DropNoRoute => "drop-no-route",
             Reason::DropNoSnatPort => "drop-no-snat-port",
         }
@@ -106,7 +112,8 @@ pub enum Direction {
     HostSocket = 2,
     /// Arriving on the node's underlay interface (tc ingress): NodePort requests.
     FromWorld = 3,
-    /// Arriving on the node's VXLAN device (tc ingress): NodePort replies.
+    /// Arriving on the node's VXLAN device (tc ingress): NodePort replies, and packets
+    /// for this node's pods.
     FromOverlay = 4,
 }
 

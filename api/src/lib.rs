@@ -110,19 +110,27 @@ pub enum Request {
         ifname: String,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         queue: bool,
-        /// The pod's network namespace, for the socket programs: recorded at once, even
-        /// when the attach is queued.
+        /// What the node's programs need to know of the pod: recorded at once, even when
+        /// the attach is queued.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        netns: Option<PodNetns>,
+        pod: Option<PodInfo>,
     },
 }
 
-/// A pod's network namespace as the socket programs see it: sockets whose namespace has
-/// this cookie (`SO_NETNS_COOKIE`) are the pod's, and `ClientIP` affinity keys on `ip`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodNetns {
-    pub cookie: u64,
+/// What the node's programs need to know of a pod, told by ADD: which sockets are the
+/// pod's (for `ClientIP` affinity at the socket hooks) and how to deliver to it straight
+/// from the overlay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodInfo {
     pub ip: Ipv4Addr,
+    /// The cookie of the pod's network namespace (`SO_NETNS_COOKIE`, Linux 5.14+).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_cookie: Option<u64>,
+    /// The host end of the pod's veth: index and MAC, in the node's namespace.
+    pub host_ifindex: u32,
+    pub host_mac: String,
+    /// The pod interface's MAC.
+    pub pod_mac: String,
 }
 
 /// An attachment's address and how to wire it.
@@ -293,7 +301,7 @@ pub fn wait_attached(socket: &Path, key: &AttachmentKey, timeout: Duration) -> R
     let request = Request::AttachPod {
         ifname: ifname.clone(),
         queue: false,
-        netns: None,
+        pod: None,
     };
     match call(socket, &request, timeout) {
         Ok(Response::Attached { .. }) => Ok(()),

@@ -24,7 +24,7 @@ use aya::{
 };
 use twill_abi::{
     lb::{
-        Affinity, AffinityKey, Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey,
+        Affinity, AffinityKey, Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey, LocalPod,
         MemberKey, NodeConfig, PodSocket, RevNat,
     },
     maps,
@@ -274,23 +274,31 @@ impl Datapath {
         Ok(pin)
     }
 
-    /// Attaches the node programs: [`programs::FROM_WORLD`] on tc ingress of the underlay
-    /// interface (NodePort requests) and [`programs::FROM_OVERLAY`] on tc ingress of the
-    /// VXLAN device (NodePort replies from other nodes' backends). Needs tcx (kernel
-    /// 6.6+); the links are pinned under `<pin_dir>/node-links/` and taken over, with this
-    /// run's programs, by the next run.
-    pub fn attach_node(&mut self, underlay: &str, overlay: &str) -> Result<()> {
-        for (name, interface) in [
-            (programs::FROM_WORLD, underlay),
-            (programs::FROM_OVERLAY, overlay),
-        ] {
-            let pin = self.pin_dir.join(NODE_LINKS).join(interface).join(name);
-            self.attach_pinned(&pin, interface, name, TcAttachType::Ingress)?;
-        }
+    /// Attaches [`programs::FROM_OVERLAY`] on tc ingress of the VXLAN device: packets for
+    /// this node's pods go straight into them, and NodePort replies from other nodes'
+    /// backends go on to their clients. Always on (it is what makes the overlay fast);
+    /// needs tcx (kernel 6.6+). The link is pinned under `<pin_dir>/overlay-links/` and
+    /// taken over, with this run's program, by the next run.
+    pub fn attach_overlay(&mut self, overlay: &str) -> Result<()> {
+        let name = programs::FROM_OVERLAY;
+        let pin = self.pin_dir.join(OVERLAY_LINKS).join(overlay).join(name);
+        self.attach_pinned(&pin, overlay, name, TcAttachType::Ingress)?;
+        // Runs before 2026-11-24 pinned it with the NodePort program: that link goes.
+        let _ = fs::remove_dir_all(self.pin_dir.join(NODE_LINKS).join(overlay));
         Ok(())
     }
 
-    /// Whether an earlier run left the node programs attached (their links pinned).
+    /// Attaches the NodePort program: [`programs::FROM_WORLD`] on tc ingress of the
+    /// underlay interface. Needs tcx (kernel 6.6+); the link is pinned under
+    /// `<pin_dir>/node-links/` and taken over, with this run's program, by the next run.
+    pub fn attach_node(&mut self, underlay: &str) -> Result<()> {
+        let name = programs::FROM_WORLD;
+        let pin = self.pin_dir.join(NODE_LINKS).join(underlay).join(name);
+        self.attach_pinned(&pin, underlay, name, TcAttachType::Ingress)?;
+        Ok(())
+    }
+
+    /// Whether an earlier run left the NodePort program attached (its link pinned).
     pub fn node_programs_pinned(&self) -> bool {
         self.pin_dir.join(NODE_LINKS).exists()
     }
@@ -616,40 +624,68 @@ impl Datapath {
         Ok(map.iter().filter_map(|e| e.ok()).collect())
     }
 
-    /// Tells the socket programs that network namespace `netns_cookie` is the pod with
-    /// address `ip`, so its sockets' `ClientIP` affinity is the pod's own.
-    pub fn set_pod_netns(&mut self, netns_cookie: u64, ip: std::net::Ipv4Addr) -> Result<()> {
-        let value = PodSocket {
-            ip: twill_abi::lb::wire_ip(ip.octets()),
-            _pad: 0,
+    /// Tells the programs about a pod on this node: the overlay program delivers packets
+    /// for `ip` straight into it through its host veth `ifindex` (with `macs`: the pod's,
+    /// then the host end's); with `netns_cookie`, the socket programs key the `ClientIP`
+    /// affinity of the pod's sockets on `ip`.
+    pub fn set_pod(
+        &mut self,
+        ip: std::net::Ipv4Addr,
+        ifindex: u32,
+        macs: Option<([u8; 6], [u8; 6])>,
+        netns_cookie: Option<u64>,
+    ) -> Result<()> {
+        let wire = twill_abi::lb::wire_ip(ip.octets());
+        let pin_dir = self.pin_dir.clone();
+        let map_err = |name: &'static str, source| DatapathError::Map {
+            name,
+            path: pin_dir.join(name),
+            source: Box::new(source),
         };
-        self.hash_map::<u64, PodSocket>(maps::POD_NETNS)?
-            .insert(netns_cookie, value, 0)
-            .map_err(|source| DatapathError::Map {
-                name: maps::POD_NETNS,
-                path: self.pin_dir.join(maps::POD_NETNS),
-                source: Box::new(source),
-            })
+        if let Some(cookie) = netns_cookie {
+            let value = PodSocket { ip: wire, _pad: 0 };
+            self.hash_map::<u64, PodSocket>(maps::POD_NETNS)?
+                .insert(cookie, value, 0)
+                .map_err(|e| map_err(maps::POD_NETNS, e))?;
+        }
+        let (pod_mac, host_mac) = macs.unwrap_or_default();
+        let local = LocalPod {
+            ifindex,
+            pod_mac,
+            host_mac,
+        };
+        self.hash_map::<u32, LocalPod>(maps::LOCAL_PODS)?
+            .insert(wire, local, 0)
+            .map_err(|e| map_err(maps::LOCAL_PODS, e))
     }
 
-    /// Forgets the network namespaces of pods whose address is not in `keep` (deleted
-    /// pods'). Returns how many were forgotten.
-    pub fn forget_pod_netns_except(&mut self, keep: &[std::net::Ipv4Addr]) -> Result<usize> {
+    /// Forgets the pods whose address is not in `keep` (deleted pods). Returns how many
+    /// entries went.
+    pub fn forget_pods_not_in(&mut self, keep: &[std::net::Ipv4Addr]) -> Result<usize> {
         let keep: Vec<u32> = keep
             .iter()
             .map(|ip| twill_abi::lb::wire_ip(ip.octets()))
             .collect();
-        let mut map = self.hash_map::<u64, PodSocket>(maps::POD_NETNS)?;
-        let gone: Vec<u64> = map
+        let mut netns = self.hash_map::<u64, PodSocket>(maps::POD_NETNS)?;
+        let gone: Vec<u64> = netns
             .iter()
             .filter_map(|e| e.ok())
             .filter(|(_, pod)| !keep.contains(&pod.ip))
             .map(|(cookie, _)| cookie)
             .collect();
         for cookie in &gone {
-            let _ = map.remove(cookie);
+            let _ = netns.remove(cookie);
         }
-        Ok(gone.len())
+        let mut local = self.hash_map::<u32, LocalPod>(maps::LOCAL_PODS)?;
+        let gone_local: Vec<u32> = local
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|ip| !keep.contains(ip))
+            .collect();
+        for ip in &gone_local {
+            let _ = local.remove(ip);
+        }
+        Ok(gone.len() + gone_local.len())
     }
 
     fn hash_map_lru<K: aya::Pod, V: aya::Pod>(
@@ -679,8 +715,11 @@ pub struct PodAttachment {
 
 /// The subdirectory of a node's pin directory holding the pods' program links.
 pub const LINKS: &str = "links";
-/// The subdirectory of a node's pin directory holding the node interfaces' program links.
+/// The subdirectory of a node's pin directory holding the NodePort program's link (on the
+/// underlay interface; there only while some Service has a NodePort).
 pub const NODE_LINKS: &str = "node-links";
+/// The subdirectory of a node's pin directory holding the overlay program's link.
+pub const OVERLAY_LINKS: &str = "overlay-links";
 
 /// The subdirectory of a node's pin directory holding the socket programs' cgroup links.
 pub const CGROUP_LINKS: &str = "cgroup";
@@ -827,6 +866,11 @@ pub fn read_services(pin_dir: &Path) -> Result<Vec<FrontendEntry>> {
         )
     });
     Ok(out)
+}
+
+/// Reads a node's pinned local pods: address (wire order) -> where to deliver.
+pub fn read_local_pods(pin_dir: &Path) -> Result<Vec<(u32, LocalPod)>> {
+    read_pinned(pin_dir, maps::LOCAL_PODS)
 }
 
 /// Reads a node's pinned pod namespaces: netns cookie -> pod.

@@ -134,28 +134,19 @@ fn add(conf: &NetConf, env: &Env, log: &Log) -> Result<Option<Value>, CniError> 
         mtu: conf.mtu.unwrap_or(address.mtu),
     };
     let wired = wire::add(&plan).and_then(|wiring| {
-        // The pod's namespace, so the socket programs key its sockets' ClientIP affinity
-        // on the pod's address. Without it (kernels before 5.14) they key on the node's.
-        let netns = match twill_netns::NetNs::from_path(netns).and_then(|ns| ns.cookie()) {
-            Ok(cookie) => Some(twill_api::PodNetns {
-                cookie,
-                ip: address.ip,
-            }),
-            Err(e) => {
-                log.line(&format!("no namespace cookie for the socket programs: {e}"));
-                None
-            }
+        let pod = twill_api::PodInfo {
+            ip: address.ip,
+            netns_cookie: wiring.netns_cookie,
+            host_ifindex: wiring.host_index,
+            host_mac: wiring.host.mac.clone(),
+            pod_mac: wiring.pod.mac.clone(),
         };
-        // The pod's programs (Service translation) are attached by twilld in the
-        // background: the kernel's attach costs several times the rest of ADD. Until they
-        // are on, the pod's packets to a ClusterIP meet the node's unreachable route for
-        // the service CIDR; sockets in the node's cgroup are translated at connect anyway.
         match ask(
             conf,
             &Request::AttachPod {
                 ifname: host_if.clone(),
                 queue: true,
-                netns,
+                pod: Some(pod),
             },
         ) {
             Ok(Response::AttachQueued { .. } | Response::Attached { .. }) => Ok(wiring),

@@ -540,6 +540,10 @@ pub struct Interface {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Wiring {
     pub host: Interface,
+    /// The host end's interface index, in the node's namespace.
+    pub host_index: u32,
+    /// The pod namespace's cookie (`SO_NETNS_COOKIE`), when the kernel has one.
+    pub netns_cookie: Option<u64>,
     pub pod: Interface,
     pub ip: Ipv4Addr,
     pub gateway: Ipv4Addr,
@@ -898,6 +902,8 @@ mod tests {
 
     fn wiring() -> Wiring {
         Wiring {
+            host_index: 7,
+            netns_cookie: None,
             host: Interface {
                 name: "tw0123456789ab".into(),
                 mac: "ee:00:00:00:00:01".into(),

@@ -121,15 +121,19 @@ pub fn add(plan: &PodPlan<'_>) -> Result<Wiring, CniError> {
         Ok((index, mac))
     })
     .map_err(failed)?;
-    let _ = host_index;
-
-    let pod_mac = configure_pod(&pod, plan, &host_mac)?;
-    Ok(wiring(plan, &host_mac, pod_mac))
+    let (pod_mac, netns_cookie) = configure_pod(&pod, plan, &host_mac)?;
+    let mut wired = wiring(plan, host_index, &host_mac, pod_mac);
+    wired.netns_cookie = netns_cookie;
+    Ok(wired)
 }
 
 /// The pod side: address, link up, routes through the gateway, the gateway's neighbour
 /// entry (`host_mac`). Returns the pod interface's MAC.
-fn configure_pod(pod: &NetNs, plan: &PodPlan<'_>, host_mac: &[u8]) -> Result<String, CniError> {
+fn configure_pod(
+    pod: &NetNs,
+    plan: &PodPlan<'_>,
+    host_mac: &[u8],
+) -> Result<(String, Option<u64>), CniError> {
     let (ifname, gateway, mac, ip) = (
         plan.ifname.to_owned(),
         plan.gateway,
@@ -163,13 +167,18 @@ fn configure_pod(pod: &NetNs, plan: &PodPlan<'_>, host_mac: &[u8]) -> Result<Str
             .state(NeighbourState::Permanent)
             .execute()
             .await?;
-        Ok(link_mac(&link).unwrap_or_default())
+        // What the socket programs know the pod's namespace by (kernels before 5.14 have
+        // no such cookie: None).
+        let cookie = twill_netns::current_cookie().ok();
+        Ok((link_mac(&link).unwrap_or_default(), cookie))
     })
     .map_err(failed)
 }
 
-fn wiring(plan: &PodPlan<'_>, host_mac: &[u8], pod_mac: String) -> Wiring {
+fn wiring(plan: &PodPlan<'_>, host_index: u32, host_mac: &[u8], pod_mac: String) -> Wiring {
     Wiring {
+        host_index,
+        netns_cookie: None,
         host: Interface {
             name: plan.host_ifname.to_owned(),
             mac: host_mac

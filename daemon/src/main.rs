@@ -263,7 +263,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     {
         info!(interfaces = ?gone, "released the programs of pods gone while stopped");
     }
-    node.forget_deleted_netns();
+    node.forget_deleted_pods();
     let listener = server::bind(&config.socket)?;
     info!(socket = %config.socket.display(), "listening");
     tokio::spawn(server::serve(listener, node.clone()));

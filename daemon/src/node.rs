@@ -34,9 +34,10 @@ impl Dataplane {
         mut datapath: twill_bpf::Datapath,
         node_interfaces: (String, String),
     ) -> Result<Self, twill_bpf::DatapathError> {
+        datapath.attach_overlay(&node_interfaces.1)?;
         let node_programs = datapath.node_programs_pinned();
         if node_programs {
-            datapath.attach_node(&node_interfaces.0, &node_interfaces.1)?;
+            datapath.attach_node(&node_interfaces.0)?;
         }
         Ok(Self {
             datapath,
@@ -87,24 +88,28 @@ impl Dataplane {
     /// some Service has a NodePort.
     pub fn node_programs(&mut self, wanted: bool) -> Result<(), twill_bpf::DatapathError> {
         if wanted && !self.node_programs {
-            let (underlay, overlay) = &self.node_interfaces;
-            self.datapath.attach_node(underlay, overlay)?;
-            info!(underlay = %underlay, overlay = %overlay, "NodePort programs attached");
+            let underlay = &self.node_interfaces.0;
+            self.datapath.attach_node(underlay)?;
+            info!(underlay = %underlay, "NodePort program attached");
         } else if !wanted && self.node_programs {
             self.datapath.detach_node();
-            info!("NodePort programs detached: no Service has a NodePort");
+            info!("NodePort program detached: no Service has a NodePort");
         }
         self.node_programs = wanted;
         Ok(())
     }
 
-    /// Tells the socket programs which pod a network namespace is (see [`PodNetns`]).
+    /// Tells the programs about a pod (see [`PodInfo`]).
     ///
-    /// [`PodNetns`]: twill_api::PodNetns
-    pub fn record_netns(&mut self, netns: Option<twill_api::PodNetns>) {
-        let Some(netns) = netns else { return };
-        if let Err(e) = self.datapath.set_pod_netns(netns.cookie, netns.ip) {
-            warn!(ip = %netns.ip, "recording the pod's namespace for the socket programs: {:#}", anyhow::Error::new(e));
+    /// [`PodInfo`]: twill_api::PodInfo
+    pub fn record_pod(&mut self, pod: Option<&twill_api::PodInfo>) {
+        let Some(pod) = pod else { return };
+        let macs = parse_mac(&pod.pod_mac).zip(parse_mac(&pod.host_mac));
+        if let Err(e) = self
+            .datapath
+            .set_pod(pod.ip, pod.host_ifindex, macs, pod.netns_cookie)
+        {
+            warn!(ip = %pod.ip, "recording the pod for the programs: {:#}", anyhow::Error::new(e));
         }
     }
 
@@ -333,8 +338,8 @@ impl Node {
         &self.name
     }
 
-    /// The socket programs forget the namespaces of pods that no longer have an address.
-    pub fn forget_deleted_netns(&self) {
+    /// The programs forget pods that no longer have an address.
+    pub fn forget_deleted_pods(&self) {
         let ips: Vec<std::net::Ipv4Addr> = {
             let inner = self.lock();
             inner
@@ -344,9 +349,9 @@ impl Node {
                 .map(|a| a.ip)
                 .collect()
         };
-        if let Some(Err(e)) = self.with_dataplane(|d| d.datapath.forget_pod_netns_except(&ips)) {
+        if let Some(Err(e)) = self.with_dataplane(|d| d.datapath.forget_pods_not_in(&ips)) {
             warn!(
-                "forgetting deleted pods' namespaces: {:#}",
+                "forgetting deleted pods in the maps: {:#}",
                 anyhow::Error::new(e)
             );
         }
@@ -378,11 +383,11 @@ impl Node {
             Request::AttachPod {
                 ifname,
                 queue: true,
-                netns,
+                pod,
             } => {
                 let ifname = ifname.clone();
                 let queued = self.with_dataplane(|d| {
-                    d.record_netns(*netns);
+                    d.record_pod(pod.as_ref());
                     d.work.queue_attach(&ifname)
                 });
                 return match queued {
@@ -396,10 +401,10 @@ impl Node {
                     ),
                 };
             }
-            Request::AttachPod { ifname, netns, .. } => {
+            Request::AttachPod { ifname, pod, .. } => {
                 let ifname = ifname.clone();
                 let attached = self.with_dataplane(|d| {
-                    d.record_netns(*netns);
+                    d.record_pod(pod.as_ref());
                     d.work.forget_attach(&ifname);
                     d.ensure_attached(&ifname)
                 });
@@ -425,7 +430,7 @@ impl Node {
             status.background = work;
         }
         if releases {
-            self.forget_deleted_netns();
+            self.forget_deleted_pods();
         }
         if matches!(
             response,
@@ -540,4 +545,14 @@ impl Node {
 
 fn error(kind: ErrorKind, message: String) -> Response {
     Response::Error { kind, message }
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }

@@ -145,6 +145,11 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Du
 fn pods_on_every_node_reach_pods_on_every_other_node_with_their_own_addresses() {
     let mut c = Cluster::new(3);
     let pods: Vec<Pod> = (0..3).map(|i| c.pod(i, &format!("pod{i}"))).collect();
+    for d in &c.daemons {
+        d.wait_status("pod programs attached", Duration::from_secs(10), |s| {
+            s.background.attaching == 0
+        });
+    }
     for (i, from) in pods.iter().enumerate() {
         for (j, to) in pods.iter().enumerate() {
             if i != j {
@@ -189,6 +194,41 @@ fn pods_on_every_node_reach_pods_on_every_other_node_with_their_own_addresses() 
         .unwrap_or(0.0);
     assert!(bytes > 1e6, "only {bytes} bytes crossed");
     let _ = server.wait();
+
+    // The transfer took the short way: from the sender's veth straight to the overlay
+    // device on node1, from the overlay device straight into the receiver on node2, past
+    // both nodes' forwarding.
+    use twill_abi::metrics::{Direction, Reason};
+    let pin_dirs: Vec<_> = (0..3).map(|i| c.node(i).bpffs_dir).collect();
+    let redirected = |node: usize, direction| {
+        twill_bpf::read_metrics(&pin_dirs[node])
+            .unwrap()
+            .get(direction, Reason::PodRedirected)
+            .packets
+    };
+    assert!(
+        redirected(0, Direction::FromPod) > 100,
+        "node1 did not send it on itself"
+    );
+    assert!(
+        redirected(1, Direction::FromOverlay) > 100,
+        "node2 did not deliver it itself"
+    );
+
+    // Between two pods of one node too: straight from one veth into the other pod.
+    let neighbour = c.pod(0, "pod0b");
+    let before = redirected(0, Direction::FromPod);
+    let listener = peer_address_listener(&neighbour.netns);
+    connect_from(&pods[0].netns, neighbour.ip);
+    let seen = listener.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&seen.stdout).trim(),
+        pods[0].ip.to_string()
+    );
+    assert!(
+        redirected(0, Direction::FromPod) > before,
+        "node1 did not deliver it itself"
+    );
 }
 
 #[test]

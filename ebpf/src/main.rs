@@ -15,7 +15,10 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_NO_COMMON_LRU, BPF_F_PSEUDO_HDR, bpf_fib_lookup},
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_NO_COMMON_LRU, BPF_F_PSEUDO_HDR, bpf_fib_lookup,
+        bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
+    },
     helpers::{bpf_fib_lookup, bpf_redirect_neigh},
     macros::{cgroup_sock_addr, classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -25,9 +28,9 @@ use twill_abi::{
     lb::{
         Affinity, AffinityKey, Backend, BackendKey, FLOW_HAIRPIN, FLOW_NODE_PORT, FLOW_SNAT,
         FRONTEND_AFFINITY, FRONTEND_LOCAL, Flow, FlowKey, Frontend, FrontendKey, IPPROTO_TCP,
-        IPPROTO_UDP, MAX_BACKENDS, MAX_FLOWS, MAX_FRONTENDS, MAX_PODS, MemberKey, NODE_PORT_MAX,
-        NODE_PORT_MIN, NodeConfig, PodSocket, RevNat, SCOPE_CLUSTER_IP, SCOPE_NODE_PORT,
-        SNAT_PORT_COUNT, SNAT_PORT_MIN, SockKey, pick_slot,
+        IPPROTO_UDP, LocalPod, MAX_BACKENDS, MAX_FLOWS, MAX_FRONTENDS, MAX_PODS, MemberKey,
+        NODE_PORT_MAX, NODE_PORT_MIN, NodeConfig, PodSocket, RevNat, SCOPE_CLUSTER_IP,
+        SCOPE_NODE_PORT, SNAT_PORT_COUNT, SNAT_PORT_MIN, SockKey, pick_slot,
     },
     metrics::{Direction, METRICS_ENTRIES, MetricValue, Reason, metric_index},
     tc::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
@@ -53,6 +56,8 @@ static TWILL_AFFINITY: LruHashMap<AffinityKey, Affinity> = LruHashMap::pinned(MA
 static TWILL_NODE: Array<NodeConfig> = Array::pinned(1, 0);
 #[map(name = "TWILL_SOCK_NAT")]
 static TWILL_SOCK_NAT: LruHashMap<SockKey, RevNat> = LruHashMap::pinned(MAX_FLOWS, 0);
+#[map(name = "TWILL_LOCAL_PODS")]
+static TWILL_LOCAL_PODS: HashMap<u32, LocalPod> = HashMap::pinned(MAX_PODS, 0);
 #[map(name = "TWILL_POD_NETNS")]
 static TWILL_POD_NETNS: HashMap<u64, PodSocket> = HashMap::pinned(MAX_PODS, 0);
 
@@ -81,6 +86,7 @@ fn maybe_service(dst: u32) -> bool {
 const ETH_HDR_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const IPV4_MIN_HDR_LEN: usize = 20;
+const IP_TTL_OFF: usize = ETH_HDR_LEN + 8;
 const IP_PROTO_OFF: usize = ETH_HDR_LEN + 9;
 const IP_CSUM_OFF: usize = ETH_HDR_LEN + 10;
 const IP_SRC_OFF: usize = ETH_HDR_LEN + 12;
@@ -117,11 +123,17 @@ fn verdict(ctx: &TcContext, direction: Direction) -> i32 {
             Direction::FromPod => match to_backend(ctx, &l4) {
                 Reason::Forwarded => {
                     forget_stale_reverse(ctx, &l4);
-                    node_port_reply(ctx, &l4)
+                    match node_port_reply(ctx, &l4) {
+                        Reason::Forwarded => pod_to_pod(ctx, &l4),
+                        other => other,
+                    }
                 }
                 translated => translated,
             },
-            Direction::FromOverlay => node_port_reply(ctx, &l4),
+            Direction::FromOverlay => match node_port_reply(ctx, &l4) {
+                Reason::Forwarded => to_local_pod(ctx, &l4, Direction::ToPod),
+                other => other,
+            },
             Direction::FromWorld => node_port_request(ctx, &l4),
             Direction::ToPod | Direction::HostSocket => from_backend(ctx, &l4),
         },
@@ -129,7 +141,9 @@ fn verdict(ctx: &TcContext, direction: Direction) -> i32 {
     count(direction, reason, ctx.len());
     match reason {
         // The packet already went where it was redirected to.
-        Reason::NodePortRedirected | Reason::HairpinRedirected => TC_ACT_REDIRECT,
+        Reason::NodePortRedirected | Reason::HairpinRedirected | Reason::PodRedirected => {
+            TC_ACT_REDIRECT
+        }
         r if r.is_drop() => TC_ACT_SHOT,
         _ => TC_ACT_OK,
     }
@@ -812,10 +826,103 @@ fn node_port_reply(ctx: &TcContext, l4: &L4) -> Reason {
     }
 }
 
+/// From the overlay: a packet for a pod on this node goes straight into the pod, past
+/// the node's forwarding and the veth's queue, after what the pod's `to_pod` program would
+/// have done to it (a backend's reply comes from the frontend) and what a router does (one
+/// hop off the TTL, the next hop's Ethernet addresses).
+#[inline(always)]
+fn to_local_pod(ctx: &TcContext, l4: &L4, reply_direction: Direction) -> Reason {
+    let Some(pod) = lookup!(TWILL_LOCAL_PODS, &l4.flow.dst_ip) else {
+        return Reason::Forwarded;
+    };
+    if let Err(reason) = hop(ctx) {
+        return reason;
+    }
+    match from_backend(ctx, l4) {
+        Reason::Forwarded => {}
+        // Counted as the pod's `to_pod` program would have.
+        Reason::ReplyTranslated => count(reply_direction, Reason::ReplyTranslated, 0),
+        other => return other,
+    }
+    if pod.pod_mac != [0; 6]
+        && (ctx.store(0, &pod.pod_mac, 0).is_err() || ctx.store(6, &pod.host_mac, 0).is_err())
+    {
+        return Reason::DropRewriteFailed;
+    }
+    // SAFETY: a helper taking plain integers.
+    let ret = unsafe { aya_ebpf::helpers::bpf_redirect_peer(pod.ifindex, 0) };
+    if ret == TC_ACT_REDIRECT as i64 {
+        Reason::PodRedirected
+    } else {
+        // Not a veth any more (a pod deleted a moment ago): the node's stack decides.
+        Reason::Forwarded
+    }
+}
+
+/// From a pod, to another pod: one on this node gets it straight ([`to_local_pod`]'s
+/// way), one on another node goes straight to the overlay device the node routes it
+/// through, past the node's forwarding. Anything else (the node's own addresses, the
+/// world) goes on through the node's stack.
+#[inline(always)]
+fn pod_to_pod(ctx: &TcContext, l4: &L4) -> Reason {
+    let Some(node) = node_config() else {
+        return Reason::Forwarded;
+    };
+    let dst = l4.flow.dst_ip;
+    if node.cluster_mask == 0 || dst & node.cluster_mask != node.cluster_net || dst == node.vtep_ip
+    {
+        return Reason::Forwarded;
+    }
+    if lookup!(TWILL_LOCAL_PODS, &dst).is_some() {
+        return to_local_pod(ctx, l4, Direction::ToPod);
+    }
+    if let Err(reason) = hop(ctx) {
+        return reason;
+    }
+    if fib_redirect(ctx, l4.flow.protocol, l4.flow.src_ip, dst) {
+        Reason::PodRedirected
+    } else {
+        // No route from here (a node gone): the node's stack answers the pod.
+        Reason::Forwarded
+    }
+}
+
+/// Takes one hop off the TTL, as forwarding would; `Err(Forwarded)` when it is out, for
+/// the node's stack to answer (ICMP time exceeded).
+#[inline(always)]
+fn hop(ctx: &TcContext) -> Result<(), Reason> {
+    let Ok(ttl_proto) = ctx.load::<u16>(IP_TTL_OFF) else {
+        return Err(Reason::DropMalformed);
+    };
+    let [ttl, proto] = ttl_proto.to_ne_bytes();
+    if ttl <= 1 {
+        return Err(Reason::Forwarded);
+    }
+    let decremented = u16::from_ne_bytes([ttl - 1, proto]);
+    if ctx
+        .l3_csum_replace(IP_CSUM_OFF, u64::from(ttl_proto), u64::from(decremented), 2)
+        .is_err()
+        || ctx.store(IP_TTL_OFF, &decremented, 0).is_err()
+    {
+        return Err(Reason::DropRewriteFailed);
+    }
+    Ok(())
+}
+
 /// Sends the packet out of the interface the node routes `dst` through, with the
 /// neighbour's address filled in by the kernel.
 #[inline(always)]
 fn redirect(ctx: &TcContext, protocol: u8, src: u32, dst: u32) -> Reason {
+    if fib_redirect(ctx, protocol, src, dst) {
+        Reason::NodePortRedirected
+    } else {
+        Reason::DropNoRoute
+    }
+}
+
+/// [`redirect`]'s work: whether the packet was redirected.
+#[inline(always)]
+fn fib_redirect(ctx: &TcContext, protocol: u8, src: u32, dst: u32) -> bool {
     // SAFETY: all-zero bytes are a valid `bpf_fib_lookup` (integers and unions of them).
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -833,16 +940,39 @@ fn redirect(ctx: &TcContext, protocol: u8, src: u32, dst: u32) -> Reason {
             0,
         )
     };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH {
-        return Reason::DropNoRoute;
-    }
-    // SAFETY: no parameters (the kernel resolves the next hop's neighbour itself).
-    let ret = unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) };
-    if ret == TC_ACT_REDIRECT as i64 {
-        Reason::NodePortRedirected
-    } else {
-        Reason::DropNoRoute
-    }
+    let ret = match rc {
+        // The next hop's neighbour is known: its Ethernet addresses go on the frame and
+        // the packet goes out as it is, with no second lookup.
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            if ctx.store(0, &params.dmac, 0).is_err() || ctx.store(6, &params.smac, 0).is_err() {
+                return false;
+            }
+            // SAFETY: a helper taking plain integers.
+            unsafe { aya_ebpf::helpers::bpf_redirect(params.ifindex, 0) }
+        }
+        // Not yet: the kernel resolves the next hop the lookup found.
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            let mut next_hop = bpf_redir_neigh {
+                nh_family: u32::from(AF_INET),
+                __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+                    // SAFETY: the lookup wrote the next hop's IPv4 address into this union
+                    // field (family AF_INET); reading it back is reading an integer.
+                    ipv4_nh: unsafe { params.__bindgen_anon_4.ipv4_dst },
+                },
+            };
+            // SAFETY: the helper reads `next_hop`, a local of the size passed.
+            unsafe {
+                bpf_redirect_neigh(
+                    params.ifindex,
+                    &mut next_hop,
+                    core::mem::size_of::<bpf_redir_neigh>() as i32,
+                    0,
+                )
+            }
+        }
+        _ => return false,
+    };
+    ret == TC_ACT_REDIRECT as i64
 }
 
 const AF_INET: u8 = 2;

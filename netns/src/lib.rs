@@ -167,34 +167,8 @@ impl NetNs {
     /// `bpf_get_netns_cookie` returns for sockets in it. Never reused while the machine
     /// runs, so a stale cookie can never match a new namespace.
     pub fn cookie(&self) -> Result<u64> {
-        let read = self.run(|| -> io::Result<u64> {
-            use std::os::fd::AsRawFd as _;
-            let socket = nix::sys::socket::socket(
-                nix::sys::socket::AddressFamily::Inet,
-                nix::sys::socket::SockType::Datagram,
-                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-                None,
-            )?;
-            let mut cookie: u64 = 0;
-            let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-            // SAFETY: getsockopt(2) writes at most `len` bytes into `cookie`, a live u64
-            // of exactly that size, and the length into `len`; `socket` is open.
-            #[allow(unsafe_code)]
-            let rc = unsafe {
-                libc::getsockopt(
-                    socket.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_NETNS_COOKIE,
-                    (&raw mut cookie).cast(),
-                    &mut len,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(cookie)
-        })?;
-        read.map_err(io_err("reading the cookie of", &self.path))
+        self.run(current_cookie)?
+            .map_err(io_err("reading the cookie of", &self.path))
     }
 
     /// Identity of the namespace: the (device, inode) pair of its nsfs file.
@@ -312,6 +286,36 @@ fn validate_name(name: &str) -> Result<()> {
             name: name.to_owned(),
         })
     }
+}
+
+/// The cookie of the calling thread's network namespace (see [`NetNs::cookie`]), for code
+/// already running inside one.
+pub fn current_cookie() -> io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    let socket = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) writes at most `len` bytes into `cookie`, a live u64 of exactly
+    // that size, and the length into `len`; `socket` is open.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 #[cfg(test)]

@@ -203,3 +203,16 @@ fn a_lab_found_by_name_survives_the_value_being_dropped() {
     drop(lab);
     assert_eq!(leftovers(&manifest), Vec::<String>::new());
 }
+
+#[test]
+fn every_namespace_has_its_own_cookie_and_code_inside_sees_it() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec::for_test(1, 0)).expect("lab up");
+    let node = lab.nodes()[0].netns().unwrap();
+    let pod = lab.create_netns("cookie").unwrap();
+    let (node_cookie, pod_cookie) = (node.cookie().unwrap(), pod.cookie().unwrap());
+    assert_ne!(node_cookie, pod_cookie);
+    assert_ne!(pod_cookie, 0);
+    let inside = pod.run(twill_netns::current_cookie).unwrap().unwrap();
+    assert_eq!(inside, pod_cookie, "what the eBPF socket programs will see");
+}
