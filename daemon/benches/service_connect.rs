@@ -18,10 +18,6 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
     path::Path,
     process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -145,21 +141,25 @@ fn kube_proxy_rules(services: u32, backend: Ipv4Addr) -> String {
     t
 }
 
-/// A server in `ns` that accepts on PORT and closes each connection at once.
-fn serve(ns: &NetNs, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+/// A server in `ns` that accepts on PORT and closes each connection at once. The client
+/// must never wait for it: when a server falls behind, its accept queue fills and the
+/// kernel drops SYNs, which costs the client a one-second retransmission (half of a
+/// two-second run). So the queue is as long as the namespace allows and two threads
+/// block in `accept`. They run until the benchmark exits.
+fn serve(ns: &NetNs) {
     let listener = ns
         .run(|| TcpListener::bind(("0.0.0.0", PORT)))
         .unwrap()
         .unwrap();
-    listener.set_nonblocking(true).unwrap();
-    thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((conn, _)) => drop(conn),
-                Err(_) => thread::sleep(Duration::from_micros(50)),
+    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXALLOWABLE).unwrap();
+    for _ in 0..2 {
+        let listener = listener.try_clone().unwrap();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                drop(conn);
             }
-        }
-    })
+        });
+    }
 }
 
 /// Connections per second from `ns` to `target` over `seconds`.
@@ -290,11 +290,8 @@ fn main() {
         .unwrap()
         .unwrap();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let servers = [
-        serve(&twill_backend_ns, stop.clone()),
-        serve(&ipt_backend_ns, stop.clone()),
-    ];
+    serve(&twill_backend_ns);
+    serve(&ipt_backend_ns);
     let to_vip = SocketAddrV4::new(VIP, 80);
 
     println!(
@@ -385,9 +382,5 @@ fn main() {
          translated at connect; targets: twill/direct >= 0.90 at every size, \
          twill/iptables >= 5 at 10,000)"
     );
-    stop.store(true, Ordering::Relaxed);
-    for s in servers {
-        let _ = s.join();
-    }
     drop(daemon);
 }

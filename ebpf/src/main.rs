@@ -128,7 +128,19 @@ fn verdict(ctx: &TcContext, direction: Direction) -> i32 {
                         other => other,
                     }
                 }
-                translated => translated,
+                // Now to a backend, which is a pod: delivered the same way as pod-to-pod
+                // traffic, and counted as translated.
+                Reason::ServiceTranslated => match parse(ctx) {
+                    Ok(Some(translated)) => match pod_to_pod(ctx, &translated) {
+                        Reason::Forwarded => Reason::ServiceTranslated,
+                        delivered => {
+                            count(direction, Reason::ServiceTranslated, ctx.len());
+                            delivered
+                        }
+                    },
+                    _ => Reason::ServiceTranslated,
+                },
+                other => other,
             },
             Direction::FromOverlay => match node_port_reply(ctx, &l4) {
                 Reason::Forwarded => to_local_pod(ctx, &l4, Direction::ToPod),
