@@ -888,10 +888,9 @@ fn pod_to_pod(ctx: &TcContext, l4: &L4) -> Reason {
     if lookup!(TWILL_LOCAL_PODS, &dst).is_some() {
         return to_local_pod(ctx, l4, Direction::ToPod);
     }
-    if let Err(reason) = hop(ctx) {
-        return reason;
-    }
-    if fib_redirect(ctx, l4.flow.protocol, l4.flow.src_ip, dst) {
+    // The TTL comes off only once the packet will go: one the node must answer (no
+    // route, too big for the overlay: ICMP from its stack) goes on untouched.
+    if fib_redirect(ctx, l4.flow.protocol, l4.flow.src_ip, dst, hop) {
         Reason::PodRedirected
     } else {
         // No route from here (a node gone): the node's stack answers the pod.
@@ -925,16 +924,23 @@ fn hop(ctx: &TcContext) -> Result<(), Reason> {
 /// neighbour's address filled in by the kernel.
 #[inline(always)]
 fn redirect(ctx: &TcContext, protocol: u8, src: u32, dst: u32) -> Reason {
-    if fib_redirect(ctx, protocol, src, dst) {
+    if fib_redirect(ctx, protocol, src, dst, |_| Ok(())) {
         Reason::NodePortRedirected
     } else {
         Reason::DropNoRoute
     }
 }
 
-/// [`redirect`]'s work: whether the packet was redirected.
+/// [`redirect`]'s work: whether the packet was redirected. `before` runs once the route
+/// is known and the packet will go (a hop off the TTL, say); its error stops it.
 #[inline(always)]
-fn fib_redirect(ctx: &TcContext, protocol: u8, src: u32, dst: u32) -> bool {
+fn fib_redirect(
+    ctx: &TcContext,
+    protocol: u8,
+    src: u32,
+    dst: u32,
+    before: impl FnOnce(&TcContext) -> Result<(), Reason>,
+) -> bool {
     // SAFETY: all-zero bytes are a valid `bpf_fib_lookup` (integers and unions of them).
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -952,6 +958,9 @@ fn fib_redirect(ctx: &TcContext, protocol: u8, src: u32, dst: u32) -> bool {
             0,
         )
     };
+    if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || before(ctx).is_err() {
+        return false;
+    }
     let ret = match rc {
         // The next hop's neighbour is known: its Ethernet addresses go on the frame and
         // the packet goes out as it is, with no second lookup.

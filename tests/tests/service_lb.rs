@@ -1,7 +1,8 @@
 //! Service load balancing in the eBPF programs, through `BPF_PROG_TEST_RUN` with crafted
 //! packets: a frontend hit is translated to a backend with valid checksums and pinned in
 //! conntrack, the reply is translated back, a miss passes untouched, a frontend without
-//! backends drops with its reason, and connections spread over the backends.
+//! backends drops with its reason, and connections spread over the backends; and the
+//! overlay program delivering a local pod's packets straight into it.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -395,5 +396,58 @@ fn a_pod_that_is_its_own_backend_reaches_itself_through_the_service() {
     assert_eq!(
         m.get(Direction::FromPod, Reason::HairpinRedirected).packets,
         2
+    );
+}
+
+#[test]
+fn from_the_overlay_a_local_pod_gets_its_packets_straight_with_one_hop_off_the_ttl() {
+    let (_lab, mut dp) = setup();
+    let pod = Ipv4Addr::new(10, 244, 0, 7);
+    let (pod_mac, host_mac) = ([0x0a, 0, 0, 0, 0, 7], [0x0a, 0, 0, 0, 0, 1]);
+    dp.set_pod(pod, 42, Some((pod_mac, host_mac)), None)
+        .unwrap();
+    let remote = (Ipv4Addr::new(10, 244, 1, 9), 5000);
+    let frame = packet::l4_frame(IPPROTO_TCP, remote, (pod, 80), b"data", true);
+    const TTL: usize = 14 + 8;
+
+    let out = dp.test_run(programs::FROM_OVERLAY, &frame).unwrap();
+    assert_eq!(out.action, TC_ACT_REDIRECT, "straight into the pod");
+    assert_eq!(out.packet[TTL], frame[TTL] - 1, "one hop off the TTL");
+    assert!(
+        packet::checksums_ok(&out.packet),
+        "the IPv4 checksum follows the TTL"
+    );
+    assert_eq!(&out.packet[..6], &pod_mac, "to the pod's MAC");
+    assert_eq!(&out.packet[6..12], &host_mac, "from the host end's");
+    assert_eq!(packet::endpoints(&out.packet), packet::endpoints(&frame));
+    assert_eq!(&out.packet[12..TTL], &frame[12..TTL]);
+
+    // A TTL that runs out here, and a pod this node does not have: the node's stack
+    // decides (ICMP time exceeded; its routes), so the packet goes on untouched.
+    let mut dying = frame.clone();
+    dying[TTL] = 1;
+    let stranger = packet::l4_frame(
+        IPPROTO_TCP,
+        remote,
+        (Ipv4Addr::new(10, 244, 0, 8), 80),
+        b"",
+        true,
+    );
+    for p in [dying, stranger] {
+        let out = dp.test_run(programs::FROM_OVERLAY, &p).unwrap();
+        assert_eq!(out.action, TC_ACT_OK);
+        assert_eq!(out.packet, p);
+    }
+    let m = dp.metrics().unwrap();
+    assert_eq!(
+        m.get(Direction::FromOverlay, Reason::PodRedirected).packets,
+        1
+    );
+
+    // A deleted pod is forgotten: its packets go to the node's stack.
+    dp.forget_pods_not_in(&[]).unwrap();
+    assert_eq!(
+        dp.test_run(programs::FROM_OVERLAY, &frame).unwrap().action,
+        TC_ACT_OK
     );
 }
