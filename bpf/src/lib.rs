@@ -868,11 +868,6 @@ pub fn read_services(pin_dir: &Path) -> Result<Vec<FrontendEntry>> {
     Ok(out)
 }
 
-/// Reads a node's pinned local pods: address (wire order) -> where to deliver.
-pub fn read_local_pods(pin_dir: &Path) -> Result<Vec<(u32, LocalPod)>> {
-    read_pinned(pin_dir, maps::LOCAL_PODS)
-}
-
 /// Reads a node's pinned pod namespaces: netns cookie -> pod.
 pub fn read_pod_netns(pin_dir: &Path) -> Result<Vec<(u64, PodSocket)>> {
     read_pinned(pin_dir, maps::POD_NETNS)

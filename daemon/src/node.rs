@@ -19,17 +19,18 @@ use crate::state::StateDir;
 pub struct Dataplane {
     pub datapath: twill_bpf::Datapath,
     attached: HashMap<String, twill_bpf::PodAttachment>,
-    /// The underlay interface and the VXLAN device, for the NodePort programs.
+    /// The underlay interface and the VXLAN device.
     node_interfaces: (String, String),
-    /// Whether the NodePort programs are on them.
+    /// Whether the NodePort program is on the underlay interface.
     node_programs: bool,
     /// Attaches and deletions no CNI call waits for.
     pub work: crate::podwork::PodWork,
 }
 
 impl Dataplane {
-    /// `node_interfaces`: the underlay interface and the VXLAN device. NodePort programs
-    /// an earlier run left attached are taken over with this run's programs at once.
+    /// `node_interfaces`: the underlay interface and the VXLAN device. The overlay program
+    /// goes on the VXLAN device for good; a NodePort program an earlier run left attached
+    /// is taken over with this run's program at once.
     pub fn new(
         mut datapath: twill_bpf::Datapath,
         node_interfaces: (String, String),
@@ -83,9 +84,9 @@ impl Dataplane {
         }
     }
 
-    /// Puts the NodePort programs on the underlay interface and the VXLAN device, or takes
-    /// them off: they run for every packet the node receives, so they are there only while
-    /// some Service has a NodePort.
+    /// Puts the NodePort program on the underlay interface, or takes it off: it runs for
+    /// every packet the node receives, so it is there only while some Service has a
+    /// NodePort.
     pub fn node_programs(&mut self, wanted: bool) -> Result<(), twill_bpf::DatapathError> {
         if wanted && !self.node_programs {
             let underlay = &self.node_interfaces.0;
