@@ -122,13 +122,11 @@ pub fn add(plan: &PodPlan<'_>) -> Result<Wiring, CniError> {
     })
     .map_err(failed)?;
     let (pod_mac, netns_cookie) = configure_pod(&pod, plan, &host_mac)?;
-    let mut wired = wiring(plan, host_index, &host_mac, pod_mac);
-    wired.netns_cookie = netns_cookie;
-    Ok(wired)
+    Ok(wiring(plan, host_index, &host_mac, pod_mac, netns_cookie))
 }
 
 /// The pod side: address, link up, routes through the gateway, the gateway's neighbour
-/// entry (`host_mac`). Returns the pod interface's MAC.
+/// entry (`host_mac`). Returns the pod interface's MAC and the namespace's cookie.
 fn configure_pod(
     pod: &NetNs,
     plan: &PodPlan<'_>,
@@ -175,10 +173,16 @@ fn configure_pod(
     .map_err(failed)
 }
 
-fn wiring(plan: &PodPlan<'_>, host_index: u32, host_mac: &[u8], pod_mac: String) -> Wiring {
+fn wiring(
+    plan: &PodPlan<'_>,
+    host_index: u32,
+    host_mac: &[u8],
+    pod_mac: String,
+    netns_cookie: Option<u64>,
+) -> Wiring {
     Wiring {
         host_index,
-        netns_cookie: None,
+        netns_cookie,
         host: Interface {
             name: plan.host_ifname.to_owned(),
             mac: host_mac
@@ -214,7 +218,8 @@ pub enum Retired {
 /// DEL's fast path: moves the pod's interface out of its namespace (renamed
 /// `retired.1`), takes the host end down (its route goes with it) and renames it
 /// `retired.0`, for `twilld` to delete when nobody waits. Deleting a device that carries
-/// programs waits for the kernel several times over; moving one does not.
+/// programs waits for the kernel several times over (an RCU grace period per tcx entry
+/// and more); moving one waits once.
 pub fn retire(
     netns: Option<&Path>,
     ifname: &str,
@@ -398,9 +403,7 @@ pub fn remove_stale_host_links(keep: &BTreeSet<String>) -> Result<Vec<String>, C
             let Some(name) = twill_netlink::link_name(&link).map(str::to_owned) else {
                 continue;
             };
-            let ours = name.len() == 14
-                && name.starts_with(twill_api::HOST_IFNAME_PREFIX)
-                && name[2..].chars().all(|c| c.is_ascii_hexdigit())
+            let ours = twill_api::is_twill_ifname(&name, twill_api::HOST_IFNAME_PREFIX)
                 && link.attributes.iter().any(|a| {
                     matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
                 });

@@ -300,11 +300,7 @@ async fn pod_interfaces(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<String
     Ok(links
         .iter()
         .filter_map(|l| twill_netlink::link_name(l).map(str::to_owned))
-        .filter(|n| {
-            n.len() == 14
-                && n.starts_with(twill_api::HOST_IFNAME_PREFIX)
-                && n[2..].chars().all(|c| c.is_ascii_hexdigit())
-        })
+        .filter(|n| twill_api::is_twill_ifname(n, twill_api::HOST_IFNAME_PREFIX))
         .collect())
 }
 

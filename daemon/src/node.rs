@@ -105,7 +105,8 @@ impl Dataplane {
     /// [`PodInfo`]: twill_api::PodInfo
     pub fn record_pod(&mut self, pod: Option<&twill_api::PodInfo>) {
         let Some(pod) = pod else { return };
-        let macs = parse_mac(&pod.pod_mac).zip(parse_mac(&pod.host_mac));
+        let macs =
+            crate::peers::parse_mac(&pod.pod_mac).zip(crate::peers::parse_mac(&pod.host_mac));
         if let Err(e) = self
             .datapath
             .set_pod(pod.ip, pod.host_ifindex, macs, pod.netns_cookie)
@@ -546,14 +547,4 @@ impl Node {
 
 fn error(kind: ErrorKind, message: String) -> Response {
     Response::Error { kind, message }
-}
-
-/// `aa:bb:cc:dd:ee:ff` as bytes.
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
 }

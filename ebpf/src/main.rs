@@ -143,7 +143,7 @@ fn verdict(ctx: &TcContext, direction: Direction) -> i32 {
                 other => other,
             },
             Direction::FromOverlay => match node_port_reply(ctx, &l4) {
-                Reason::Forwarded => to_local_pod(ctx, &l4, Direction::ToPod),
+                Reason::Forwarded => to_local_pod(ctx, &l4),
                 other => other,
             },
             Direction::FromWorld => node_port_request(ctx, &l4),
@@ -843,17 +843,23 @@ fn node_port_reply(ctx: &TcContext, l4: &L4) -> Reason {
 /// have done to it (a backend's reply comes from the frontend) and what a router does (one
 /// hop off the TTL, the next hop's Ethernet addresses).
 #[inline(always)]
-fn to_local_pod(ctx: &TcContext, l4: &L4, reply_direction: Direction) -> Reason {
-    let Some(pod) = lookup!(TWILL_LOCAL_PODS, &l4.flow.dst_ip) else {
-        return Reason::Forwarded;
-    };
+fn to_local_pod(ctx: &TcContext, l4: &L4) -> Reason {
+    match lookup!(TWILL_LOCAL_PODS, &l4.flow.dst_ip) {
+        Some(pod) => deliver(ctx, l4, &pod),
+        None => Reason::Forwarded,
+    }
+}
+
+/// [`to_local_pod`]'s work, for a pod found in `TWILL_LOCAL_PODS`.
+#[inline(always)]
+fn deliver(ctx: &TcContext, l4: &L4, pod: &LocalPod) -> Reason {
     if let Err(reason) = hop(ctx) {
         return reason;
     }
     match from_backend(ctx, l4) {
         Reason::Forwarded => {}
         // Counted as the pod's `to_pod` program would have.
-        Reason::ReplyTranslated => count(reply_direction, Reason::ReplyTranslated, 0),
+        Reason::ReplyTranslated => count(Direction::ToPod, Reason::ReplyTranslated, 0),
         other => return other,
     }
     if pod.pod_mac != [0; 6]
@@ -871,8 +877,7 @@ fn to_local_pod(ctx: &TcContext, l4: &L4, reply_direction: Direction) -> Reason 
     }
 }
 
-/// From a pod, to another pod: one on this node gets it straight ([`to_local_pod`]'s
-/// way), one on another node goes straight to the overlay device the node routes it
+/// From a pod, to another pod: one on this node gets it straight ([`deliver`]), one on another node goes straight to the overlay device the node routes it
 /// through, past the node's forwarding. Anything else (the node's own addresses, the
 /// world) goes on through the node's stack.
 #[inline(always)]
@@ -885,8 +890,8 @@ fn pod_to_pod(ctx: &TcContext, l4: &L4) -> Reason {
     {
         return Reason::Forwarded;
     }
-    if lookup!(TWILL_LOCAL_PODS, &dst).is_some() {
-        return to_local_pod(ctx, l4, Direction::ToPod);
+    if let Some(pod) = lookup!(TWILL_LOCAL_PODS, &dst) {
+        return deliver(ctx, l4, &pod);
     }
     // The TTL comes off only once the packet will go: one the node must answer (no
     // route, too big for the overlay: ICMP from its stack) goes on untouched.
