@@ -8,6 +8,7 @@
 
 pub mod lb;
 pub mod metrics;
+pub mod policy;
 pub mod programs;
 
 /// Names of the maps in the object file, as userspace looks them up and pins them.
@@ -35,6 +36,20 @@ pub mod maps {
     pub const POD_NETNS: &str = "TWILL_POD_NETNS";
     /// The node's addresses and cluster CIDR (array of one): [`crate::lb::NodeConfig`].
     pub const NODE: &str = "TWILL_NODE";
+    /// Local pods' policy: address (`u32`, wire order) -> [`crate::policy::PolicyEndpoint`].
+    pub const POLICY_ENDPOINTS: &str = "TWILL_POL_EP";
+    /// Peer trie: [`crate::policy::PeerPrefix`] -> rule bits (`u64`).
+    pub const POLICY_PEERS: &str = "TWILL_POL_PEER";
+    /// Port trie: [`crate::policy::PortPrefix`] -> rule bits (`u64`).
+    pub const POLICY_PORTS: &str = "TWILL_POL_PORT";
+    /// A table's bit to its counter: [`crate::policy::RuleSlotKey`] -> slot (`u32`).
+    pub const POLICY_RULES: &str = "TWILL_POL_RULE";
+    /// Policy conntrack (LRU): [`crate::policy::PolicyFlowKey`] -> [`crate::policy::PolicyFlow`].
+    pub const POLICY_FLOWS: &str = "TWILL_POL_CT";
+    /// Per-CPU counters (`u64`) indexed by slot: allowed flows per rule, denied packets.
+    pub const POLICY_COUNTERS: &str = "TWILL_POL_COUNT";
+    /// Policy bookkeeping (array of one `u32`): the next table id to hand out.
+    pub const POLICY_STATE: &str = "TWILL_POL_STATE";
 }
 
 /// Return codes of tc (`sched_cls`) programs, from `include/uapi/linux/pkt_cls.h`.

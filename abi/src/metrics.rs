@@ -27,6 +27,9 @@ pub enum Reason {
     /// From the overlay to a pod on this node: delivered straight into the pod
     /// (`bpf_redirect_peer`), past the node's forwarding and the veth's queue.
     PodRedirected = 7,
+    /// Isolated only by audit (dry-run) policies, and no rule allows it: passed, and
+    /// counted against the pod as would-be denied.
+    PolicyAuditDenied = 8,
     /// The Ethernet or IPv4 header is truncated or invalid: dropped.
     DropMalformed = 16,
     /// Rewriting the packet failed (a helper refused it): dropped.
@@ -35,13 +38,20 @@ pub enum Reason {
     DropNoRoute = 19,
     /// No free source port to translate a NodePort flow to: dropped.
     DropNoSnatPort = 20,
+    /// NetworkPolicy: the pod is isolated in this direction and no rule allows the
+    /// connection (or a change revoked an established one): dropped.
+    DropPolicyDenied = 21,
+    /// NetworkPolicy: a local pod's packet with no policy entry for the pod (not yet
+    /// programmed, a spoofed source, or the endpoint map full): dropped, never let
+    /// through unfiltered.
+    DropPolicyNoEndpoint = 22,
 }
 
 impl Reason {
     /// Codes at or above this one are drops.
     pub const FIRST_DROP: u32 = 16;
     /// Every reason, in code order.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Forwarded,
         Reason::NotIpv4,
         Reason::ServiceTranslated,
@@ -50,10 +60,13 @@ impl Reason {
         Reason::NodePortRedirected,
         Reason::HairpinRedirected,
         Reason::PodRedirected,
+        Reason::PolicyAuditDenied,
         Reason::DropMalformed,
         Reason::DropRewriteFailed,
         Reason::DropNoRoute,
         Reason::DropNoSnatPort,
+        Reason::DropPolicyDenied,
+        Reason::DropPolicyNoEndpoint,
     ];
 
     /// The reason for a code read back from the map, if this build knows it.
@@ -71,6 +84,9 @@ impl Reason {
             18 => Some(Reason::DropRewriteFailed),
             19 => Some(Reason::DropNoRoute),
             20 => Some(Reason::DropNoSnatPort),
+            8 => Some(Reason::PolicyAuditDenied),
+            21 => Some(Reason::DropPolicyDenied),
+            22 => Some(Reason::DropPolicyNoEndpoint),
             _ => None,
         }
     }
@@ -90,6 +106,9 @@ impl Reason {
             Reason::PodRedirected => "pod-redirected",
             Reason::DropNoRoute => "drop-no-route",
             Reason::DropNoSnatPort => "drop-no-snat-port",
+            Reason::PolicyAuditDenied => "policy-audit-denied",
+            Reason::DropPolicyDenied => "drop-policy-denied",
+            Reason::DropPolicyNoEndpoint => "drop-policy-no-endpoint",
         }
     }
 
@@ -159,7 +178,7 @@ pub struct MetricValue {
 }
 
 const _: () = assert!(core::mem::size_of::<MetricValue>() == 16);
-const _: () = assert!((Reason::DropNoSnatPort as u32) < REASON_SLOTS);
+const _: () = assert!((Reason::DropPolicyNoEndpoint as u32) < REASON_SLOTS);
 
 #[cfg(feature = "user")]
 // SAFETY: `MetricValue` is `repr(C)`, made of two `u64`s, has no padding and every bit

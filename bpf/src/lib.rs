@@ -88,6 +88,11 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("counting this machine's CPUs (for per-CPU map values)")]
+    Cpus {
+        #[source]
+        source: io::Error,
+    },
     #[error("map {name} (at {path})")]
     Map {
         name: &'static str,
@@ -109,6 +114,9 @@ impl DatapathError {
 }
 
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+mod policy;
+pub use policy::{PolicyMaps, TrieKey, read_policy, read_policy_flows};
 
 /// The loaded programs and maps of one node.
 pub struct Datapath {

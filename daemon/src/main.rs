@@ -3,20 +3,20 @@
 //! binary (through `twill-bpf`), so a node needs nothing else to run the dataplane.
 #![forbid(unsafe_code)]
 
+// The daemon's core, which every capability shares.
 mod config;
-mod lbplan;
 mod lease;
-mod masquerade;
 mod node;
-mod overlay;
-mod peers;
-mod podsync;
-mod podwork;
+mod policy;
 mod server;
-mod services;
 mod state;
-mod underlay;
-mod vxlan;
+mod watch;
+
+// Capabilities, a folder each (`policy` joins them), and outbound NAT, one file.
+mod masquerade;
+mod overlay;
+mod pods;
+mod services;
 
 use std::{
     path::PathBuf,
@@ -35,6 +35,8 @@ use crate::{
     config::{Config, Overrides},
     lease::{LeaseSpec, Outcome, Renewal},
     node::Node,
+    overlay::{peers, underlay, vxlan},
+    pods::{podsync, podwork},
 };
 
 /// Read when `--config` is not given, if it exists.
@@ -269,6 +271,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     tokio::spawn(server::serve(listener, node.clone()));
     tokio::spawn(podsync::run(config.clone(), node.clone()));
     tokio::spawn(services::run(config.clone(), node.clone()));
+    tokio::spawn(policy::run(config.clone(), node.clone()));
     tokio::spawn(podwork::run(node.clone(), handle.clone()));
 
     let spec = LeaseSpec {

@@ -13,7 +13,7 @@ use tracing::{debug, error, info, warn};
 use twill_api::{AttachmentKey, ErrorKind, NodeStatus, POD_GATEWAY, PodAddress, Request, Response};
 use twill_ipam::{Allocation, Allocations, IpamError, PodSubnet};
 
-use crate::state::StateDir;
+use crate::{overlay::peers, state::StateDir};
 
 /// The node's loaded eBPF programs and maps, and which pod interfaces they are on.
 pub struct Dataplane {
@@ -24,7 +24,9 @@ pub struct Dataplane {
     /// Whether the NodePort program is on the underlay interface.
     node_programs: bool,
     /// Attaches and deletions no CNI call waits for.
-    pub work: crate::podwork::PodWork,
+    pub work: crate::pods::podwork::PodWork,
+    /// NetworkPolicy tables and endpoint entries as written.
+    pub policy: crate::policy::PolicyState,
 }
 
 impl Dataplane {
@@ -45,7 +47,8 @@ impl Dataplane {
             attached: HashMap::new(),
             node_interfaces,
             node_programs,
-            work: crate::podwork::PodWork::default(),
+            work: crate::pods::podwork::PodWork::default(),
+            policy: crate::policy::PolicyState::default(),
         })
     }
 
@@ -105,8 +108,7 @@ impl Dataplane {
     /// [`PodInfo`]: twill_api::PodInfo
     pub fn record_pod(&mut self, pod: Option<&twill_api::PodInfo>) {
         let Some(pod) = pod else { return };
-        let macs =
-            crate::peers::parse_mac(&pod.pod_mac).zip(crate::peers::parse_mac(&pod.host_mac));
+        let macs = peers::parse_mac(&pod.pod_mac).zip(peers::parse_mac(&pod.host_mac));
         if let Err(e) = self
             .datapath
             .set_pod(pod.ip, pod.host_ifindex, macs, pod.netns_cookie)
@@ -340,6 +342,38 @@ impl Node {
         &self.name
     }
 
+    /// This node's pods with addresses, with their Kubernetes names when they have them.
+    pub fn local_pods(&self) -> Vec<crate::policy::LocalPod> {
+        let inner = self.lock();
+        inner
+            .allocations
+            .iter()
+            .flat_map(|a| a.iter())
+            .map(|a| crate::policy::LocalPod {
+                ip: a.ip,
+                pod: a
+                    .pod
+                    .as_deref()
+                    .and_then(|p| p.split_once('/'))
+                    .map(|(ns, name)| (ns.to_owned(), name.to_owned())),
+            })
+            .collect()
+    }
+
+    /// Writes the policy of a pod about to get its programs (see
+    /// [`crate::policy::PolicyState::admit`]); whether a policy isolates it.
+    fn admit_pod(
+        &self,
+        d: &mut Dataplane,
+        pod: Option<&twill_api::PodInfo>,
+        local: &[crate::policy::LocalPod],
+    ) -> bool {
+        match pod {
+            Some(p) => d.policy.admit(&mut d.datapath, &self.name, local, p.ip),
+            None => false,
+        }
+    }
+
     /// The programs forget pods that no longer have an address.
     pub fn forget_deleted_pods(&self) {
         let ips: Vec<std::net::Ipv4Addr> = {
@@ -388,14 +422,28 @@ impl Node {
                 pod,
             } => {
                 let ifname = ifname.clone();
+                let local = self.local_pods();
+                // A pod a policy isolates gets its programs now, before ADD returns and
+                // its interface is configured: it is filtered from its first packet.
                 let queued = self.with_dataplane(|d| {
+                    let isolated = self.admit_pod(d, pod.as_ref(), &local);
                     d.record_pod(pod.as_ref());
-                    d.work.queue_attach(&ifname)
+                    if isolated {
+                        d.work.forget_attach(&ifname);
+                        d.ensure_attached(&ifname).map(|()| false)
+                    } else {
+                        d.work.queue_attach(&ifname);
+                        Ok(true)
+                    }
                 });
                 return match queued {
-                    Some(()) => {
+                    Some(Ok(true)) => {
                         self.work_wake.notify_one();
                         Response::AttachQueued { ifname }
+                    }
+                    Some(Ok(false)) => Response::Attached { ifname },
+                    Some(Err(e)) => {
+                        error(ErrorKind::Internal, format!("{:#}", anyhow::Error::new(e)))
                     }
                     None => error(
                         ErrorKind::Internal,
@@ -405,7 +453,9 @@ impl Node {
             }
             Request::AttachPod { ifname, pod, .. } => {
                 let ifname = ifname.clone();
+                let local = self.local_pods();
                 let attached = self.with_dataplane(|d| {
+                    self.admit_pod(d, pod.as_ref(), &local);
                     d.record_pod(pod.as_ref());
                     d.work.forget_attach(&ifname);
                     d.ensure_attached(&ifname)

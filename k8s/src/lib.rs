@@ -1,6 +1,6 @@
-//! The Kubernetes objects twill understands: `Namespace`, `Pod`, `Service` (v1) and
-//! `EndpointSlice` (discovery.k8s.io/v1), parsed strictly from (multi-document) YAML and
-//! validated into a normalized model.
+//! The Kubernetes objects twill understands: `Namespace`, `Pod`, `Service` (v1),
+//! `EndpointSlice` (discovery.k8s.io/v1) and `NetworkPolicy` (networking.k8s.io/v1), parsed
+//! strictly from (multi-document) YAML and validated into a normalized model.
 //!
 //! Every problem is reported with the file, the document's position in it and the field,
 //! and [`parse`] reports all of them, so a caller can store all of a file or nothing.
@@ -11,7 +11,11 @@
 
 pub mod endpoints;
 pub mod names;
+pub mod policy;
+mod policy_parse;
 mod wire;
+
+pub use policy::*;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -34,6 +38,9 @@ pub enum Protocol {
     Tcp,
     #[serde(rename = "UDP")]
     Udp,
+    /// Pod container ports and NetworkPolicy ports; Services and EndpointSlices refuse it.
+    #[serde(rename = "SCTP")]
+    Sctp,
 }
 
 impl fmt::Display for Protocol {
@@ -41,6 +48,7 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
         })
     }
 }
@@ -166,6 +174,7 @@ pub enum Object {
     Pod(Pod),
     Service(Service),
     EndpointSlice(EndpointSlice),
+    NetworkPolicy(NetworkPolicy),
 }
 
 impl Object {
@@ -175,6 +184,7 @@ impl Object {
             Object::Pod(_) => "Pod",
             Object::Service(_) => "Service",
             Object::EndpointSlice(_) => "EndpointSlice",
+            Object::NetworkPolicy(_) => "NetworkPolicy",
         }
     }
 
@@ -185,6 +195,7 @@ impl Object {
             Object::Pod(_) => "pods",
             Object::Service(_) => "services",
             Object::EndpointSlice(_) => "endpointslices",
+            Object::NetworkPolicy(_) => "networkpolicies",
         }
     }
 
@@ -195,6 +206,7 @@ impl Object {
             Object::Pod(p) => Some(&p.namespace),
             Object::Service(s) => Some(&s.namespace),
             Object::EndpointSlice(e) => Some(&e.namespace),
+            Object::NetworkPolicy(n) => Some(&n.namespace),
         }
     }
 
@@ -204,6 +216,7 @@ impl Object {
             Object::Pod(p) => &p.name,
             Object::Service(s) => &s.name,
             Object::EndpointSlice(e) => &e.name,
+            Object::NetworkPolicy(n) => &n.name,
         }
     }
 
@@ -359,11 +372,12 @@ fn object(
     let expected = match kind.as_str() {
         "Namespace" | "Pod" | "Service" => "v1",
         "EndpointSlice" => "discovery.k8s.io/v1",
+        "NetworkPolicy" => "networking.k8s.io/v1",
         other => {
             p.add(
                 "kind",
                 format!(
-                    "{other} is not a kind twill handles (Namespace, Pod, Service, EndpointSlice)"
+                    "{other} is not a kind twill handles (Namespace, Pod, Service, EndpointSlice, NetworkPolicy)"
                 ),
             );
             return Err(p.found);
@@ -395,7 +409,11 @@ fn object(
         "Namespace" => typed::<wire::Namespace>(&mut p, value).map(|w| namespace_obj(&mut p, w)),
         "Pod" => typed::<wire::Pod>(&mut p, value).map(|w| pod_obj(&mut p, w)),
         "Service" => typed::<wire::Service>(&mut p, value).map(|w| service_obj(&mut p, w)),
-        _ => typed::<wire::EndpointSlice>(&mut p, value).map(|w| slice_obj(&mut p, w)),
+        "EndpointSlice" => {
+            typed::<wire::EndpointSlice>(&mut p, value).map(|w| slice_obj(&mut p, w))
+        }
+        _ => typed::<wire::NetworkPolicy>(&mut p, value)
+            .map(|w| Object::NetworkPolicy(policy_parse::policy_obj(&mut p, w))),
     };
     match result {
         Some(o) if p.found.is_empty() => Ok(o),
@@ -459,16 +477,36 @@ fn port(p: &mut Problems<'_>, field: String, value: i64) -> u16 {
     }
 }
 
-fn protocol(p: &mut Problems<'_>, field: String, value: Option<&str>) -> Protocol {
-    match value.unwrap_or("TCP") {
-        "TCP" => Protocol::Tcp,
-        "UDP" => Protocol::Udp,
-        "SCTP" => {
+/// Which protocols a field takes: Services and EndpointSlices do not take SCTP (yet).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocols {
+    TcpUdp,
+    WithSctp,
+}
+
+fn protocol(
+    p: &mut Problems<'_>,
+    field: String,
+    value: Option<&str>,
+    allowed: Protocols,
+) -> Protocol {
+    match (value.unwrap_or("TCP"), allowed) {
+        ("TCP", _) => Protocol::Tcp,
+        ("UDP", _) => Protocol::Udp,
+        ("SCTP", Protocols::WithSctp) => Protocol::Sctp,
+        ("SCTP", Protocols::TcpUdp) => {
             p.add(field, "SCTP is not supported yet (TCP, UDP)");
             Protocol::Tcp
         }
-        other => {
+        (other, Protocols::TcpUdp) => {
             p.add(field, format!("{other:?} is not a protocol (TCP, UDP)"));
+            Protocol::Tcp
+        }
+        (other, Protocols::WithSctp) => {
+            p.add(
+                field,
+                format!("{other:?} is not a protocol (TCP, UDP, SCTP)"),
+            );
             Protocol::Tcp
         }
     }
@@ -495,7 +533,12 @@ fn pod_obj(p: &mut Problems<'_>, w: wire::Pod) -> Object {
         for (i, cp) in container.ports.iter().enumerate() {
             let field = format!("spec.containers[{c}].ports[{i}]");
             let number = port(p, format!("{field}.containerPort"), cp.container_port);
-            let proto = protocol(p, format!("{field}.protocol"), cp.protocol.as_deref());
+            let proto = protocol(
+                p,
+                format!("{field}.protocol"),
+                cp.protocol.as_deref(),
+                Protocols::WithSctp,
+            );
             if let Some(n) = &cp.name {
                 p.check(format!("{field}.name"), names::iana_svc_name(n));
                 if named_ports.iter().any(|np| &np.name == n) {
@@ -590,7 +633,12 @@ fn service_obj(p: &mut Problems<'_>, w: wire::Service) -> Object {
     for (i, sp) in s.ports.iter().enumerate() {
         let field = format!("spec.ports[{i}]");
         let number = port(p, format!("{field}.port"), sp.port);
-        let proto = protocol(p, format!("{field}.protocol"), sp.protocol.as_deref());
+        let proto = protocol(
+            p,
+            format!("{field}.protocol"),
+            sp.protocol.as_deref(),
+            Protocols::TcpUdp,
+        );
         let name = sp.name.clone().unwrap_or_default();
         if name.is_empty() {
             if many {
@@ -813,7 +861,12 @@ fn slice_obj(p: &mut Problems<'_>, w: wire::EndpointSlice) -> Object {
         ports.push(SlicePort {
             name,
             port: number,
-            protocol: protocol(p, format!("{field}.protocol"), sp.protocol.as_deref()),
+            protocol: protocol(
+                p,
+                format!("{field}.protocol"),
+                sp.protocol.as_deref(),
+                Protocols::TcpUdp,
+            ),
         });
     }
     Object::EndpointSlice(EndpointSlice {
@@ -827,3 +880,6 @@ fn slice_obj(p: &mut Problems<'_>, w: wire::EndpointSlice) -> Object {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod policy_tests;

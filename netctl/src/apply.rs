@@ -1,4 +1,5 @@
-//! `netctl apply -f` and `netctl delete -f`: Kubernetes YAML into the cluster's store.
+//! `netctl apply -f` and `netctl delete -f`: Kubernetes YAML (Namespace, Pod, Service,
+//! EndpointSlice, NetworkPolicy) into the cluster's store.
 //!
 //! All or nothing: every file is parsed and validated, and every ClusterIP and NodePort
 //! checked, before anything is written; then everything is written in one etcd transaction
@@ -349,7 +350,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<()> {
                 }
                 ops.push(TxnOp::put(key.as_str(), value, None));
                 plan.push((
-                    o.resource().trim_end_matches('s').to_owned(),
+                    o.kind().to_ascii_lowercase(),
                     describe_result(&object),
                     verb,
                     released,
@@ -428,7 +429,7 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<()> {
             let key = cluster::object_key(o.resource(), o.namespace(), o.name());
             let what = format!(
                 "{}/{}",
-                o.resource().trim_end_matches('s'),
+                o.kind().to_ascii_lowercase(),
                 describe_result(o).split(' ').next().unwrap_or_default()
             );
             if !current.objects.contains_key(&key) {

@@ -1,4 +1,4 @@
-//! `netctl get`: what the cluster's etcd says about nodes, pods and services.
+//! `netctl get`: what the cluster's etcd says about nodes, pods, services and policies.
 
 use std::collections::BTreeMap;
 
@@ -37,6 +37,14 @@ pub enum GetCommand {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
+    /// NetworkPolicies: whom they select now, which directions they isolate, their mode.
+    #[command(name = "networkpolicies", visible_alias = "netpol")]
+    NetworkPolicies {
+        #[command(flatten)]
+        args: GetArgs,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
 }
 
 /// Stored objects of one kind.
@@ -61,6 +69,51 @@ fn services_of(
         .collect();
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     out
+}
+
+fn policies_of(
+    entries: &[(String, Vec<u8>)],
+    namespace: Option<&String>,
+) -> Vec<twill_k8s::NetworkPolicy> {
+    let mut out: Vec<twill_k8s::NetworkPolicy> = objects(entries)
+        .into_iter()
+        .filter_map(|o| match o {
+            twill_k8s::Object::NetworkPolicy(p) => Some(p),
+            _ => None,
+        })
+        .filter(|p| namespace.is_none_or(|n| &p.namespace == n))
+        .collect();
+    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    out
+}
+
+/// `Ingress,Egress`: the directions a policy isolates.
+fn policy_types(p: &twill_k8s::NetworkPolicy) -> String {
+    let mut types = Vec::new();
+    if p.ingress_isolation {
+        types.push("Ingress");
+    }
+    if p.egress_isolation {
+        types.push("Egress");
+    }
+    types.join(",")
+}
+
+/// The stored pods a policy selects now (its namespace, its pod selector): up to three
+/// names, then how many more.
+fn selected_pods(p: &twill_k8s::NetworkPolicy, pods: &[twill_k8s::Pod]) -> String {
+    const SHOWN: usize = 3;
+    let mut names: Vec<&str> = pods
+        .iter()
+        .filter(|pod| pod.namespace == p.namespace && p.pod_selector.matches(&pod.labels))
+        .map(|pod| pod.name.as_str())
+        .collect();
+    names.sort_unstable();
+    match names.len() {
+        0 => "<none>".into(),
+        n if n <= SHOWN => names.join(","),
+        n => format!("{} +{}", names[..SHOWN].join(","), n - SHOWN),
+    }
 }
 
 #[derive(Serialize)]
@@ -281,6 +334,47 @@ pub fn run(cmd: GetCommand) -> anyhow::Result<()> {
                 (header, lines)
             })
         }
+        GetCommand::NetworkPolicies { args, namespace } => {
+            let mut got = fetch(
+                &args,
+                &[
+                    &cluster::objects_prefix("networkpolicies"),
+                    &cluster::objects_prefix("pods"),
+                ],
+            )?;
+            let pods: Vec<twill_k8s::Pod> = objects(&got.pop().unwrap_or_default())
+                .into_iter()
+                .filter_map(|o| match o {
+                    twill_k8s::Object::Pod(p) => Some(p),
+                    _ => None,
+                })
+                .collect();
+            let rows = policies_of(&got.pop().unwrap_or_default(), namespace.as_ref());
+            print(args.output, &rows, |wide| {
+                let mut header = vec!["NAMESPACE", "NAME", "POD-SELECTOR", "TYPES", "MODE", "PODS"];
+                if wide {
+                    header.extend(["INGRESS-RULES", "EGRESS-RULES"]);
+                }
+                let lines = rows
+                    .iter()
+                    .map(|p| {
+                        let mut l = vec![
+                            p.namespace.clone(),
+                            p.name.clone(),
+                            p.pod_selector.to_string(),
+                            policy_types(p),
+                            p.enforcement.to_string(),
+                            selected_pods(p, &pods),
+                        ];
+                        if wide {
+                            l.extend([p.ingress.len().to_string(), p.egress.len().to_string()]);
+                        }
+                        l
+                    })
+                    .collect();
+                (header, lines)
+            })
+        }
         GetCommand::Nodes(args) => {
             let mut got = fetch(&args, &[cluster::NODES, cluster::SUBNETS])?;
             let subnets = got.pop().unwrap_or_default();
@@ -441,6 +535,46 @@ fn print<T: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod(namespace: &str, name: &str, app: &str) -> twill_k8s::Pod {
+        twill_k8s::Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+            labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
+            named_ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_policy_row_names_up_to_three_selected_pods_of_its_namespace() {
+        let policy = |yaml: &str| {
+            let (parsed, errors) = twill_k8s::parse("p.yaml", yaml);
+            assert_eq!(errors, []);
+            match &parsed[0].object {
+                twill_k8s::Object::NetworkPolicy(p) => p.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let web = policy(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: shop}\nspec: {podSelector: {matchLabels: {app: web}}, egress: [{}]}\n",
+        );
+        let mut pods = vec![
+            pod("shop", "web-1", "web"),
+            pod("shop", "web-0", "web"),
+            pod("shop", "db-0", "db"),
+            pod("other", "web-9", "web"),
+        ];
+        assert_eq!(selected_pods(&web, &pods), "web-0,web-1");
+        assert_eq!(policy_types(&web), "Ingress,Egress");
+        pods.extend([pod("shop", "web-2", "web"), pod("shop", "web-3", "web")]);
+        pods.push(pod("shop", "web-4", "web"));
+        assert_eq!(selected_pods(&web, &pods), "web-0,web-1,web-2 +2");
+        let none = policy(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: x, namespace: empty}\nspec: {podSelector: {}, policyTypes: [Egress]}\n",
+        );
+        assert_eq!(selected_pods(&none, &pods), "<none>");
+        assert_eq!(policy_types(&none), "Egress");
+    }
 
     #[test]
     fn a_node_whose_record_expired_shows_as_not_ready_while_its_subnet_is_held() {

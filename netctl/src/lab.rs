@@ -108,8 +108,8 @@ pub enum PodCommand {
         /// Labels, `k=v,k2=v2`.
         #[arg(long, value_delimiter = ',')]
         labels: Vec<String>,
-        /// Named container ports, `name=port[/UDP],...` (what a Service's named targetPort
-        /// finds).
+        /// Named container ports, `name=port[/UDP|/SCTP],...` (what a Service's named
+        /// targetPort finds).
         #[arg(long, value_delimiter = ',')]
         ports: Vec<String>,
         #[arg(long, default_value = DEFAULT_LAB)]
@@ -401,13 +401,14 @@ fn parse_ports(items: &[String]) -> anyhow::Result<Vec<twill_k8s::NamedPort>> {
         .map(|i| {
             let (name, rest) = i
                 .split_once('=')
-                .with_context(|| format!("port {i:?} is not name=port[/UDP]"))?;
+                .with_context(|| format!("port {i:?} is not name=port[/UDP|/SCTP]"))?;
             twill_k8s::names::iana_svc_name(name)
                 .map_err(|e| anyhow::anyhow!("port {i:?}: {e}"))?;
             let (number, protocol) = match rest.split_once('/') {
                 Some((n, "TCP")) => (n, twill_k8s::Protocol::Tcp),
                 Some((n, "UDP")) => (n, twill_k8s::Protocol::Udp),
-                Some((_, p)) => bail!("port {i:?}: {p:?} is not TCP or UDP"),
+                Some((n, "SCTP")) => (n, twill_k8s::Protocol::Sctp),
+                Some((_, p)) => bail!("port {i:?}: {p:?} is not TCP, UDP or SCTP"),
                 None => (rest, twill_k8s::Protocol::Tcp),
             };
             let port: u16 = number

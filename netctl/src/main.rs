@@ -21,11 +21,11 @@ enum Command {
     /// A local multi-node cluster on network namespaces, with its own etcd.
     #[command(subcommand)]
     Lab(lab::LabCommand),
-    /// Store Kubernetes objects (Namespace, Pod, Service, EndpointSlice) from YAML.
+    /// Store Kubernetes objects (Namespace, Pod, Service, EndpointSlice, NetworkPolicy) from YAML.
     Apply(apply::ApplyArgs),
     /// Remove the objects named in YAML files from the store.
     Delete(apply::DeleteArgs),
-    /// Show what the cluster's store says: nodes, pods, services, endpoints.
+    /// Show what the cluster's store says: nodes, pods, services, endpoints, networkpolicies.
     #[command(subcommand)]
     Get(get::GetCommand),
     /// Show what a node's eBPF maps hold: services, conntrack, metrics.

@@ -1,4 +1,5 @@
-//! `netctl apply|delete|get services|endpoints` against a lab's etcd, through the binary.
+//! `netctl apply|delete|get services|endpoints|networkpolicies` against a lab's etcd,
+//! through the binary.
 
 use std::{
     io::Write as _,
@@ -199,6 +200,210 @@ spec: {ports: [{port: 80, tragetPort: 8080}]}
         text(&out).contains(&format!("clusterIP {ip}")),
         "{}",
         text(&out)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn lab_up(lab: &str) -> Down {
+    let up = netctl(&[
+        "lab",
+        "up",
+        "--bare",
+        "--name",
+        lab,
+        "--nodes",
+        "1",
+        "--externals",
+        "0",
+    ]);
+    assert!(up.status.success(), "{}", text(&up));
+    Down(lab.to_owned())
+}
+
+#[test]
+fn a_network_policy_is_stored_and_shown_with_the_pods_it_selects() {
+    require_root();
+    let lab = random_name();
+    let _down = lab_up(&lab);
+    let dir = std::env::temp_dir().join(format!("twill-netpol-{lab}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pods: String = ["web-0", "web-1", "web-2", "web-3"]
+        .iter()
+        .chain(&["db-0"])
+        .map(|name| {
+            let app = name.split('-').next().unwrap();
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {app}}}}}\nspec: {{containers: [{{name: c, ports: [{{name: diameter, containerPort: 3868, protocol: SCTP}}]}}]}}\n---\n"
+            )
+        })
+        .collect();
+    let file = write(
+        &dir,
+        "policy.yaml",
+        &format!(
+            r#"{pods}apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web-from-front
+  namespace: shop
+  annotations: {{twill.io/enforcement: audit}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  ingress:
+  - from: [{{podSelector: {{matchLabels: {{app: front}}}}}}, {{ipBlock: {{cidr: 10.0.0.1/8, except: [10.1.0.0/16]}}}}]
+    ports: [{{port: 8080, endPort: 8090}}, {{protocol: SCTP, port: diameter}}]
+  egress:
+  - to: [{{namespaceSelector: {{}}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: db-deny-all, namespace: shop}}
+spec:
+  podSelector: {{matchExpressions: [{{key: app, operator: In, values: [db]}}]}}
+  policyTypes: [Ingress, Egress]
+"#
+        ),
+    );
+    let out = netctl(&["apply", "-f", &file, "--lab", &lab]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("networkpolicy/shop/web-from-front created")
+            && said.contains("networkpolicy/shop/db-deny-all created"),
+        "{said}"
+    );
+
+    let table = netctl(&["get", "netpol", "-n", "shop", "--lab", &lab]);
+    assert!(table.status.success(), "{}", text(&table));
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| {
+            l.split("   ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["NAMESPACE", "NAME", "POD-SELECTOR", "TYPES", "MODE", "PODS"],
+            vec![
+                "shop",
+                "db-deny-all",
+                "app in (db)",
+                "Ingress,Egress",
+                "enforce",
+                "db-0"
+            ],
+            vec![
+                "shop",
+                "web-from-front",
+                "app=web",
+                "Ingress,Egress",
+                "audit",
+                "web-0,web-1,web-2 +1"
+            ],
+        ],
+        "{table}"
+    );
+    let other = netctl(&["get", "networkpolicies", "-n", "elsewhere", "--lab", &lab]);
+    assert_eq!(text(&other).lines().count(), 1, "{}", text(&other));
+
+    // The stored objects, as validated and defaulted.
+    let json = netctl(&["get", "networkpolicies", "--lab", &lab, "-o", "json"]);
+    assert!(json.status.success(), "{}", text(&json));
+    let stored: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let web = &stored[1];
+    assert_eq!(web["name"], "web-from-front");
+    assert_eq!(web["enforcement"], "audit");
+    assert_eq!(
+        web["ingress"][0]["peers"][1]["ip_block"]["cidr"],
+        "10.0.0.0/8"
+    );
+    assert_eq!(web["ingress"][0]["ports"][0]["end_port"], 8090);
+    assert_eq!(web["ingress"][0]["ports"][0]["protocol"], "TCP");
+    assert_eq!(web["ingress"][0]["ports"][1]["protocol"], "SCTP");
+    let yaml = netctl(&["get", "netpol", "--lab", &lab, "-o", "yaml"]);
+    assert!(
+        String::from_utf8_lossy(&yaml.stdout).contains("name: db-deny-all"),
+        "{}",
+        text(&yaml)
+    );
+
+    // Applying again changes nothing; delete removes exactly what the file names.
+    let out = netctl(&["apply", "-f", &file, "--lab", &lab]);
+    assert_eq!(
+        text(&out).matches(" unchanged").count(),
+        7,
+        "{}",
+        text(&out)
+    );
+    let out = netctl(&["delete", "-f", &file, "--lab", &lab]);
+    assert!(
+        text(&out).contains("networkpolicy/shop/web-from-front deleted"),
+        "{}",
+        text(&out)
+    );
+    let json = netctl(&["get", "netpol", "--lab", &lab, "-o", "json"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&json.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_network_policy_stores_nothing_of_its_file() {
+    require_root();
+    let lab = random_name();
+    let _down = lab_up(&lab);
+    let dir = std::env::temp_dir().join(format!("twill-netpol-bad-{lab}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = write(
+        &dir,
+        "mixed.yaml",
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-in, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from:
+    - podSelector: {}
+    - ipBlock: {cidr: 10.0.0.0/16, except: [10.0.1.0/24, 10.1.0.0/24]}
+    ports: [{port: "80"}]
+"#,
+    );
+    let out = netctl(&["apply", "-f", &file, "--lab", &lab]);
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains(&format!(
+            "{file}: document 2 (NetworkPolicy shop/web-in): spec.ingress[0].from[1].ipBlock.except[1]: 10.1.0.0/24 is not strictly inside cidr 10.0.0.0/16"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "{file}: document 2 (NetworkPolicy shop/web-in): spec.ingress[0].ports[0].port: \"80\" is not a port name"
+        )),
+        "{said}"
+    );
+    assert!(said.contains("nothing was stored (2 problem(s))"), "{said}");
+    assert_eq!(services(&lab), serde_json::json!([]));
+    let json = netctl(&["get", "netpol", "--lab", &lab, "-o", "json"]);
+    assert!(json.status.success(), "{}", text(&json));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&json.stdout).unwrap(),
+        serde_json::json!([])
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -49,6 +49,20 @@ pub fn alive(pid: u32) -> bool {
 }
 
 /// Crafted frames for `BPF_PROG_TEST_RUN`.
+/// Gives each address an open policy entry, as `twilld` does for a pod no policy selects:
+/// the pod programs drop what a local pod sends or receives without one (fail closed), so
+/// tests that run the programs on crafted packets register their pods first.
+pub fn open_policy(datapath: &mut twill_bpf::Datapath, ips: impl IntoIterator<Item = Ipv4Addr>) {
+    for ip in ips {
+        datapath
+            .set_policy_endpoint(
+                twill_abi::lb::wire_ip(ip.octets()),
+                twill_abi::policy::PolicyEndpoint::default(),
+            )
+            .expect("write an open policy entry");
+    }
+}
+
 pub mod packet {
     use super::Ipv4Addr;
 

@@ -74,6 +74,7 @@ fn each_crafted_packet_gets_its_verdict_and_is_counted_under_its_reason() {
     let lab = Lab::up(&LabSpec::for_test(1, 0)).expect("lab up");
     let node = &lab.nodes()[0];
     let mut datapath = Datapath::load(&node.bpffs_dir).expect("programs load and verify");
+    twill_tests::open_policy(&mut datapath, [POD_A, POD_B]);
 
     for program in programs::POD {
         let direction = if program == programs::FROM_POD {
@@ -125,6 +126,8 @@ fn counters_of_traffic_through_a_veth_are_read_back_from_the_pinned_map() {
     let lab = Lab::up(&LabSpec::for_test(2, 0)).expect("lab up");
     let (node1, node2) = (&lab.nodes()[0], &lab.nodes()[1]);
     let mut datapath = Datapath::load(&node1.bpffs_dir).expect("programs load");
+    // The programs see node2 as the "pod" on eth0's far side.
+    twill_tests::open_policy(&mut datapath, [node2.plan.underlay_ip]);
     // Interface names resolve in the calling thread's namespace: attach from node1's.
     node1
         .run(|| datapath.attach_pod("eth0"))

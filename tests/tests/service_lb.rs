@@ -17,7 +17,7 @@ use twill_abi::{
 };
 use twill_bpf::Datapath;
 use twill_lab::{Lab, LabSpec};
-use twill_tests::{packet, require_root};
+use twill_tests::{open_policy, packet, require_root};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -49,8 +49,23 @@ fn backends(list: &[(Ipv4Addr, u16)]) -> Vec<Backend> {
 fn setup() -> (Lab, Datapath) {
     require_root();
     let lab = Lab::up(&LabSpec::for_test(1, 0)).expect("lab up");
-    let datapath = Datapath::load(&lab.nodes()[0].bpffs_dir).expect("programs load and verify");
+    let mut datapath = Datapath::load(&lab.nodes()[0].bpffs_dir).expect("programs load and verify");
+    open_policy(&mut datapath, pods());
     (lab, datapath)
+}
+
+/// Every pod address these tests send from or to: no policy selects them.
+fn pods() -> Vec<Ipv4Addr> {
+    let mut ips = vec![
+        CLIENT,
+        Ipv4Addr::new(10, 244, 0, 7),
+        Ipv4Addr::new(10, 244, 0, 8),
+        Ipv4Addr::new(10, 244, 1, 9),
+        Ipv4Addr::new(192, 0, 2, 10),
+    ];
+    ips.extend(BACKENDS.iter().map(|(ip, _)| *ip));
+    ips.extend((0..=255).map(|h| Ipv4Addr::new(10, 244, 9, h)));
+    ips
 }
 
 #[test]
@@ -216,6 +231,7 @@ fn with_the_service_cidr_known_only_its_destinations_are_looked_up() {
     let lab = Lab::up(&LabSpec::for_test(1, 0)).expect("lab up");
     let mut dp = Datapath::load_with(&lab.nodes()[0].bpffs_dir, Some(([10, 96, 0, 0], 12)))
         .expect("programs load with the service CIDR");
+    open_policy(&mut dp, pods());
     let inside = frontend(IPPROTO_TCP, 80);
     // A frontend outside the CIDR is never consulted: proof that the filter is on.
     let outside = FrontendKey {

@@ -1,7 +1,15 @@
-//! The overlay's control loop: node records from etcd (a snapshot, then a watch) become
-//! routes, neighbours and FDB entries on the VXLAN device. Each pass diffs what the kernel
-//! holds against what etcd says and changes only the difference; a periodic pass also puts
-//! back anything removed by hand.
+//! The VXLAN overlay between nodes, and its control loop: node records from etcd (a
+//! snapshot, then a watch) become routes, neighbours and FDB entries on the VXLAN device.
+//! Each pass diffs what the kernel holds against what etcd says and changes only the
+//! difference; a periodic pass also puts back anything removed by hand.
+//!
+//! The parts: [`peers`](mod@peers) (pure: what the device should hold, and the
+//! difference), [`vxlan`] (the device and its entries, through netlink) and [`underlay`]
+//! (the interface the overlay runs over).
+
+pub mod peers;
+pub mod underlay;
+pub mod vxlan;
 
 use std::{collections::BTreeMap, pin::Pin, sync::Arc, time::Duration};
 
@@ -23,8 +31,10 @@ use twill_ipam::{ClusterCidr, PodSubnet};
 
 use crate::{
     config::Config,
-    peers::{Programmed, diff, peers},
-    vxlan::{self, Device},
+    overlay::{
+        peers::{Programmed, diff, peers},
+        vxlan::Device,
+    },
 };
 
 pub struct Overlay {

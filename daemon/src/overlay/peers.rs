@@ -1,6 +1,6 @@
 //! What the overlay should hold, as plain data: the remote nodes (peers) from etcd's node
 //! records, what that means for the VXLAN device (routes, neighbours, FDB entries), and the
-//! difference from what the kernel holds. No I/O; [`crate::vxlan`] applies the difference.
+//! difference from what the kernel holds. No I/O; [`crate::overlay::vxlan`] applies the difference.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

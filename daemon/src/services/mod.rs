@@ -1,23 +1,21 @@
 //! Keeps the node's Service maps equal to what etcd says: Services, pods and their
 //! placements, and EndpointSlices (parsed once, as they arrive) are compiled
-//! ([`crate::lbplan`]) into frontends and backends, diffed against what was last written
+//! ([`lbplan`]) into frontends and backends, diffed against what was last written
 //! (read back from the pinned maps at start and at each periodic pass), and only the
 //! difference is written. Runs on
 //! every change (debounced) and periodically; a restarted daemon finds the maps as it left
 //! them, keeps their service ids, and changes nothing that is still right.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+mod lbplan;
 
-use etcd_client::{EventType, GetOptions, WatchOptions};
+use std::{collections::BTreeMap, sync::Arc};
+
 use tracing::{info, warn};
 use twill_abi::lb::{Backend, Frontend, FrontendKey, SCOPE_NODE_PORT};
 use twill_api::cluster::{self, PodRecord};
 use twill_k8s::{Object, endpoints::PodPlacement};
 
-use crate::{config::Config, lbplan, node::Node};
-
-/// How long to gather changes before one pass.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+use crate::{config::Config, node::Node, watch::Pass};
 
 /// What this loop reads under `/twill/v1/`, parsed once when it arrives.
 enum Entry {
@@ -26,7 +24,7 @@ enum Entry {
 }
 
 /// Everything this loop reads, by key.
-type Store = BTreeMap<String, Entry>;
+type Store = crate::watch::Store<Entry>;
 
 fn parse(key: &str, value: &[u8]) -> Option<Entry> {
     if key.starts_with(cluster::OBJECTS) {
@@ -39,17 +37,6 @@ fn parse(key: &str, value: &[u8]) -> Option<Entry> {
             .map(Entry::Pod)
     } else {
         None
-    }
-}
-
-fn put(store: &mut Store, key: &str, value: &[u8]) {
-    match parse(key, value) {
-        Some(entry) => {
-            store.insert(key.to_owned(), entry);
-        }
-        None => {
-            store.remove(key);
-        }
     }
 }
 
@@ -70,7 +57,7 @@ fn decode(store: &Store) -> Decoded<'_> {
                 Object::Service(s) => services.push(s),
                 Object::Pod(p) => pod_objects.push(p),
                 Object::EndpointSlice(s) => slices.push(s),
-                Object::Namespace(_) => {}
+                Object::Namespace(_) | Object::NetworkPolicy(_) => {}
             },
             Entry::Pod(r) => {
                 placements.insert(
@@ -170,84 +157,14 @@ fn reconcile(node: &Node, store: &Store, programmed: &mut Programmed) {
 }
 
 pub async fn run(config: Config, node: Arc<Node>) {
-    loop {
-        let mut client = match crate::connect(&config).await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("services: {e:#}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let snapshot = match client
-            .get(cluster::ROOT, Some(GetOptions::new().with_prefix()))
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("services: reading the store: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let revision = snapshot.header().map_or(0, |h| h.revision());
-        let mut store = Store::new();
-        for kv in snapshot.kvs() {
-            if let Ok(key) = kv.key_str() {
-                put(&mut store, key, kv.value());
-            }
+    let mut programmed: Programmed = None;
+    crate::watch::follow(&config, "services", parse, |store, pass| {
+        if pass != Pass::Changed {
+            // A fresh snapshot or the periodic pass: read the maps back, which repairs
+            // what was changed behind our back.
+            programmed = None;
         }
-        let mut programmed: Programmed = None;
-        reconcile(&node, &store, &mut programmed);
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1);
-        let mut stream = match client.watch(cluster::ROOT, Some(options)).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("services: watching the store: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let mut tick = tokio::time::interval(config.resync);
-        tick.tick().await;
-        let mut pending: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-        loop {
-            tokio::select! {
-                message = stream.message() => {
-                    let response = match message {
-                        Ok(Some(r)) if !r.canceled() => r,
-                        Ok(_) => { warn!("services: the watch ended; starting over"); break; }
-                        Err(e) => { warn!("services: watch: {e}; starting over"); break; }
-                    };
-                    for event in response.events() {
-                        let Some(kv) = event.kv() else { continue };
-                        let Ok(key) = kv.key_str() else { continue };
-                        match event.event_type() {
-                            EventType::Put => put(&mut store, key, kv.value()),
-                            EventType::Delete => { store.remove(key); }
-                        }
-                    }
-                    if pending.is_none() {
-                        pending = Some(Box::pin(tokio::time::sleep(DEBOUNCE)));
-                    }
-                }
-                () = async {
-                    match pending.as_mut() {
-                        Some(s) => s.await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    pending = None;
-                    reconcile(&node, &store, &mut programmed);
-                }
-                _ = tick.tick() => {
-                    // Read the maps back: repairs what was changed behind our back.
-                    programmed = None;
-                    reconcile(&node, &store, &mut programmed);
-                }
-            }
-        }
-    }
+        reconcile(&node, store, &mut programmed);
+    })
+    .await
 }

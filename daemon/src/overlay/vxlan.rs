@@ -18,8 +18,8 @@ use rtnetlink::{Handle, LinkVxlan, RouteMessageBuilder};
 use twill_ipam::ClusterCidr;
 use twill_netlink::{StepError, delete_link, link_by_name, link_mac_bytes, link_up};
 
-use crate::{
-    peers::{Changes, Mac, Programmed},
+use crate::overlay::{
+    peers::{self, Changes, Mac, Programmed},
     underlay::Underlay,
 };
 
@@ -281,10 +281,7 @@ pub async fn apply(h: &Handle, device: &Device, changes: &Changes) -> Vec<String
             .replace()
             .execute()
             .await;
-        note(
-            format!("fdb {} dst {dst}", crate::peers::format_mac(mac)),
-            r,
-        );
+        note(format!("fdb {} dst {dst}", peers::format_mac(mac)), r);
     }
     for (ip, mac) in &changes.set_neighbours {
         let r = h
@@ -324,7 +321,7 @@ pub async fn apply(h: &Handle, device: &Device, changes: &Changes) -> Vec<String
             .del(neighbour(device, AddressFamily::Bridge, *dst, Some(*mac)))
             .execute()
             .await;
-        note(format!("removing fdb {}", crate::peers::format_mac(mac)), r);
+        note(format!("removing fdb {}", peers::format_mac(mac)), r);
     }
     failed
 }

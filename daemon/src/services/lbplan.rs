@@ -71,6 +71,8 @@ pub fn compile(
             let protocol = match port.protocol {
                 Protocol::Tcp => IPPROTO_TCP,
                 Protocol::Udp => IPPROTO_UDP,
+                // IPPROTO_SCTP; twill-k8s refuses SCTP Services, so none reach here yet.
+                Protocol::Sctp => 132,
             };
             let ready = |local: bool| -> Vec<Backend> {
                 found

@@ -1,0 +1,527 @@
+//! NetworkPolicy on this node: keeps the policy maps equal to what etcd says.
+//!
+//! Each pass compiles ([`twill_policy::compile`]) the tables of this node's pods from the
+//! NetworkPolicies, Namespaces and Pods in etcd and the pods' addresses (this node's from
+//! its own allocations, other nodes' from their records), and writes them:
+//!
+//! 1. every distinct table not yet in the maps, under a new table id (pods with equal
+//!    tables share one);
+//! 2. each pod's endpoint entry, pointing at its table: one map update, so a packet sees
+//!    the old table or the new one, never a mix;
+//! 3. then tables no pod uses any more are removed.
+//!
+//! A pod's policy is also computed when its programs are attached ([`PolicyState::admit`],
+//! from the CNI ADD), before the attach, so a pod is filtered from its first packet; a pod
+//! a policy isolates gets its programs attached before ADD returns (see `node`).
+//!
+//! Fails closed: a table that cannot be written (a full map) leaves its pods pointing at
+//! no table, which denies every isolated direction; until the first snapshot of the store,
+//! new pods are denied both ways. Either is logged and kept in [`PolicyState::problems`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+    sync::Arc,
+};
+
+use tracing::{info, warn};
+use twill_abi::{
+    lb::wire_ip,
+    policy::{MODE_ENFORCE, POLICY_COUNTERS, PolicyEndpoint, RuleSlotKey},
+};
+use twill_api::cluster::{self, PodRecord};
+use twill_bpf::{Datapath, DatapathError};
+use twill_k8s::Object;
+use twill_policy::{
+    ClusterView, Direction, EndpointPolicy, PodView, RuleRef,
+    entries::{TableEntries, endpoint_entry, table_entries},
+};
+
+use crate::{config::Config, node::Node, watch::Pass};
+
+/// What this loop reads from the store.
+pub enum Entry {
+    Object(Box<Object>),
+    Pod(PodRecord),
+}
+
+fn parse(key: &str, value: &[u8]) -> Option<Entry> {
+    if key.starts_with(cluster::OBJECTS) {
+        match serde_json::from_slice::<Object>(value).ok()? {
+            o @ (Object::NetworkPolicy(_) | Object::Namespace(_) | Object::Pod(_)) => {
+                Some(Entry::Object(Box::new(o)))
+            }
+            _ => None,
+        }
+    } else if key.starts_with(cluster::PODS) {
+        serde_json::from_slice::<PodRecord>(value)
+            .ok()
+            .map(Entry::Pod)
+    } else {
+        None
+    }
+}
+
+/// The store's side of a compile: everything but this node's pod addresses.
+#[derive(Default)]
+pub struct Inputs {
+    namespaces: Vec<twill_k8s::Namespace>,
+    policies: Vec<twill_k8s::NetworkPolicy>,
+    /// Pod objects (labels, named ports) by namespace and name.
+    objects: BTreeMap<(String, String), twill_k8s::Pod>,
+    /// Other nodes' pod records.
+    records: Vec<PodRecord>,
+}
+
+impl Inputs {
+    fn from_store(store: &crate::watch::Store<Entry>, me: &str) -> Inputs {
+        let mut inputs = Inputs::default();
+        for entry in store.values() {
+            match entry {
+                Entry::Object(o) => match o.as_ref() {
+                    Object::NetworkPolicy(p) => inputs.policies.push(p.clone()),
+                    Object::Namespace(n) => inputs.namespaces.push(n.clone()),
+                    Object::Pod(p) => {
+                        inputs
+                            .objects
+                            .insert((p.namespace.clone(), p.name.clone()), p.clone());
+                    }
+                    _ => {}
+                },
+                Entry::Pod(r) if r.node != me => inputs.records.push(r.clone()),
+                Entry::Pod(_) => {}
+            }
+        }
+        inputs
+    }
+
+    /// The compile's view: other nodes' pods from their records, this node's from `local`.
+    fn view(&self, me: &str, local: &[LocalPod]) -> ClusterView {
+        let pod = |namespace: &str, name: &str, node: &str, ip: Ipv4Addr| {
+            let object = self.objects.get(&(namespace.to_owned(), name.to_owned()));
+            PodView {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                node: node.to_owned(),
+                ip,
+                labels: object.map(|o| o.labels.clone()).unwrap_or_default(),
+                named_ports: object.map(|o| o.named_ports.clone()).unwrap_or_default(),
+            }
+        };
+        let mut pods: Vec<PodView> = self
+            .records
+            .iter()
+            .map(|r| pod(&r.namespace, &r.name, &r.node, r.ip))
+            .collect();
+        pods.extend(local.iter().filter_map(|l| {
+            let (ns, name) = l.pod.as_ref()?;
+            Some(pod(ns, name, me, l.ip))
+        }));
+        ClusterView::new(self.namespaces.clone(), pods, self.policies.clone())
+    }
+}
+
+/// A pod with an address on this node; `pod` is its namespace and name when it has them.
+#[derive(Clone, Debug)]
+pub struct LocalPod {
+    pub ip: Ipv4Addr,
+    pub pod: Option<(String, String)>,
+}
+
+/// What a counter slot counts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Counted {
+    Rule(RuleRef),
+    /// Denied (or, audited, would-be denied) packets of a pod in a direction.
+    Denied(Ipv4Addr, Direction),
+}
+
+/// Counter slots: stable per rule and per pod direction while they exist. Slot 0 is never
+/// handed out: bits beyond the map's room count there.
+#[derive(Default)]
+struct Slots {
+    by_what: HashMap<Counted, u32>,
+    free: Vec<u32>,
+    next: u32,
+}
+
+impl Slots {
+    fn slot(&mut self, datapath: &mut Datapath, what: Counted) -> u32 {
+        if let Some(s) = self.by_what.get(&what) {
+            return *s;
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None if self.next + 1 < POLICY_COUNTERS => {
+                self.next += 1;
+                self.next
+            }
+            None => return 0,
+        };
+        if let Err(e) = datapath.reset_policy_counter(slot) {
+            warn!(
+                "resetting policy counter {slot}: {:#}",
+                anyhow::Error::new(e)
+            );
+        }
+        self.by_what.insert(what, slot);
+        slot
+    }
+
+    /// Frees the slots of what is no longer counted.
+    fn keep_only(&mut self, live: &BTreeSet<Counted>) {
+        let gone: Vec<Counted> = self
+            .by_what
+            .keys()
+            .filter(|k| !live.contains(k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(s) = self.by_what.remove(&k) {
+                self.free.push(s);
+            }
+        }
+    }
+}
+
+/// A table in the maps.
+struct Table {
+    id: u32,
+    entries: TableEntries,
+    slots: Vec<(RuleSlotKey, u32)>,
+}
+
+/// The node's policy state, kept with the dataplane (under its lock).
+#[derive(Default)]
+pub struct PolicyState {
+    /// The store's latest contents; `None` until the first snapshot.
+    inputs: Option<Arc<Inputs>>,
+    /// Tables in the maps, by content.
+    tables: HashMap<EndpointPolicy, Table>,
+    /// Endpoint entries as written, by pod address (wire order), with their pods' tables.
+    endpoints: BTreeMap<u32, (PolicyEndpoint, Option<EndpointPolicy>)>,
+    slots: Slots,
+    /// Whether the maps of an earlier run have been pruned.
+    pruned: bool,
+    /// What is wrong now, for status and logs.
+    pub problems: Vec<String>,
+}
+
+/// An entry that denies every direction: a pod whose policy is not known yet.
+const DENY_ALL: PolicyEndpoint = PolicyEndpoint {
+    table: 0,
+    modes: [MODE_ENFORCE, MODE_ENFORCE],
+    _pad: [0; 2],
+    any_ports: [0; 2],
+    deny_counter: [0; 2],
+};
+
+impl PolicyState {
+    /// Computes and writes the policy of the pod at `ip` before its programs are attached.
+    /// Returns whether a policy isolates it in some direction (then the caller attaches
+    /// its programs before answering).
+    pub fn admit(
+        &mut self,
+        datapath: &mut Datapath,
+        me: &str,
+        local: &[LocalPod],
+        ip: Ipv4Addr,
+    ) -> bool {
+        match self.write(datapath, me, local, Some(ip)) {
+            Ok(()) => {}
+            Err(e) => {
+                let problem = format!("policy of pod {ip}: {:#}", anyhow::Error::new(e));
+                warn!("{problem}");
+                self.problems.push(problem);
+            }
+        }
+        self.endpoints
+            .get(&wire_ip(ip.octets()))
+            .is_none_or(|(e, _)| e.modes != [0, 0])
+    }
+
+    /// One full pass: every local pod's table written, pods gone removed, unused tables
+    /// and slots released.
+    pub fn reconcile(&mut self, datapath: &mut Datapath, me: &str, local: &[LocalPod]) {
+        self.problems.clear();
+        if let Err(e) = self.write(datapath, me, local, None) {
+            let problem = format!("programming network policies: {:#}", anyhow::Error::new(e));
+            warn!("{problem}");
+            self.problems.push(problem);
+        }
+    }
+
+    /// Writes the tables and endpoint entries of the local pods (`only`: of that one).
+    fn write(
+        &mut self,
+        datapath: &mut Datapath,
+        me: &str,
+        local: &[LocalPod],
+        only: Option<Ipv4Addr>,
+    ) -> Result<(), DatapathError> {
+        if !self.pruned {
+            self.take_over(datapath)?;
+        }
+        let Some(inputs) = self.inputs.clone() else {
+            // No snapshot of the store yet: what policies say is unknown. Deny.
+            for l in local.iter().filter(|l| only.is_none_or(|ip| ip == l.ip)) {
+                self.set_endpoint(datapath, l.ip, DENY_ALL, None)?;
+            }
+            return Ok(());
+        };
+        let view = inputs.view(me, local);
+        let compiled =
+            twill_policy::compile(&view, |p| p.node == me && only.is_none_or(|ip| ip == p.ip));
+        let mut failed = None;
+        for l in local.iter().filter(|l| only.is_none_or(|ip| ip == l.ip)) {
+            let policy = compiled.endpoints.get(&l.ip).map(|c| c.policy.clone());
+            let entry = match &policy {
+                None => PolicyEndpoint::default(),
+                Some(p) if p.is_open() => PolicyEndpoint::default(),
+                Some(p) => {
+                    let deny = [
+                        self.slots
+                            .slot(datapath, Counted::Denied(l.ip, Direction::Ingress)),
+                        self.slots
+                            .slot(datapath, Counted::Denied(l.ip, Direction::Egress)),
+                    ];
+                    match self.ensure_table(datapath, p) {
+                        Ok(id) => endpoint_entry(id, p, deny),
+                        Err(e) => {
+                            // Fail closed: no table, so every isolated direction denies.
+                            failed.get_or_insert(e);
+                            endpoint_entry(0, p, deny)
+                        }
+                    }
+                }
+            };
+            for d in Direction::BOTH {
+                if let Some(error) = policy.as_ref().and_then(|p| p.direction(d).error.clone()) {
+                    self.problems.push(format!("pod {} {d}: {error}", l.ip));
+                }
+            }
+            self.set_endpoint(datapath, l.ip, entry, policy)?;
+        }
+        if only.is_none() {
+            let keep: BTreeSet<u32> = local.iter().map(|l| wire_ip(l.ip.octets())).collect();
+            let gone: Vec<u32> = self
+                .endpoints
+                .keys()
+                .filter(|k| !keep.contains(k))
+                .copied()
+                .collect();
+            for ip in gone {
+                datapath.remove_policy_endpoint(ip)?;
+                self.endpoints.remove(&ip);
+            }
+            self.release_unused(datapath)?;
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn set_endpoint(
+        &mut self,
+        datapath: &mut Datapath,
+        ip: Ipv4Addr,
+        entry: PolicyEndpoint,
+        policy: Option<EndpointPolicy>,
+    ) -> Result<(), DatapathError> {
+        let key = wire_ip(ip.octets());
+        if self.endpoints.get(&key).is_some_and(|(e, _)| *e == entry) {
+            return Ok(());
+        }
+        datapath.set_policy_endpoint(key, entry)?;
+        self.endpoints.insert(key, (entry, policy));
+        Ok(())
+    }
+
+    /// The id of `policy`'s table, written first if it is not in the maps yet.
+    fn ensure_table(
+        &mut self,
+        datapath: &mut Datapath,
+        policy: &EndpointPolicy,
+    ) -> Result<u32, DatapathError> {
+        if let Some(t) = self.tables.get(policy) {
+            return Ok(t.id);
+        }
+        let id = datapath.policy_next_table()?;
+        datapath
+            .set_policy_next_table(id.wrapping_add(1).max(1) & twill_abi::policy::MAX_TABLE_ID)?;
+        let entries = table_entries(id, policy);
+        let mut slots = Vec::new();
+        for d in Direction::BOTH {
+            for (bit, b) in policy.direction(d).bits.iter().enumerate() {
+                let slot = self.slots.slot(datapath, Counted::Rule(b.rule.clone()));
+                slots.push((
+                    RuleSlotKey {
+                        table: id,
+                        direction: d.index(),
+                        bit: bit as u32,
+                    },
+                    slot,
+                ));
+            }
+        }
+        if let Err(e) = datapath.insert_policy_table(&entries.peers, &entries.ports, &slots) {
+            // Nothing of a table is left half-written.
+            let _ = remove_table(datapath, &entries, &slots);
+            return Err(e);
+        }
+        self.tables
+            .insert(policy.clone(), Table { id, entries, slots });
+        Ok(id)
+    }
+
+    /// Removes tables no endpoint points at, and frees counter slots nothing uses.
+    fn release_unused(&mut self, datapath: &mut Datapath) -> Result<(), DatapathError> {
+        let used: BTreeSet<u32> = self.endpoints.values().map(|(e, _)| e.table).collect();
+        let unused: Vec<EndpointPolicy> = self
+            .tables
+            .iter()
+            .filter(|(_, t)| !used.contains(&t.id))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in unused {
+            if let Some(t) = self.tables.remove(&p) {
+                remove_table(datapath, &t.entries, &t.slots)?;
+            }
+        }
+        let mut live = BTreeSet::new();
+        for p in self.tables.keys() {
+            for d in Direction::BOTH {
+                live.extend(
+                    p.direction(d)
+                        .bits
+                        .iter()
+                        .map(|b| Counted::Rule(b.rule.clone())),
+                );
+            }
+        }
+        for (ip, (e, _)) in &self.endpoints {
+            if e.table != 0 || e.modes != [0, 0] {
+                let ip = Ipv4Addr::from(u32::from_be(*ip));
+                live.insert(Counted::Denied(ip, Direction::Ingress));
+                live.insert(Counted::Denied(ip, Direction::Egress));
+            }
+        }
+        self.slots.keep_only(&live);
+        Ok(())
+    }
+
+    /// At the first pass: what an earlier run left in the maps. Endpoint entries stay (so
+    /// pods keep their verdicts until rewritten); tables are rewritten under new ids, and
+    /// the old ones go once no entry points at them, at the end of this pass.
+    fn take_over(&mut self, datapath: &mut Datapath) -> Result<(), DatapathError> {
+        let (peers, ports, slots) = datapath.policy_keys()?;
+        let endpoints = datapath.policy_endpoints()?;
+        let old_tables: BTreeSet<u32> = endpoints.iter().map(|(_, e)| e.table).collect();
+        for (ip, e) in endpoints {
+            self.endpoints.insert(ip, (e, None));
+        }
+        // Tables of the earlier run: kept as contentless placeholders until unused.
+        for id in old_tables.into_iter().filter(|id| *id != 0) {
+            let entries = TableEntries {
+                peers: peers
+                    .iter()
+                    .filter(|(_, k)| table_of(k.scope) == id)
+                    .map(|k| (*k, 0))
+                    .collect(),
+                ports: ports
+                    .iter()
+                    .filter(|(_, k)| table_of(k.scope) == id)
+                    .map(|k| (*k, 0))
+                    .collect(),
+            };
+            let table_slots = slots
+                .iter()
+                .filter(|s| s.table == id)
+                .map(|s| (*s, 0))
+                .collect();
+            self.tables.insert(
+                placeholder(id),
+                Table {
+                    id,
+                    entries,
+                    slots: table_slots,
+                },
+            );
+        }
+        // Entries of tables nothing points at: gone now.
+        let live: BTreeSet<u32> = self.tables.values().map(|t| t.id).collect();
+        let stale_peers: Vec<_> = peers
+            .into_iter()
+            .filter(|(_, k)| !live.contains(&table_of(k.scope)))
+            .collect();
+        let stale_ports: Vec<_> = ports
+            .into_iter()
+            .filter(|(_, k)| !live.contains(&table_of(k.scope)))
+            .collect();
+        let stale_slots: Vec<_> = slots
+            .into_iter()
+            .filter(|s| !live.contains(&s.table))
+            .collect();
+        datapath.remove_policy_entries(&stale_peers, &stale_ports, &stale_slots)?;
+        self.pruned = true;
+        Ok(())
+    }
+}
+
+fn table_of(scope: u32) -> u32 {
+    u32::from_be(scope) >> 1
+}
+
+/// A content that no compile produces, standing for an earlier run's table `id`: its
+/// error names it, so no real table equals it.
+fn placeholder(id: u32) -> EndpointPolicy {
+    let mut p = EndpointPolicy {
+        ingress: open_table(),
+        egress: open_table(),
+    };
+    p.ingress.error = Some(format!("table {id} of an earlier run"));
+    p
+}
+
+fn open_table() -> twill_policy::DirectionTable {
+    twill_policy::DirectionTable::open()
+}
+
+fn remove_table(
+    datapath: &mut Datapath,
+    entries: &TableEntries,
+    slots: &[(RuleSlotKey, u32)],
+) -> Result<(), DatapathError> {
+    let peers: Vec<_> = entries.peers.iter().map(|(k, _)| *k).collect();
+    let ports: Vec<_> = entries.ports.iter().map(|(k, _)| *k).collect();
+    let slot_keys: Vec<_> = slots.iter().map(|(k, _)| *k).collect();
+    datapath.remove_policy_entries(&peers, &ports, &slot_keys)
+}
+
+pub async fn run(config: Config, node: Arc<Node>) {
+    let me = config.node_name.clone();
+    crate::watch::follow(&config, "policy", parse, |store, pass| {
+        let inputs = Arc::new(Inputs::from_store(store, &me));
+        let local = node.local_pods();
+        let started = std::time::Instant::now();
+        let summary = node.with_dataplane(|d| {
+            d.policy.inputs = Some(inputs.clone());
+            d.policy.reconcile(&mut d.datapath, &me, &local);
+            (d.policy.tables.len(), d.policy.problems.clone())
+        });
+        if let Some((tables, problems)) = summary
+            && pass != Pass::Resync
+        {
+            info!(
+                policies = inputs.policies.len(),
+                pods = local.len(),
+                tables,
+                problems = problems.len(),
+                took = ?started.elapsed(),
+                "network policies reconciled"
+            );
+        }
+    })
+    .await
+}

@@ -1,0 +1,280 @@
+//! NetworkPolicy verdicts (see `twill_abi::policy` for the maps and `twill-policy` for the
+//! compiler that fills them).
+//!
+//! Egress is checked where a pod's packet enters the node (after Service translation, so
+//! rules see the backend pod, never the ClusterIP); ingress where a packet enters a pod
+//! (before a backend's reply is translated back to the frontend, for the same reason).
+//! Each check first finds the pod's endpoint entry (none: dropped, never passed
+//! unfiltered), then its flow in the policy conntrack: a flow allowed under the pod's
+//! current table passes at the cost of that one lookup, in either direction. A new flow,
+//! or one allowed under an older table (a policy or label changed), is evaluated: the
+//! peer trie and the port trie each give rule bits, and the flow passes if a bit is set
+//! in both (or in the peer's and the table's any-port bits).
+//!
+//! Always allowed, as the API says: a pod to and from its own node, and a pod to itself.
+
+use aya_ebpf::programs::TcContext;
+use twill_abi::{
+    lb::{IPPROTO_TCP, IPPROTO_UDP},
+    metrics::{Direction, Reason},
+    policy::{
+        DIR_EGRESS, DIR_INGRESS, MODE_AUDIT, MODE_OPEN, PEER_LOOKUP_LEN, PORT_LOOKUP_LEN,
+        PeerPrefix, PolicyEndpoint, PolicyFlow, PolicyFlowKey, PortPrefix, RuleSlotKey, scope,
+    },
+};
+
+use crate::{
+    maps::{
+        TWILL_POL_COUNT, TWILL_POL_CT, TWILL_POL_EP, TWILL_POL_PEER, TWILL_POL_PORT,
+        TWILL_POL_RULE, lookup, node_config,
+    },
+    metrics::count,
+    parse::L4,
+};
+
+const IPPROTO_SCTP: u8 = 132;
+/// The pods' link-local gateway (169.254.1.1, wire order): the node as pods see it.
+const GATEWAY: u32 = u32::from_be_bytes([169, 254, 1, 1]).to_be();
+
+/// What policy reads of a packet: addresses and ports in wire order (ports 0 for
+/// protocols without them and for later fragments).
+#[derive(Clone, Copy)]
+pub(crate) struct Packet {
+    pub(crate) src: u32,
+    pub(crate) dst: u32,
+    pub(crate) src_port: u16,
+    pub(crate) dst_port: u16,
+    pub(crate) protocol: u8,
+    /// A TCP segment opening a connection (SYN without ACK): always a new flow.
+    pub(crate) opens: bool,
+}
+
+const TCP_FLAGS_OFF: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+impl Packet {
+    /// The packet of an already parsed TCP or UDP header.
+    #[inline(always)]
+    pub(crate) fn of(ctx: &TcContext, l4: &L4) -> Packet {
+        Packet {
+            src: l4.flow.src_ip,
+            dst: l4.flow.dst_ip,
+            src_port: l4.flow.src_port,
+            dst_port: l4.flow.dst_port,
+            protocol: l4.flow.protocol,
+            opens: l4.opens_tcp(ctx),
+        }
+    }
+
+    /// Reads the packet's addresses, protocol and ports. `None` for what is not IPv4 or
+    /// is too short to hold its IPv4 header (the parser has already judged those).
+    #[inline(always)]
+    pub(crate) fn read(ctx: &TcContext) -> Option<Packet> {
+        use crate::parse::{ETH_HDR_LEN, IP_DST_OFF, IP_FRAG_OFF, IP_PROTO_OFF, IP_SRC_OFF};
+        let version_ihl = ctx.load::<u8>(ETH_HDR_LEN).ok()?;
+        if version_ihl >> 4 != 4 {
+            return None;
+        }
+        let protocol = ctx.load::<u8>(IP_PROTO_OFF).ok()?;
+        let src = ctx.load::<u32>(IP_SRC_OFF).ok()?;
+        let dst = ctx.load::<u32>(IP_DST_OFF).ok()?;
+        let frag = u16::from_be(ctx.load::<u16>(IP_FRAG_OFF).ok()?);
+        let mut p = Packet {
+            src,
+            dst,
+            src_port: 0,
+            dst_port: 0,
+            protocol,
+            opens: false,
+        };
+        let offset = ETH_HDR_LEN + usize::from(version_ihl & 0x0f) * 4;
+        if frag & 0x1fff == 0
+            && matches!(protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP)
+            && let Ok(ports) = ctx.load::<[u16; 2]>(offset)
+        {
+            p.src_port = ports[0];
+            p.dst_port = ports[1];
+            if protocol == IPPROTO_TCP {
+                p.opens = ctx
+                    .load::<u8>(offset + TCP_FLAGS_OFF)
+                    .is_ok_and(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN);
+            }
+        }
+        Some(p)
+    }
+}
+
+/// A packet leaving a local pod (its source). `Forwarded` when it may go on, else the
+/// drop reason; `direction` is where the caller counts.
+#[inline(always)]
+pub(crate) fn egress(p: &Packet, direction: Direction) -> Reason {
+    let key = PolicyFlowKey {
+        pod_ip: p.src,
+        peer_ip: p.dst,
+        pod_port: p.src_port,
+        peer_port: p.dst_port,
+        protocol: p.protocol,
+        _pad: [0; 3],
+    };
+    check(&key, DIR_EGRESS, p.opens, direction)
+}
+
+/// A packet entering a local pod (its destination).
+#[inline(always)]
+pub(crate) fn ingress(p: &Packet, direction: Direction) -> Reason {
+    let key = PolicyFlowKey {
+        pod_ip: p.dst,
+        peer_ip: p.src,
+        pod_port: p.dst_port,
+        peer_port: p.src_port,
+        protocol: p.protocol,
+        _pad: [0; 3],
+    };
+    check(&key, DIR_INGRESS, p.opens, direction)
+}
+
+/// `dir` is the way this packet travels relative to the pod.
+#[inline(always)]
+fn check(key: &PolicyFlowKey, dir: u32, opens: bool, direction: Direction) -> Reason {
+    let Some(ep) = lookup!(TWILL_POL_EP, &key.pod_ip) else {
+        return Reason::DropPolicyNoEndpoint;
+    };
+    let mode = if dir == DIR_INGRESS {
+        ep.modes[0]
+    } else {
+        ep.modes[1]
+    };
+    if mode == MODE_OPEN {
+        // Nothing to decide, but the flow is remembered with who opened it, so that a
+        // policy isolating the pod later still lets this flow's replies through.
+        if opens || key.protocol != IPPROTO_TCP {
+            let flow = PolicyFlow {
+                table: ep.table,
+                origin: dir as u8,
+                _pad: [0; 3],
+            };
+            // BPF_NOEXIST for what is not a SYN: the first packet seen decides the origin.
+            let flags = if opens { 0 } else { BPF_NOEXIST };
+            let _ = TWILL_POL_CT.insert(key, flow, flags);
+        }
+        return Reason::Forwarded;
+    }
+    // The flow as known: allowed under the current table, whichever way this packet goes.
+    let known = if opens {
+        None
+    } else {
+        lookup!(TWILL_POL_CT, key)
+    };
+    let origin = match known {
+        Some(flow) if flow.table == ep.table => return Reason::Forwarded,
+        // Allowed under an older table: decided again, in the direction it was opened.
+        Some(flow) => u32::from(flow.origin),
+        None => dir,
+    };
+    // The destination port of the flow's opening packet.
+    let port = if origin == DIR_INGRESS {
+        key.pod_port
+    } else {
+        key.peer_port
+    };
+    if decide(&ep, key, origin, port, direction) {
+        let flow = PolicyFlow {
+            table: ep.table,
+            origin: origin as u8,
+            _pad: [0; 3],
+        };
+        // A flow that cannot be remembered is decided again on its next packet.
+        let _ = TWILL_POL_CT.insert(key, flow, 0);
+        Reason::Forwarded
+    } else {
+        Reason::DropPolicyDenied
+    }
+}
+
+const BPF_NOEXIST: u64 = 1;
+
+/// Whether the pod's table allows a flow opened in direction `origin` with the peer, to
+/// `port` (the opening packet's destination port). Counts the verdict.
+#[inline(always)]
+fn decide(
+    ep: &PolicyEndpoint,
+    key: &PolicyFlowKey,
+    origin: u32,
+    port: u16,
+    direction: Direction,
+) -> bool {
+    let (mode, any_ports, deny_slot) = if origin == DIR_INGRESS {
+        (ep.modes[0], ep.any_ports[0], ep.deny_counter[0])
+    } else {
+        (ep.modes[1], ep.any_ports[1], ep.deny_counter[1])
+    };
+    if mode == MODE_OPEN || key.peer_ip == key.pod_ip || from_own_node(key.peer_ip) {
+        return true;
+    }
+    let scope = scope(ep.table, origin);
+    let peer = aya_ebpf::maps::lpm_trie::Key::new(
+        PEER_LOOKUP_LEN,
+        PeerPrefix {
+            scope,
+            ip: key.peer_ip,
+        },
+    );
+    let peer_bits = match TWILL_POL_PEER.get(&peer) {
+        Some(bits) => *bits,
+        None => 0,
+    };
+    let mut bits = peer_bits & any_ports;
+    if peer_bits != 0 && matches!(key.protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
+        let p = port.to_ne_bytes();
+        let ports = aya_ebpf::maps::lpm_trie::Key::new(
+            PORT_LOOKUP_LEN,
+            PortPrefix {
+                scope,
+                proto_port: [key.protocol, p[0], p[1], 0],
+            },
+        );
+        if let Some(port_bits) = TWILL_POL_PORT.get(&ports) {
+            bits |= peer_bits & *port_bits;
+        }
+    }
+    if bits != 0 {
+        let slot = RuleSlotKey {
+            table: ep.table,
+            direction: origin,
+            bit: bits.trailing_zeros(),
+        };
+        if let Some(counter) = lookup!(TWILL_POL_RULE, &slot) {
+            bump(counter);
+        }
+        return true;
+    }
+    bump(deny_slot);
+    if mode == MODE_AUDIT {
+        count(direction, Reason::PolicyAuditDenied, 0);
+        return true;
+    }
+    false
+}
+
+/// The node's own addresses: its underlay address, its VTEP address, the pods' gateway.
+#[inline(always)]
+fn from_own_node(ip: u32) -> bool {
+    if ip == GATEWAY {
+        return true;
+    }
+    match node_config() {
+        Some(node) => ip == node.node_ip || (node.vtep_ip != 0 && ip == node.vtep_ip),
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn bump(slot: u32) {
+    if let Some(counter) = TWILL_POL_COUNT.get_ptr_mut(slot) {
+        // SAFETY: the pointer comes from a successful lookup in a per-CPU array: this
+        // CPU's value for the slot, valid for the program's run; BPF programs run with
+        // migration disabled, so no other CPU writes it.
+        unsafe { *counter += 1 };
+    }
+}

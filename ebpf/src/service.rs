@@ -1,0 +1,259 @@
+//! Service load balancing: a packet (tc) or a socket call (cgroup hooks) to a ClusterIP
+//! frontend goes to a backend, chosen by the flow's hash or the client's affinity, and a
+//! backend's reply comes back from the frontend.
+
+use aya_ebpf::programs::{SockAddrContext, TcContext};
+use twill_abi::{
+    lb::{
+        Affinity, AffinityKey, Backend, BackendKey, FLOW_HAIRPIN, FLOW_NODE_PORT,
+        FRONTEND_AFFINITY, FlowKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, MemberKey,
+        RevNat, SCOPE_CLUSTER_IP, SockKey, pick_slot,
+    },
+    metrics::Reason,
+};
+
+use crate::{
+    delivery::hairpin,
+    maps::{
+        TWILL_AFFINITY, TWILL_BACKENDS, TWILL_CT, TWILL_MEMBERS, TWILL_POD_NETNS, TWILL_REVNAT,
+        TWILL_SOCK_NAT, TWILL_SVC, lookup, maybe_service,
+    },
+    nat::{record_flow, translate_reply, translate_request},
+    parse::L4,
+};
+
+/// From a pod: a packet to a frontend goes to a backend.
+#[inline(always)]
+pub(crate) fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
+    // Conntrack entries exist only for flows to frontends, all inside the service CIDR.
+    if !maybe_service(l4.flow.dst_ip) {
+        return Reason::Forwarded;
+    }
+    // A connection opening (SYN) is a new flow even if its ports were used before: the
+    // backend is chosen again (the same one, for a retransmitted SYN: the choice is a hash
+    // of the flow) and both entries are written afresh.
+    let known = if l4.opens_tcp(ctx) {
+        None
+    } else {
+        lookup!(TWILL_CT, &l4.flow)
+    };
+    let flow = match known {
+        Some(flow) => flow,
+        None => {
+            let frontend_key = FrontendKey {
+                ip: l4.flow.dst_ip,
+                port: l4.flow.dst_port,
+                protocol: l4.flow.protocol,
+                scope: SCOPE_CLUSTER_IP,
+            };
+            let Some(frontend) = lookup!(TWILL_SVC, &frontend_key) else {
+                return Reason::Forwarded;
+            };
+            // No backend: the node's stack refuses it (unreachable route over the service
+            // CIDR), so the client learns at once instead of timing out.
+            let Some(backend) = choose_backend(&l4.flow, l4.flow.src_ip, &frontend) else {
+                return Reason::NoBackend;
+            };
+            // Hairpin: the pod is its own backend. It sees the frontend's address as the
+            // peer (its own would be dropped by its kernel).
+            let (flags, snat) = if backend.ip == l4.flow.src_ip {
+                (FLOW_HAIRPIN, (l4.flow.dst_ip, l4.flow.src_port))
+            } else {
+                (0, (0, 0))
+            };
+            match record_flow(l4, backend, flags, snat) {
+                Ok(flow) => flow,
+                Err(()) => return Reason::DropRewriteFailed,
+            }
+        }
+    };
+    if translate_request(ctx, l4, &flow).is_err() {
+        return Reason::DropRewriteFailed;
+    }
+    if flow.flags & FLOW_HAIRPIN != 0 {
+        hairpin(ctx)
+    } else {
+        Reason::ServiceTranslated
+    }
+}
+
+/// Into a pod: a backend's reply comes from the frontend the client spoke to.
+#[inline(always)]
+pub(crate) fn from_backend(ctx: &TcContext, l4: &L4) -> Reason {
+    let Some(revnat) = lookup!(TWILL_REVNAT, &l4.flow) else {
+        return Reason::Forwarded;
+    };
+    if revnat.flags & (FLOW_NODE_PORT | FLOW_HAIRPIN) != 0 {
+        return Reason::Forwarded; // translated where it enters the node, not here
+    }
+    match translate_reply(ctx, l4, &revnat) {
+        Ok(()) => Reason::ReplyTranslated,
+        Err(()) => Reason::DropRewriteFailed,
+    }
+}
+
+/// The backend for a new flow: the client's remembered one under session affinity, while
+/// it is fresh and still a member; otherwise one picked by the flow's hash.
+#[inline(always)]
+pub(crate) fn choose_backend(
+    flow: &FlowKey,
+    client_ip: u32,
+    frontend: &Frontend,
+) -> Option<Backend> {
+    if frontend.flags & FRONTEND_AFFINITY == 0 {
+        return pick(flow, frontend);
+    }
+    let key = AffinityKey {
+        service_id: frontend.service_id,
+        client_ip,
+    };
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let timeout = u64::from(frontend.affinity_timeout) * 1_000_000_000;
+    let remembered = lookup!(TWILL_AFFINITY, &key).and_then(|a| {
+        let member = MemberKey {
+            service_id: frontend.service_id,
+            ip: a.backend_ip,
+            port: a.backend_port,
+            _pad: 0,
+        };
+        let fresh = now.saturating_sub(a.last_used_ns) <= timeout;
+        (fresh && lookup!(TWILL_MEMBERS, &member).is_some()).then_some(Backend {
+            ip: a.backend_ip,
+            port: a.backend_port,
+            _pad: 0,
+        })
+    });
+    let backend = match remembered {
+        Some(b) => b,
+        None => pick(flow, frontend)?,
+    };
+    let affinity = Affinity {
+        backend_ip: backend.ip,
+        backend_port: backend.port,
+        _pad: 0,
+        last_used_ns: now,
+    };
+    // Failing to remember only costs stickiness for the next flow, not this one.
+    let _ = TWILL_AFFINITY.insert(key, affinity, 0);
+    Some(backend)
+}
+
+#[inline(always)]
+fn pick(flow: &FlowKey, frontend: &Frontend) -> Option<Backend> {
+    let slot = pick_slot(flow, frontend.backend_count)?;
+    let key = BackendKey {
+        service_id: frontend.service_id,
+        slot,
+    };
+    lookup!(TWILL_BACKENDS, &key)
+}
+
+#[inline(always)]
+pub(crate) fn socket_to_backend(ctx: &SockAddrContext) -> Reason {
+    let sa = ctx.sock_addr;
+    // SAFETY: `sock_addr` is the context the kernel passed in, valid for this run; the
+    // verifier checks each field access (4-byte reads of user_ip4, user_port, protocol).
+    let (ip, port, protocol) = unsafe {
+        (
+            core::ptr::read_volatile(&(*sa).user_ip4),
+            core::ptr::read_volatile(&(*sa).user_port) as u16,
+            core::ptr::read_volatile(&(*sa).protocol) as u8,
+        )
+    };
+    if !maybe_service(ip) || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) {
+        return Reason::Forwarded;
+    }
+    let frontend_key = FrontendKey {
+        ip,
+        port,
+        protocol,
+        scope: SCOPE_CLUSTER_IP,
+    };
+    let Some(frontend) = lookup!(TWILL_SVC, &frontend_key) else {
+        return Reason::Forwarded;
+    };
+    // No source port yet: a random one spreads the sockets over the backends. The
+    // affinity client is the pod the socket's namespace belongs to; host processes share
+    // one (the node), as a backend would see them.
+    // SAFETY: helpers without arguments or side effects.
+    let (r1, r2) = unsafe {
+        (
+            aya_ebpf::helpers::bpf_get_prandom_u32(),
+            aya_ebpf::helpers::bpf_get_prandom_u32(),
+        )
+    };
+    let flow = FlowKey {
+        src_ip: r1,
+        dst_ip: ip,
+        src_port: r2 as u16,
+        dst_port: port,
+        protocol,
+        _pad: [0; 3],
+    };
+    // No backend: the call goes on to the VIP, which the node's unreachable route
+    // refuses at once.
+    let client_ip = if frontend.flags & FRONTEND_AFFINITY != 0 {
+        // SAFETY: the helper reads the network namespace of this context's socket.
+        let netns = unsafe { aya_ebpf::helpers::bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+        lookup!(TWILL_POD_NETNS, &netns).map_or(0, |pod| pod.ip)
+    } else {
+        0
+    };
+    let Some(backend) = choose_backend(&flow, client_ip, &frontend) else {
+        return Reason::NoBackend;
+    };
+    if protocol == IPPROTO_UDP {
+        // SAFETY: the helper reads the socket of this context; always valid here.
+        let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        let key = SockKey {
+            cookie,
+            ip: backend.ip,
+            port: backend.port,
+            _pad: 0,
+        };
+        let revnat = RevNat {
+            frontend_ip: ip,
+            frontend_port: port,
+            ..RevNat::default()
+        };
+        if TWILL_SOCK_NAT.insert(key, revnat, 0).is_err() {
+            return Reason::DropRewriteFailed;
+        }
+    }
+    // SAFETY: as above; the verifier allows 4-byte writes of user_ip4 and user_port.
+    unsafe {
+        core::ptr::write_volatile(&mut (*sa).user_ip4, backend.ip);
+        core::ptr::write_volatile(&mut (*sa).user_port, u32::from(backend.port));
+    }
+    Reason::ServiceTranslated
+}
+
+#[inline(always)]
+pub(crate) fn socket_from_backend(ctx: &SockAddrContext) -> Reason {
+    let sa = ctx.sock_addr;
+    // SAFETY: as in `socket_to_backend`.
+    let (ip, port) = unsafe {
+        (
+            core::ptr::read_volatile(&(*sa).user_ip4),
+            core::ptr::read_volatile(&(*sa).user_port) as u16,
+        )
+    };
+    // SAFETY: the helper reads the socket of this context; always valid here.
+    let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let key = SockKey {
+        cookie,
+        ip,
+        port,
+        _pad: 0,
+    };
+    let Some(revnat) = lookup!(TWILL_SOCK_NAT, &key) else {
+        return Reason::Forwarded;
+    };
+    // SAFETY: as in `socket_to_backend`.
+    unsafe {
+        core::ptr::write_volatile(&mut (*sa).user_ip4, revnat.frontend_ip);
+        core::ptr::write_volatile(&mut (*sa).user_port, u32::from(revnat.frontend_port));
+    }
+    Reason::ReplyTranslated
+}
