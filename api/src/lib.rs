@@ -106,6 +106,8 @@ pub enum Request {
     /// Attach the pod programs (Service translation, counters) to a pod's host-side veth.
     /// Answered once they are on, or at once with `queue` (ADD): the daemon then attaches
     /// them in the background, in order, and a later call without `queue` waits for them.
+    /// With `queue`, a pod a NetworkPolicy isolates is still attached before the answer
+    /// (`Attached`), so it is filtered from its first packet.
     AttachPod {
         ifname: String,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -26,7 +26,11 @@ impl Datapath {
         }
     }
 
-    fn trie<K: aya::Pod>(&mut self, name: &'static str) -> Result<LpmTrie<&mut MapData, K, u64>> {
+    /// A loaded map by name, as the map type `M` (an LPM trie, an array, ...).
+    fn typed_map<'a, M>(&'a mut self, name: &'static str) -> Result<M>
+    where
+        M: TryFrom<&'a mut Map, Error = MapError>,
+    {
         let path = self.pin_dir.join(name);
         let map = self.ebpf.map_mut(name).ok_or_else(|| DatapathError::Map {
             name,
@@ -35,11 +39,15 @@ impl Datapath {
                 name: name.to_owned(),
             }),
         })?;
-        LpmTrie::try_from(map).map_err(|source| DatapathError::Map {
+        M::try_from(map).map_err(|source| DatapathError::Map {
             name,
             path,
             source: Box::new(source),
         })
+    }
+
+    fn trie<K: aya::Pod>(&mut self, name: &'static str) -> Result<LpmTrie<&mut MapData, K, u64>> {
+        self.typed_map(name)
     }
 
     /// Every local pod's policy entry: address (wire order) -> entry.
@@ -157,43 +165,18 @@ impl Datapath {
 
     /// Sets a counter slot to zero on every CPU (before it is given to a new rule).
     pub fn reset_policy_counter(&mut self, slot: u32) -> Result<()> {
-        let name = maps::POLICY_COUNTERS;
         let zeros = aya::util::nr_cpus()
             .map_err(|(_, e)| e)
             .and_then(|cpus| PerCpuValues::try_from(vec![0u64; cpus]))
             .map_err(|source| DatapathError::Cpus { source })?;
-        let path = self.pin_dir.join(name);
-        let map = self.ebpf.map_mut(name).ok_or_else(|| DatapathError::Map {
-            name,
-            path: path.clone(),
-            source: Box::new(MapError::InvalidName {
-                name: name.to_owned(),
-            }),
-        })?;
-        let err = |source| DatapathError::Map {
-            name,
-            path: path.clone(),
-            source: Box::new(source),
-        };
-        let mut array: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(map).map_err(err)?;
-        array.set(slot, zeros, 0).map_err(err)
+        let result = self
+            .typed_map::<PerCpuArray<&mut MapData, u64>>(maps::POLICY_COUNTERS)?
+            .set(slot, zeros, 0);
+        result.map_err(self.map_error(maps::POLICY_COUNTERS))
     }
 
     fn state_array(&mut self) -> Result<Array<&mut MapData, u32>> {
-        let name = maps::POLICY_STATE;
-        let path = self.pin_dir.join(name);
-        let map = self.ebpf.map_mut(name).ok_or_else(|| DatapathError::Map {
-            name,
-            path: path.clone(),
-            source: Box::new(MapError::InvalidName {
-                name: name.to_owned(),
-            }),
-        })?;
-        Array::try_from(map).map_err(|source| DatapathError::Map {
-            name,
-            path,
-            source: Box::new(source),
-        })
+        self.typed_map(maps::POLICY_STATE)
     }
 
     /// The next table id this node hands out (kept in a pinned map, so ids are never

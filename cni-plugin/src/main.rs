@@ -3,6 +3,12 @@
 //! It is a thin client of the node's `twilld`: the daemon hands out addresses, this binary
 //! wires the pod (see [`wire`]) and speaks the CNI spec (see [`spec`]). Results and errors
 //! go to stdout as the spec says; logs go to the configured file or stderr, never stdout.
+//!
+//! ADD: allocate an address, create the veth pair (pod end down, no address), tell twilld
+//! the pod and ask it to attach the pod programs, and only when it has answered configure
+//! the pod end. twilld attaches before answering when a policy selects the pod, so such a
+//! pod is filtered from its first packet; otherwise it queues the attach. Any failure
+//! after the allocation deletes the veth and releases the address.
 #![forbid(unsafe_code)]
 
 mod spec;
@@ -133,15 +139,18 @@ fn add(conf: &NetConf, env: &Env, log: &Log) -> Result<Option<Value>, CniError> 
         gateway: address.gateway,
         mtu: conf.mtu.unwrap_or(address.mtu),
     };
-    let wired = wire::add(&plan).and_then(|wiring| {
+    // The pod end stays down and without an address until twilld has answered: when a
+    // policy selects the pod, twilld attaches its programs before answering, and nothing
+    // in the pod can send before they are on.
+    let wired = wire::create(&plan).and_then(|created| {
         let pod = twill_api::PodInfo {
             ip: address.ip,
-            netns_cookie: wiring.netns_cookie,
-            host_ifindex: wiring.host_index,
-            host_mac: wiring.host.mac.clone(),
-            pod_mac: wiring.pod.mac.clone(),
+            netns_cookie: created.netns_cookie,
+            host_ifindex: created.host_index,
+            host_mac: created.host_mac(),
+            pod_mac: created.pod_mac.clone(),
         };
-        match ask(
+        let programs = match ask(
             conf,
             &Request::AttachPod {
                 ifname: host_if.clone(),
@@ -149,18 +158,22 @@ fn add(conf: &NetConf, env: &Env, log: &Log) -> Result<Option<Value>, CniError> 
                 pod: Some(pod),
             },
         ) {
-            Ok(Response::AttachQueued { .. } | Response::Attached { .. }) => Ok(wiring),
-            Ok(other) => Err(CniError::new(
-                code::WIRING_FAILED,
-                format!("attaching the pod programs to {host_if}: {other:?}"),
-            )),
-            Err(e) => Err(unreachable_daemon(&e)),
-        }
+            Ok(Response::Attached { .. }) => "programs attached",
+            Ok(Response::AttachQueued { .. }) => "programs queued",
+            Ok(other) => {
+                return Err(CniError::new(
+                    code::WIRING_FAILED,
+                    format!("attaching the pod programs to {host_if}: {other:?}"),
+                ));
+            }
+            Err(e) => return Err(unreachable_daemon(&e)),
+        };
+        wire::configure(&plan, &created).map(|wiring| (wiring, programs))
     });
     match wired {
-        Ok(wiring) => {
+        Ok((wiring, programs)) => {
             log.line(&format!(
-                "added {}/32 on {} (host {host_if})",
+                "added {}/32 on {} (host {host_if}, {programs})",
                 address.ip, env.ifname
             ));
             Ok(Some(render_result(conf, &wiring)))

@@ -9,6 +9,13 @@
 //!                                             route default via 169.254.1.1 dev eth0
 //!                                             neigh 169.254.1.1 lladdr <twXXXX's MAC> PERMANENT
 //! ```
+//!
+//! In two steps, with `twilld`'s attach of the pod programs between them: [`create`] makes
+//! the pair and the host side but leaves the pod end down and without an address or
+//! route; [`configure`] gives the pod end all of that. A pod selected by a NetworkPolicy
+//! must be filtered from its first packet, and a process may already run in the pod's
+//! namespace (a runtime may start the sandbox first): until [`configure`] it has no
+//! interface up and no route, so it cannot send anything past the programs.
 
 use std::{
     collections::BTreeSet,
@@ -76,9 +83,34 @@ pub fn interface_exists(netns: &Path, ifname: &str) -> Result<bool, CniError> {
     .map_err(failed)
 }
 
-/// Creates and configures everything for one pod. On error the caller removes the host
-/// end with [`remove`], which takes the pod end and the host route with it.
-pub fn add(plan: &PodPlan<'_>) -> Result<Wiring, CniError> {
+/// What [`create`] made: the pair, the host end up with its route, the pod end inside
+/// the pod's namespace but still down and without an address. Enough for `twilld` to
+/// attach the pod programs and record the pod before the pod can send anything.
+pub struct Created {
+    /// The host end's interface index.
+    pub host_index: u32,
+    host_mac: Vec<u8>,
+    pod: NetNs,
+    pod_index: u32,
+    /// The pod end's MAC, `aa:bb:..`.
+    pub pod_mac: String,
+    /// The pod namespace's cookie (`SO_NETNS_COOKIE`); `None` on kernels before 5.14.
+    pub netns_cookie: Option<u64>,
+}
+
+impl Created {
+    /// The host end's MAC, `aa:bb:..`.
+    pub fn host_mac(&self) -> String {
+        mac_string(&self.host_mac)
+    }
+}
+
+/// The first half of wiring a pod (`ip link add HOST_IF type veth peer name IFNAME netns
+/// POD`, host end up, `ip route add IP/32 dev HOST_IF`): the pod end is left down and
+/// without an address, so nothing in the pod can send until [`configure`]. On error, and
+/// on any later error, the caller removes the host end with [`remove`], which takes the
+/// pod end and the host route with it.
+pub fn create(plan: &PodPlan<'_>) -> Result<Created, CniError> {
     let host = host_ns()?;
     let pod = pod_ns(plan.netns)?;
     let pod_file = File::open(plan.netns).map_err(|e| {
@@ -121,81 +153,97 @@ pub fn add(plan: &PodPlan<'_>) -> Result<Wiring, CniError> {
         Ok((index, mac))
     })
     .map_err(failed)?;
-    let (pod_mac, netns_cookie) = configure_pod(&pod, plan, &host_mac)?;
-    Ok(wiring(plan, host_index, &host_mac, pod_mac, netns_cookie))
+    let ifname = plan.ifname.to_owned();
+    let (pod_index, pod_mac, netns_cookie) =
+        in_netns(&pod, "reading the pod interface", |h| async move {
+            let link = link_by_name(&h, &ifname)
+                .await?
+                .ok_or_else(|| StepError::NoLink(ifname.clone()))?;
+            // What the socket programs know the pod's namespace by (kernels before 5.14
+            // have no such cookie: None).
+            let cookie = twill_netns::current_cookie().ok();
+            Ok((
+                link.header.index,
+                link_mac(&link).unwrap_or_default(),
+                cookie,
+            ))
+        })
+        .map_err(failed)?;
+    Ok(Created {
+        host_index,
+        host_mac,
+        pod,
+        pod_index,
+        pod_mac,
+        netns_cookie,
+    })
 }
 
-/// The pod side: address, link up, routes through the gateway, the gateway's neighbour
-/// entry (`host_mac`). Returns the pod interface's MAC and the namespace's cookie.
-fn configure_pod(
-    pod: &NetNs,
-    plan: &PodPlan<'_>,
-    host_mac: &[u8],
-) -> Result<(String, Option<u64>), CniError> {
-    let (ifname, gateway, mac, ip) = (
-        plan.ifname.to_owned(),
+/// The second half: the pod end's address, link up, routes through the gateway and the
+/// gateway's neighbour entry (the host end's MAC). Called once `twilld` has answered the
+/// attach, so a pod whose programs are attached synchronously is filtered from its first
+/// packet.
+pub fn configure(plan: &PodPlan<'_>, created: &Created) -> Result<Wiring, CniError> {
+    let (index, gateway, mac, ip) = (
+        created.pod_index,
         plan.gateway,
-        host_mac.to_vec(),
+        created.host_mac.clone(),
         plan.ip,
     );
-    in_netns(pod, "configuring the pod interface", |h| async move {
-        let link = link_by_name(&h, &ifname)
-            .await?
-            .ok_or_else(|| StepError::NoLink(ifname.clone()))?;
-        let index = link.header.index;
-        h.address().add(index, IpAddr::V4(ip), 32).execute().await?;
-        link_up(&h, index).await?;
-        // ip route add 169.254.1.1 dev IFNAME scope link
-        let to_gateway = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(gateway, 32)
-            .output_interface(index)
-            .scope(RouteScope::Link)
-            .build();
-        h.route().add(to_gateway).execute().await?;
-        // ip route add default via 169.254.1.1 dev IFNAME
-        let default = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(index)
-            .build();
-        h.route().add(default).execute().await?;
-        // ip neigh add 169.254.1.1 lladdr HOST_MAC dev IFNAME nud permanent
-        h.neighbours()
-            .add(index, IpAddr::V4(gateway))
-            .link_layer_address(&mac)
-            .state(NeighbourState::Permanent)
-            .execute()
-            .await?;
-        // What the socket programs know the pod's namespace by (kernels before 5.14 have
-        // no such cookie: None).
-        let cookie = twill_netns::current_cookie().ok();
-        Ok((link_mac(&link).unwrap_or_default(), cookie))
-    })
-    .map_err(failed)
+    in_netns(
+        &created.pod,
+        "configuring the pod interface",
+        |h| async move {
+            // ip addr add IP/32 dev IFNAME
+            h.address().add(index, IpAddr::V4(ip), 32).execute().await?;
+            link_up(&h, index).await?;
+            // ip route add 169.254.1.1 dev IFNAME scope link
+            let to_gateway = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(gateway, 32)
+                .output_interface(index)
+                .scope(RouteScope::Link)
+                .build();
+            h.route().add(to_gateway).execute().await?;
+            // ip route add default via 169.254.1.1 dev IFNAME
+            let default = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gateway)
+                .output_interface(index)
+                .build();
+            h.route().add(default).execute().await?;
+            // ip neigh add 169.254.1.1 lladdr HOST_MAC dev IFNAME nud permanent
+            h.neighbours()
+                .add(index, IpAddr::V4(gateway))
+                .link_layer_address(&mac)
+                .state(NeighbourState::Permanent)
+                .execute()
+                .await?;
+            Ok(())
+        },
+    )
+    .map_err(failed)?;
+    Ok(wiring(plan, created))
 }
 
-fn wiring(
-    plan: &PodPlan<'_>,
-    host_index: u32,
-    host_mac: &[u8],
-    pod_mac: String,
-    netns_cookie: Option<u64>,
-) -> Wiring {
+fn mac_string(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn wiring(plan: &PodPlan<'_>, created: &Created) -> Wiring {
     Wiring {
-        host_index,
-        netns_cookie,
+        host_index: created.host_index,
+        netns_cookie: created.netns_cookie,
         host: Interface {
             name: plan.host_ifname.to_owned(),
-            mac: host_mac
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":"),
+            mac: created.host_mac(),
             sandbox: None,
             mtu: Some(plan.mtu),
         },
         pod: Interface {
             name: plan.ifname.to_owned(),
-            mac: pod_mac,
+            mac: created.pod_mac.clone(),
             sandbox: Some(plan.netns.display().to_string()),
             mtu: Some(plan.mtu),
         },

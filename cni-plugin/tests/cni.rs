@@ -280,6 +280,126 @@ fn twilld_attaches_the_programs_after_add_and_deletes_the_pair_after_del() {
     node.call("DEL", "bg", &netns, &conf).ok();
 }
 
+/// What a process in a pod's namespace finds of `eth0` at one moment.
+#[derive(Debug, PartialEq, Eq)]
+struct PodSide {
+    up: bool,
+    addresses: usize,
+    routes: usize,
+    /// A datagram to the gateway: sent, or the error.
+    send: Result<(), String>,
+}
+
+fn pod_side(netns: &str) -> PodSide {
+    let ns = twill_netns::NetNs::from_path(netns).unwrap();
+    ns.run(|| {
+        let ip = |args: &[&str]| -> Value {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+            serde_json::from_slice(&out.stdout).unwrap()
+        };
+        let link = ip(&["-j", "link", "show", "eth0"]);
+        let addrs = ip(&["-4", "-j", "addr", "show", "dev", "eth0"]);
+        let routes = ip(&["-4", "-j", "route", "show", "table", "all"]);
+        let send = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+            .and_then(|s| s.send_to(b"first", (twill_api::POD_GATEWAY, 9)))
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        PodSide {
+            up: link[0]["flags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == "UP"),
+            addresses: addrs[0]["addr_info"].as_array().map_or(0, Vec::len),
+            routes: routes.as_array().unwrap().len(),
+            send,
+        }
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_pod_cannot_send_before_twilld_answers_the_attach() {
+    let mut node = node();
+    let netns = node.pod_ns("early");
+    let host_if = host_ifname(&key("early"));
+    let pins = node.host.bpffs_dir.join("links").join(&host_if);
+    // A proxy in front of twilld that stands for a daemon attaching synchronously (a pod
+    // selected by a policy): it has the programs attached before it answers `Attached`,
+    // and looks at the pod's side when the request comes and just before it answers.
+    let proxy = node.daemon.socket.with_file_name("early-proxy.sock");
+    let _ = std::fs::remove_file(&proxy);
+    let listener = std::os::unix::net::UnixListener::bind(&proxy).unwrap();
+    let daemon_socket = node.daemon.socket.clone();
+    let ns = netns.clone();
+    let watcher = thread::spawn(move || {
+        use std::io::{BufRead as _, Write as _};
+        loop {
+            let (stream, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(&stream)
+                .read_line(&mut line)
+                .unwrap();
+            let request = twill_api::decode_request(&line).unwrap();
+            let timeout = Duration::from_secs(10);
+            let mut answer = twill_api::call(&daemon_socket, &request, timeout).unwrap();
+            let attach = matches!(request, Request::AttachPod { .. });
+            let seen = if attach {
+                assert!(
+                    matches!(answer, Response::AttachQueued { .. }),
+                    "{answer:?}"
+                );
+                let at_request = pod_side(&ns);
+                twill_api::wait_attached(&daemon_socket, &key("early"), timeout).unwrap();
+                let pinned = std::fs::read_dir(&pins).map_or(0, Iterator::count);
+                answer = Response::Attached {
+                    ifname: host_ifname(&key("early")),
+                };
+                Some((at_request, pinned, pod_side(&ns)))
+            } else {
+                None
+            };
+            (&stream)
+                .write_all(twill_api::encode_response(&answer).as_bytes())
+                .unwrap();
+            if let Some(seen) = seen {
+                return seen;
+            }
+        }
+    });
+    let mut conf = cni::config("1.1.0", &node.daemon);
+    conf["socket"] = json!(proxy);
+    let result = node.call("ADD", "early", &netns, &conf).ok();
+    let (at_request, pinned, at_answer) = watcher.join().unwrap();
+    std::fs::remove_file(&proxy).unwrap();
+
+    // Until the answer: down, no address, no route, nothing can be sent.
+    for seen in [&at_request, &at_answer] {
+        assert!(
+            !seen.up && seen.addresses == 0 && seen.routes == 0,
+            "{seen:?}"
+        );
+        assert!(seen.send.is_err(), "{seen:?}");
+    }
+    assert_eq!(pinned, 2, "both programs were on before the answer");
+    // After it: the pod is wired as ADD's result says.
+    let after = pod_side(&netns);
+    assert!(
+        after.up && after.addresses == 1 && after.routes >= 2,
+        "{after:?}"
+    );
+    assert_eq!(after.send, Ok(()));
+    assert_eq!(
+        result["ips"][0]["address"],
+        format!("{}/32", node.lookup("early").unwrap())
+    );
+
+    let conf = cni::config("1.1.0", &node.daemon);
+    node.call("DEL", "early", &netns, &conf).ok();
+    assert_eq!(node.lookup("early"), None);
+}
+
 #[test]
 fn check_finds_what_was_broken_and_del_works_without_the_namespace() {
     let mut node = node();

@@ -105,29 +105,7 @@ fn add_pod(lab: &mut Lab, host: &Host, daemon: &Twilld, name: &str) -> Pod {
 }
 
 fn netctl(lab: &Lab, args: &[&str], stdin: &str) -> String {
-    use std::io::Write as _;
-    let mut child = Command::new(sibling("netctl"))
-        .args(args)
-        .args(["--lab", lab.name()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "netctl {args:?}: {text}");
-    text
+    twill_tests::netctl(&sibling("netctl"), lab, args, stdin)
 }
 
 /// The ClusterIP `netctl get services` shows for Service `name`.

@@ -63,6 +63,37 @@ pub fn open_policy(datapath: &mut twill_bpf::Datapath, ips: impl IntoIterator<It
     }
 }
 
+/// Runs `netctl` (the binary `bin`) with `args` against `lab`'s store, `stdin` as its
+/// input; its output and errors. Panics, with both, if it fails.
+pub fn netctl(bin: &std::path::Path, lab: &twill_lab::Lab, args: &[&str], stdin: &str) -> String {
+    use std::{
+        io::Write as _,
+        process::{Command, Stdio},
+    };
+    let mut child = Command::new(bin)
+        .args(args)
+        .args(["--lab", lab.name()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run netctl");
+    child
+        .stdin
+        .take()
+        .expect("netctl's stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write netctl's input");
+    let out = child.wait_with_output().expect("netctl ends");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "netctl {args:?}: {text}");
+    text
+}
+
 pub mod packet {
     use super::Ipv4Addr;
 
@@ -427,7 +458,21 @@ pub mod cni {
         args: &str,
     ) -> (String, Ipv4Addr) {
         let netns = lab.create_netns(name).unwrap().path().display().to_string();
-        let mut vars = vars("ADD", name, &netns, "eth0");
+        let ip = add_in(bin, host, daemon, name, &netns, args);
+        (netns, ip)
+    }
+
+    /// ADD of pod `name` into an existing namespace `netns` (where something may already
+    /// run, as a runtime's sandbox process does); waits for its programs. Its address.
+    pub fn add_in(
+        bin: &Path,
+        host: &Host,
+        daemon: &Twilld,
+        name: &str,
+        netns: &str,
+        args: &str,
+    ) -> Ipv4Addr {
+        let mut vars = vars("ADD", name, netns, "eth0");
         if !args.is_empty() {
             vars.push(("CNI_ARGS", args));
         }
@@ -442,7 +487,7 @@ pub mod cni {
         };
         twill_api::wait_attached(&daemon.socket, &key, std::time::Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("pod {name}: {e}"));
-        (netns, ip)
+        ip
     }
 }
 
