@@ -112,6 +112,12 @@ pub enum Request {
         ifname: String,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         queue: bool,
+        /// With `queue`: the caller has not configured the pod yet and asks again (with
+        /// `queue`, without `defer`) once it has. A pod no policy isolates is then only
+        /// recorded (`Admitted`), so the background attach, which holds RTNL through
+        /// kernel grace periods, does not run during the caller's own netlink work.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        defer: bool,
         /// What the node's programs need to know of the pod: recorded at once, even when
         /// the attach is queued.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,6 +237,11 @@ pub enum Response {
     AttachQueued {
         ifname: String,
     },
+    /// The pod is recorded and no policy isolates it; nothing is attached or queued yet
+    /// (`AttachPod` with `queue` and `defer`).
+    Admitted {
+        ifname: String,
+    },
     Error {
         kind: ErrorKind,
         message: String,
@@ -303,6 +314,7 @@ pub fn wait_attached(socket: &Path, key: &AttachmentKey, timeout: Duration) -> R
     let request = Request::AttachPod {
         ifname: ifname.clone(),
         queue: false,
+        defer: false,
         pod: None,
     };
     match call(socket, &request, timeout) {

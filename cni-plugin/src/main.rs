@@ -150,16 +150,19 @@ fn add(conf: &NetConf, env: &Env, log: &Log) -> Result<Option<Value>, CniError> 
             host_mac: created.host_mac(),
             pod_mac: created.pod_mac.clone(),
         };
-        let programs = match ask(
+        // The pod's policy is written (and, if a policy isolates it, its programs
+        // attached) before the pod interface can send anything.
+        let admitted = match ask(
             conf,
             &Request::AttachPod {
                 ifname: host_if.clone(),
                 queue: true,
+                defer: true,
                 pod: Some(pod),
             },
         ) {
-            Ok(Response::Attached { .. }) => "programs attached",
-            Ok(Response::AttachQueued { .. }) => "programs queued",
+            Ok(Response::Attached { .. }) => false,
+            Ok(Response::Admitted { .. }) => true,
             Ok(other) => {
                 return Err(CniError::new(
                     code::WIRING_FAILED,
@@ -168,7 +171,30 @@ fn add(conf: &NetConf, env: &Env, log: &Log) -> Result<Option<Value>, CniError> 
             }
             Err(e) => return Err(unreachable_daemon(&e)),
         };
-        wire::configure(&plan, &created).map(|wiring| (wiring, programs))
+        let wiring = wire::configure(&plan, &created)?;
+        if !admitted {
+            return Ok((wiring, "programs attached"));
+        }
+        // Not isolated: the programs go on in the background, now that this ADD's own
+        // netlink work is done (the attach holds RTNL through grace periods).
+        match ask(
+            conf,
+            &Request::AttachPod {
+                ifname: host_if.clone(),
+                queue: true,
+                defer: false,
+                pod: None,
+            },
+        ) {
+            Ok(Response::AttachQueued { .. } | Response::Attached { .. }) => {
+                Ok((wiring, "programs queued"))
+            }
+            Ok(other) => Err(CniError::new(
+                code::WIRING_FAILED,
+                format!("queueing the pod programs for {host_if}: {other:?}"),
+            )),
+            Err(e) => Err(unreachable_daemon(&e)),
+        }
     });
     match wired {
         Ok((wiring, programs)) => {

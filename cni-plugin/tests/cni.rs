@@ -346,10 +346,7 @@ fn the_pod_cannot_send_before_twilld_answers_the_attach() {
             let mut answer = twill_api::call(&daemon_socket, &request, timeout).unwrap();
             let attach = matches!(request, Request::AttachPod { .. });
             let seen = if attach {
-                assert!(
-                    matches!(answer, Response::AttachQueued { .. }),
-                    "{answer:?}"
-                );
+                assert!(matches!(answer, Response::Admitted { .. }), "{answer:?}");
                 let at_request = pod_side(&ns);
                 twill_api::wait_attached(&daemon_socket, &key("early"), timeout).unwrap();
                 let pinned = std::fs::read_dir(&pins).map_or(0, Iterator::count);

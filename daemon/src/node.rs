@@ -419,8 +419,10 @@ impl Node {
             Request::AttachPod {
                 ifname,
                 queue: true,
+                defer,
                 pod,
             } => {
+                let defer = *defer;
                 let ifname = ifname.clone();
                 let local = self.local_pods();
                 // A pod a policy isolates gets its programs now, before ADD returns and
@@ -430,18 +432,27 @@ impl Node {
                     d.record_pod(pod.as_ref());
                     if isolated {
                         d.work.forget_attach(&ifname);
-                        d.ensure_attached(&ifname).map(|()| false)
+                        d.ensure_attached(&ifname).map(|()| Response::Attached {
+                            ifname: ifname.clone(),
+                        })
+                    } else if defer {
+                        Ok(Response::Admitted {
+                            ifname: ifname.clone(),
+                        })
                     } else {
                         d.work.queue_attach(&ifname);
-                        Ok(true)
+                        Ok(Response::AttachQueued {
+                            ifname: ifname.clone(),
+                        })
                     }
                 });
                 return match queued {
-                    Some(Ok(true)) => {
-                        self.work_wake.notify_one();
-                        Response::AttachQueued { ifname }
+                    Some(Ok(response)) => {
+                        if matches!(response, Response::AttachQueued { .. }) {
+                            self.work_wake.notify_one();
+                        }
+                        response
                     }
-                    Some(Ok(false)) => Response::Attached { ifname },
                     Some(Err(e)) => {
                         error(ErrorKind::Internal, format!("{:#}", anyhow::Error::new(e)))
                     }

@@ -8,7 +8,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use tracing::warn;
-use twill_api::cluster;
+use twill_api::cluster::{self, PodRecord};
+use twill_k8s::Object;
 
 use crate::config::Config;
 
@@ -17,6 +18,28 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// The entries a loop keeps, by key; what does not parse is not kept.
 pub type Store<E> = BTreeMap<String, E>;
+
+/// What the Service and policy loops read under `/twill/v1/`, parsed once when it
+/// arrives: Kubernetes objects and pod records.
+pub enum Entry {
+    Object(Box<Object>),
+    Pod(PodRecord),
+}
+
+/// [`Entry`] from a key and its value; `None` for other keys and what does not parse.
+pub fn parse(key: &str, value: &[u8]) -> Option<Entry> {
+    if key.starts_with(cluster::OBJECTS) {
+        serde_json::from_slice::<Object>(value)
+            .ok()
+            .map(|o| Entry::Object(Box::new(o)))
+    } else if key.starts_with(cluster::PODS) {
+        serde_json::from_slice::<PodRecord>(value)
+            .ok()
+            .map(Entry::Pod)
+    } else {
+        None
+    }
+}
 
 /// Why a pass runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

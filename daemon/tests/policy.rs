@@ -134,13 +134,7 @@ fn a_policy_is_enforced_on_every_node_within_a_second_and_revokes_established_co
     require_root();
     let mut lab = Lab::up(&LabSpec::for_test(3, 0)).expect("lab up");
     let nodes = lab.nodes();
-    let daemons: Vec<Twilld> = nodes
-        .iter()
-        .map(|n| Twilld::start(Path::new(TWILLD), &lab, n, CONFIG, &[]))
-        .collect();
-    for d in &daemons {
-        d.wait_status("ready", Duration::from_secs(10), |s| s.not_ready.is_none());
-    }
+    let daemons = Twilld::start_on_every_node(Path::new(TWILLD), &lab, CONFIG);
     let mut objects = pod_object("web", "web");
     objects.push_str(&pod_object("client", "client"));
     objects.push_str(&pod_object("other", "other"));

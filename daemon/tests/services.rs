@@ -151,13 +151,7 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
     require_root();
     let mut lab = Lab::up(&LabSpec::for_test(3, 0)).expect("lab up");
     let nodes = lab.nodes();
-    let daemons: Vec<Twilld> = nodes
-        .iter()
-        .map(|n| Twilld::start(Path::new(TWILLD), &lab, n, CONFIG, &[]))
-        .collect();
-    for d in &daemons {
-        d.wait_status("ready", Duration::from_secs(10), |s| s.not_ready.is_none());
-    }
+    let daemons = Twilld::start_on_every_node(Path::new(TWILLD), &lab, CONFIG);
 
     // A backend on each node, serving its name; a client on node1.
     let mut servers = Vec::new();

@@ -148,15 +148,16 @@ fn check(key: &PolicyFlowKey, dir: u32, opens: bool, direction: Direction) -> Re
     if mode == MODE_OPEN {
         // Nothing to decide, but the flow is remembered with who opened it, so that a
         // policy isolating the pod later still lets this flow's replies through.
-        if opens || key.protocol != IPPROTO_TCP {
+        // A lookup first for what is not a SYN: an LRU insert takes a free element (maybe
+        // evicting one) even when the key is there, so it is made only for a new flow,
+        // and the first packet seen decides the origin.
+        if opens || (key.protocol != IPPROTO_TCP && lookup!(TWILL_POL_CT, key).is_none()) {
             let flow = PolicyFlow {
                 table: ep.table,
                 origin: dir as u8,
                 _pad: [0; 3],
             };
-            // BPF_NOEXIST for what is not a SYN: the first packet seen decides the origin.
-            let flags = if opens { 0 } else { BPF_NOEXIST };
-            let _ = TWILL_POL_CT.insert(key, flow, flags);
+            let _ = TWILL_POL_CT.insert(key, flow, 0);
         }
         return Reason::Forwarded;
     }
@@ -191,8 +192,6 @@ fn check(key: &PolicyFlowKey, dir: u32, opens: bool, direction: Direction) -> Re
         Reason::DropPolicyDenied
     }
 }
-
-const BPF_NOEXIST: u64 = 1;
 
 /// Whether the pod's table allows a flow opened in direction `origin` with the peer, to
 /// `port` (the opening packet's destination port). Counts the verdict.

@@ -55,36 +55,51 @@ fn objects(entries: &[(String, Vec<u8>)]) -> Vec<twill_k8s::Object> {
         .collect()
 }
 
+/// The stored objects `pick` takes, in `namespace` (all when `None`), by namespace and
+/// name.
+fn namespaced<T>(
+    entries: &[(String, Vec<u8>)],
+    namespace: Option<&String>,
+    pick: fn(twill_k8s::Object) -> Option<T>,
+    key: fn(&T) -> (&str, &str),
+) -> Vec<T> {
+    let mut out: Vec<T> = objects(entries)
+        .into_iter()
+        .filter_map(pick)
+        .filter(|o| namespace.is_none_or(|n| key(o).0 == n))
+        .collect();
+    out.sort_by(|a, b| key(a).cmp(&key(b)));
+    out
+}
+
 fn services_of(
     entries: &[(String, Vec<u8>)],
     namespace: Option<&String>,
 ) -> Vec<twill_k8s::Service> {
-    let mut out: Vec<twill_k8s::Service> = objects(entries)
-        .into_iter()
-        .filter_map(|o| match o {
+    namespaced(
+        entries,
+        namespace,
+        |o| match o {
             twill_k8s::Object::Service(s) => Some(s),
             _ => None,
-        })
-        .filter(|s| namespace.is_none_or(|n| &s.namespace == n))
-        .collect();
-    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    out
+        },
+        |s| (&s.namespace, &s.name),
+    )
 }
 
 fn policies_of(
     entries: &[(String, Vec<u8>)],
     namespace: Option<&String>,
 ) -> Vec<twill_k8s::NetworkPolicy> {
-    let mut out: Vec<twill_k8s::NetworkPolicy> = objects(entries)
-        .into_iter()
-        .filter_map(|o| match o {
+    namespaced(
+        entries,
+        namespace,
+        |o| match o {
             twill_k8s::Object::NetworkPolicy(p) => Some(p),
             _ => None,
-        })
-        .filter(|p| namespace.is_none_or(|n| &p.namespace == n))
-        .collect();
-    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    out
+        },
+        |p| (&p.namespace, &p.name),
+    )
 }
 
 /// `Ingress,Egress`: the directions a policy isolates.

@@ -271,6 +271,19 @@ pub mod daemon {
     }
 
     impl Twilld {
+        /// A daemon on every node of `lab` with `config`, each ready (its subnet leased).
+        pub fn start_on_every_node(bin: &Path, lab: &Lab, config: &str) -> Vec<Self> {
+            let daemons: Vec<Self> = lab
+                .nodes()
+                .iter()
+                .map(|n| Self::start(bin, lab, n, config, &[]))
+                .collect();
+            for d in &daemons {
+                d.wait_status("ready", Duration::from_secs(10), |s| s.not_ready.is_none());
+            }
+            daemons
+        }
+
         /// Starts `bin run` on `host` with the lab's etcd, per-node paths, `config` as its
         /// configuration file and `extra` flags. Returns once its socket answers.
         pub fn start(bin: &Path, lab: &Lab, host: &Host, config: &str, extra: &[&str]) -> Self {

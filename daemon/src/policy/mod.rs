@@ -29,7 +29,7 @@ use twill_abi::{
     lb::wire_ip,
     policy::{MODE_ENFORCE, POLICY_COUNTERS, PolicyEndpoint, RuleSlotKey},
 };
-use twill_api::cluster::{self, PodRecord};
+use twill_api::cluster::PodRecord;
 use twill_bpf::{Datapath, DatapathError};
 use twill_k8s::Object;
 use twill_policy::{
@@ -37,30 +37,11 @@ use twill_policy::{
     entries::{TableEntries, endpoint_entry, table_entries},
 };
 
-use crate::{config::Config, node::Node, watch::Pass};
-
-/// What this loop reads from the store.
-pub enum Entry {
-    Object(Box<Object>),
-    Pod(PodRecord),
-}
-
-fn parse(key: &str, value: &[u8]) -> Option<Entry> {
-    if key.starts_with(cluster::OBJECTS) {
-        match serde_json::from_slice::<Object>(value).ok()? {
-            o @ (Object::NetworkPolicy(_) | Object::Namespace(_) | Object::Pod(_)) => {
-                Some(Entry::Object(Box::new(o)))
-            }
-            _ => None,
-        }
-    } else if key.starts_with(cluster::PODS) {
-        serde_json::from_slice::<PodRecord>(value)
-            .ok()
-            .map(Entry::Pod)
-    } else {
-        None
-    }
-}
+use crate::{
+    config::Config,
+    node::Node,
+    watch::{Entry, Pass, parse},
+};
 
 /// The store's side of a compile: everything but this node's pod addresses.
 #[derive(Default)]
@@ -203,6 +184,9 @@ pub struct PolicyState {
     slots: Slots,
     /// Whether the maps of an earlier run have been pruned.
     pruned: bool,
+    /// Pods admitted since the last full pass: that pass's list of local pods was taken
+    /// before it took the lock and may not have them yet; it must not remove them.
+    admitted: BTreeSet<u32>,
     /// What is wrong now, for status and logs.
     pub problems: Vec<String>,
 }
@@ -227,6 +211,7 @@ impl PolicyState {
         local: &[LocalPod],
         ip: Ipv4Addr,
     ) -> bool {
+        self.admitted.insert(wire_ip(ip.octets()));
         match self.write(datapath, me, local, Some(ip)) {
             Ok(()) => {}
             Err(e) => {
@@ -264,10 +249,13 @@ impl PolicyState {
         }
         let Some(inputs) = self.inputs.clone() else {
             // No snapshot of the store yet: what policies say is unknown. Deny.
+            let mut failed = None;
             for l in local.iter().filter(|l| only.is_none_or(|ip| ip == l.ip)) {
-                self.set_endpoint(datapath, l.ip, DENY_ALL, None)?;
+                if let Err(e) = self.set_endpoint(datapath, l.ip, DENY_ALL, None) {
+                    failed.get_or_insert(e);
+                }
             }
-            return Ok(());
+            return failed.map_or(Ok(()), Err);
         };
         let view = inputs.view(me, local);
         let compiled =
@@ -300,26 +288,35 @@ impl PolicyState {
                     self.problems.push(format!("pod {} {d}: {error}", l.ip));
                 }
             }
-            self.set_endpoint(datapath, l.ip, entry, policy)?;
+            // One pod's failure does not leave the others on their old (maybe wider) entries.
+            if let Err(e) = self.set_endpoint(datapath, l.ip, entry, policy) {
+                failed.get_or_insert(e);
+            }
         }
         if only.is_none() {
             let keep: BTreeSet<u32> = local.iter().map(|l| wire_ip(l.ip.octets())).collect();
             let gone: Vec<u32> = self
                 .endpoints
                 .keys()
-                .filter(|k| !keep.contains(k))
+                .filter(|k| !keep.contains(k) && !self.admitted.contains(k))
                 .copied()
                 .collect();
+            self.admitted.clear();
             for ip in gone {
-                datapath.remove_policy_endpoint(ip)?;
-                self.endpoints.remove(&ip);
+                match datapath.remove_policy_endpoint(ip) {
+                    Ok(()) => {
+                        self.endpoints.remove(&ip);
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
             }
-            self.release_unused(datapath)?;
+            if let Err(e) = self.release_unused(datapath) {
+                failed.get_or_insert(e);
+            }
         }
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        failed.map_or(Ok(()), Err)
     }
 
     fn set_endpoint(

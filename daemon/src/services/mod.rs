@@ -12,33 +12,16 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use tracing::{info, warn};
 use twill_abi::lb::{Backend, Frontend, FrontendKey, SCOPE_NODE_PORT};
-use twill_api::cluster::{self, PodRecord};
 use twill_k8s::{Object, endpoints::PodPlacement};
 
-use crate::{config::Config, node::Node, watch::Pass};
-
-/// What this loop reads under `/twill/v1/`, parsed once when it arrives.
-enum Entry {
-    Object(Box<Object>),
-    Pod(PodRecord),
-}
+use crate::{
+    config::Config,
+    node::Node,
+    watch::{Entry, Pass, parse},
+};
 
 /// Everything this loop reads, by key.
 type Store = crate::watch::Store<Entry>;
-
-fn parse(key: &str, value: &[u8]) -> Option<Entry> {
-    if key.starts_with(cluster::OBJECTS) {
-        serde_json::from_slice::<Object>(value)
-            .ok()
-            .map(|o| Entry::Object(Box::new(o)))
-    } else if key.starts_with(cluster::PODS) {
-        serde_json::from_slice::<PodRecord>(value)
-            .ok()
-            .map(Entry::Pod)
-    } else {
-        None
-    }
-}
 
 type Decoded<'a> = (
     Vec<&'a twill_k8s::Service>,
