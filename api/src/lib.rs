@@ -123,6 +123,79 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pod: Option<PodInfo>,
     },
+    /// What the node's NetworkPolicy maps hold and have counted, with names.
+    Policy,
+}
+
+/// How full one of the node's BPF maps is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFill {
+    pub name: String,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+impl MapFill {
+    /// Entries as a share of capacity, 0.0..=1.0.
+    pub fn ratio(&self) -> f64 {
+        if self.capacity == 0 {
+            0.0
+        } else {
+            self.entries as f64 / self.capacity as f64
+        }
+    }
+}
+
+/// The node's NetworkPolicy state in short, for STATUS.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// Whether the daemon has read the store's policies yet (until then new pods are
+    /// denied both ways).
+    pub synced: bool,
+    /// What is wrong now (a table that could not be written, a direction with too many
+    /// rules); each such pod is denied in the direction concerned.
+    pub problems: Vec<String>,
+    /// Fill of the policy maps.
+    pub maps: Vec<MapFill>,
+}
+
+/// One local pod's policy on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyPodReport {
+    pub ip: Ipv4Addr,
+    /// `namespace/name`, when the node knows it.
+    pub pod: Option<String>,
+    /// The table its endpoint entry points at (0: none).
+    pub table: u32,
+    /// `open`, `enforce` or `audit`, ingress then egress.
+    pub modes: [String; 2],
+    /// The policies isolating it, ingress then egress (`namespace/name`).
+    pub isolated_by: [Vec<String>; 2],
+    /// Connection attempts denied (in audit mode: that would have been), ingress then
+    /// egress, since the counter was given to the pod.
+    pub denied: [u64; 2],
+}
+
+/// What one rule of one policy has allowed on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleCount {
+    /// `namespace/name`.
+    pub policy: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// The rule's index in the policy's `ingress` or `egress` list.
+    pub rule: usize,
+    /// Connections it allowed (audit: would have allowed), as the deciding rule.
+    pub allowed: u64,
+}
+
+/// A node's NetworkPolicy state and counters, named ([`Request::Policy`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyReport {
+    pub node: String,
+    pub status: PolicyStatus,
+    pub pods: Vec<PolicyPodReport>,
+    pub rules: Vec<RuleCount>,
 }
 
 /// What the node's programs need to know of a pod, told by ADD: which sockets are the
@@ -178,6 +251,9 @@ pub struct NodeStatus {
     /// Pod work the daemon does in the background, off the CNI calls' path.
     #[serde(default)]
     pub background: PodWorkStatus,
+    /// NetworkPolicy: problems and map fill.
+    #[serde(default)]
+    pub policy: PolicyStatus,
 }
 
 /// The node's background pod work: attaches queued by ADD, pairs queued by DEL.
@@ -241,6 +317,9 @@ pub enum Response {
     /// (`AttachPod` with `queue` and `defer`).
     Admitted {
         ifname: String,
+    },
+    Policy {
+        report: PolicyReport,
     },
     Error {
         kind: ErrorKind,

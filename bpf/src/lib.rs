@@ -93,6 +93,8 @@ pub enum DatapathError {
         #[source]
         source: io::Error,
     },
+    #[error("map {name} is full ({capacity} entries): raise its size in twilld's configuration")]
+    MapFull { name: &'static str, capacity: u32 },
     #[error("map {name} (at {path})")]
     Map {
         name: &'static str,
@@ -118,6 +120,33 @@ type Result<T, E = DatapathError> = std::result::Result<T, E>;
 mod policy;
 pub use policy::{PolicyMaps, TrieKey, read_policy, read_policy_flows};
 
+/// Capacities of the maps an operator may size (`[policy]` in twilld's configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// `TWILL_POL_PEER`: peer prefixes of every table on the node.
+    pub policy_peers: u32,
+    /// `TWILL_POL_PORT`: port prefixes of every table on the node.
+    pub policy_ports: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes {
+            policy_peers: twill_abi::policy::DEFAULT_PEER_ENTRIES,
+            policy_ports: twill_abi::policy::DEFAULT_PORT_ENTRIES,
+        }
+    }
+}
+
+impl MapSizes {
+    fn entries(&self) -> [(&'static str, u32); 2] {
+        [
+            (maps::POLICY_PEERS, self.policy_peers),
+            (maps::POLICY_PORTS, self.policy_ports),
+        ]
+    }
+}
+
 /// The loaded programs and maps of one node.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -136,10 +165,37 @@ impl Datapath {
     /// length): destinations outside it skip the Service lookups. `None`: any destination
     /// may be a Service.
     pub fn load_with(pin_dir: &Path, service_cidr: Option<([u8; 4], u8)>) -> Result<Self> {
+        Self::load_sized(pin_dir, service_cidr, MapSizes::default()).map(|(d, _)| d)
+    }
+
+    /// Like [`Self::load_with`], with the configurable maps sized by `sizes`. A pinned map
+    /// of another size is replaced by an empty one of the new size (its pin removed first;
+    /// programs still attached keep the old one until they are swapped): the names of the
+    /// maps replaced are returned, so the caller can say so and rewrite their entries.
+    pub fn load_sized(
+        pin_dir: &Path,
+        service_cidr: Option<([u8; 4], u8)>,
+        sizes: MapSizes,
+    ) -> Result<(Self, Vec<String>)> {
         fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDirectory {
             path: pin_dir.to_owned(),
             source,
         })?;
+        let mut resized = Vec::new();
+        for (name, size) in sizes.entries() {
+            let path = pin_dir.join(name);
+            let Ok(old) = MapData::from_pin(&path) else {
+                continue;
+            };
+            let old_size = old.info().map(|i| i.max_entries()).unwrap_or(size);
+            if old_size != size {
+                fs::remove_file(&path).map_err(|source| DatapathError::PinDirectory {
+                    path: path.clone(),
+                    source,
+                })?;
+                resized.push(format!("{name}: {old_size} -> {size} entries"));
+            }
+        }
         let (net, mask) = match service_cidr {
             None => (0u32, 0u32),
             Some((octets, prefix)) => {
@@ -153,7 +209,11 @@ impl Datapath {
                 )
             }
         };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        for (name, size) in sizes.entries() {
+            loader.map_max_entries(name, size);
+        }
+        let mut ebpf = loader
             .default_map_pin_directory(pin_dir)
             .override_global("SERVICE_NET", &net, true)
             .override_global("SERVICE_MASK", &mask, true)
@@ -176,10 +236,13 @@ impl Datapath {
                 .load()
                 .map_err(|e| load_error(name, e))?;
         }
-        Ok(Self {
-            ebpf,
-            pin_dir: pin_dir.to_owned(),
-        })
+        Ok((
+            Self {
+                ebpf,
+                pin_dir: pin_dir.to_owned(),
+            },
+            resized,
+        ))
     }
 
     /// The bpffs directory this datapath's maps are pinned in.

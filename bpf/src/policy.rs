@@ -19,11 +19,53 @@ pub type TrieKey<K> = (u32, K);
 
 impl Datapath {
     fn map_error(&self, name: &'static str) -> impl Fn(MapError) -> DatapathError + '_ {
-        move |source| DatapathError::Map {
-            name,
-            path: self.pin_dir.join(name),
-            source: Box::new(source),
+        move |source| {
+            // A full hash map answers E2BIG (7), a full trie ENOSPC (28).
+            let full = matches!(&source, MapError::SyscallError(e)
+                if matches!(e.io_error.raw_os_error(), Some(7 | 28)));
+            if full {
+                return DatapathError::MapFull {
+                    name,
+                    capacity: self.capacity(name),
+                };
+            }
+            DatapathError::Map {
+                name,
+                path: self.pin_dir.join(name),
+                source: Box::new(source),
+            }
         }
+    }
+
+    /// The capacity of a loaded map (0 when it is not known).
+    pub fn capacity(&self, name: &str) -> u32 {
+        self.ebpf
+            .map(name)
+            .and_then(|m| match m {
+                Map::LpmTrie(d)
+                | Map::HashMap(d)
+                | Map::LruHashMap(d)
+                | Map::PerCpuArray(d)
+                | Map::Array(d) => d.info().ok().map(|i| i.max_entries()),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
+
+    /// Every policy conntrack entry's count (a walk of the LRU map: for reports, not for
+    /// every pass).
+    pub fn policy_flow_count(&mut self) -> Result<u64> {
+        let map = self.hash_map::<PolicyFlowKey, PolicyFlow>(maps::POLICY_FLOWS);
+        Ok(map?.keys().filter(|k| k.is_ok()).count() as u64)
+    }
+
+    /// The policy counters, summed over CPUs, indexed by slot.
+    pub fn policy_counters(&mut self) -> Result<Vec<u64>> {
+        let counters = self.typed_map::<PerCpuArray<&mut MapData, u64>>(maps::POLICY_COUNTERS)?;
+        Ok(counters
+            .iter()
+            .map(|v| v.map(|per_cpu| per_cpu.iter().sum::<u64>()).unwrap_or(0))
+            .collect())
     }
 
     /// A loaded map by name, as the map type `M` (an LPM trie, an array, ...).

@@ -57,6 +57,15 @@ struct FileConfig {
     lease: FileLease,
     #[serde(default)]
     paths: FilePaths,
+    #[serde(default)]
+    policy: FilePolicy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePolicy {
+    peer_entries: Option<u32>,
+    port_entries: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,7 +183,12 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub bpffs_root: PathBuf,
     pub cgroup_root: PathBuf,
+    /// Capacities of the NetworkPolicy tries.
+    pub map_sizes: twill_bpf::MapSizes,
 }
+
+/// Bounds of a configurable map's capacity.
+pub const MAP_ENTRIES: std::ops::RangeInclusive<u32> = 1024..=16_777_216;
 
 pub const DEFAULT_CLUSTER_CIDR: &str = "10.244.0.0/16";
 pub const DEFAULT_NODE_SUBNET_PREFIX: u8 = 24;
@@ -329,6 +343,35 @@ impl Config {
             ));
         }
 
+        let defaults = twill_bpf::MapSizes::default();
+        let mut map_sizes = defaults;
+        for (key, value, slot) in [
+            (
+                "policy.peer_entries",
+                file.policy.peer_entries,
+                &mut map_sizes.policy_peers,
+            ),
+            (
+                "policy.port_entries",
+                file.policy.port_entries,
+                &mut map_sizes.policy_ports,
+            ),
+        ] {
+            if let Some(v) = value {
+                if !MAP_ENTRIES.contains(&v) {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "{v} is outside {}..={}",
+                            MAP_ENTRIES.start(),
+                            MAP_ENTRIES.end()
+                        ),
+                    ));
+                }
+                *slot = v;
+            }
+        }
+
         let service_text = file
             .network
             .service_cidr
@@ -440,6 +483,7 @@ impl Config {
             state_dir,
             bpffs_root,
             cgroup_root,
+            map_sizes,
         })
     }
 }
@@ -546,6 +590,11 @@ mod tests {
                 "[network]\nresync_seconds = 0",
                 "network.resync_seconds: 0 is outside",
             ),
+            (
+                "[policy]\npeer_entries = 10",
+                "policy.peer_entries: 10 is outside 1024..=16777216",
+            ),
+            ("[policy]\nports = 10", "unknown field `ports`"),
             (
                 "[network]\nservice_cidr = \"10.244.128.0/20\"",
                 "network.service_cidr: 10.244.128.0/20 overlaps the cluster CIDR",

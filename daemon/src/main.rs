@@ -212,12 +212,19 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         config.service_cidr.network().octets(),
         config.service_cidr.prefix(),
     ));
-    let datapath = Datapath::load_with(&config.bpffs_root, service_cidr).with_context(|| {
-        format!(
-            "loading the eBPF dataplane (pins in {})",
-            config.bpffs_root.display()
-        )
-    })?;
+    let (datapath, resized) =
+        Datapath::load_sized(&config.bpffs_root, service_cidr, config.map_sizes).with_context(
+            || {
+                format!(
+                    "loading the eBPF dataplane (pins in {})",
+                    config.bpffs_root.display()
+                )
+            },
+        )?;
+    for map in resized {
+        // The new map starts empty; the first policy pass rewrites every table into it.
+        warn!("resized {map}: pods a policy isolates are denied until the first policy pass");
+    }
     // Host processes of this node reach Services through the socket programs.
     let mut datapath = datapath;
     datapath

@@ -482,15 +482,31 @@ impl Node {
                     ),
                 };
             }
+            Request::Policy => {
+                let local = self.local_pods();
+                let report =
+                    self.with_dataplane(|d| d.policy.report(&mut d.datapath, &self.name, &local));
+                return match report {
+                    Some(Ok(report)) => Response::Policy { report },
+                    Some(Err(e)) => {
+                        error(ErrorKind::Internal, format!("{:#}", anyhow::Error::new(e)))
+                    }
+                    None => error(
+                        ErrorKind::Internal,
+                        "this node has no eBPF dataplane".to_owned(),
+                    ),
+                };
+            }
             _ => {}
         }
         let work = matches!(request, Request::Status)
-            .then(|| self.with_dataplane(|d| d.work.status()))
+            .then(|| self.with_dataplane(|d| (d.work.status(), d.policy.status(&d.datapath))))
             .flatten();
         let releases = matches!(request, Request::Release { .. } | Request::Gc { .. });
         let mut response = self.answer(request);
-        if let (Some(work), Response::Status { status }) = (work, &mut response) {
+        if let (Some((work, policy)), Response::Status { status }) = (work, &mut response) {
             status.background = work;
+            status.policy = policy;
         }
         if releases {
             self.forget_deleted_pods();
@@ -585,7 +601,7 @@ impl Node {
                     released: freed.into_iter().map(|a| a.key).collect(),
                 }
             }
-            Request::AttachPod { .. } => unreachable!("answered in handle"),
+            Request::AttachPod { .. } | Request::Policy => unreachable!("answered in handle"),
             Request::Status => Response::Status {
                 status: NodeStatus {
                     node: self.name.clone(),
@@ -600,6 +616,7 @@ impl Node {
                     overlay: self.overlay.get().map(|o| o.status()).unwrap_or_default(),
                     // Filled in by `handle`, outside this lock.
                     background: twill_api::PodWorkStatus::default(),
+                    policy: twill_api::PolicyStatus::default(),
                 },
             },
         }

@@ -129,6 +129,84 @@ fn add_pod(lab: &mut Lab, host: &Host, daemon: &Twilld, name: &str) -> Pod {
     Pod { netns, ip }
 }
 
+/// `netctl why` names the rule that allows client -> web and the policy that isolates web
+/// from other; it notices a node whose maps were changed behind the daemon's back; the
+/// counters show the allowed and denied attempts.
+fn explain_and_count(lab: &Lab, web: &Pod) {
+    let why = |from: &str| {
+        netctl(
+            lab,
+            &["why", "--from", from, "--to", "default/web:8080"],
+            "",
+        )
+    };
+    let allowed = why("default/client");
+    for want in [
+        "ALLOWED",
+        "rule default/web-from-client ingress[0]: from[0]: pods app=client in namespace default, 8080/TCP",
+        "node2 (default/web ingress): maps agree",
+    ] {
+        assert!(allowed.contains(want), "{want:?} in:\n{allowed}");
+    }
+    assert!(!allowed.contains("MAPS DIFFER"), "{allowed}");
+    let denied = why("default/other");
+    eprintln!("{allowed}\n{denied}");
+    for want in [
+        "DENIED",
+        "denied: isolated for ingress by default/web-from-client, and no rule matches",
+        "node2 (default/web ingress): maps agree",
+    ] {
+        assert!(denied.contains(want), "{want:?} in:\n{denied}");
+    }
+
+    // Someone opens web's entry on node2 behind the daemon: why says node2 differs.
+    let pins = &lab.nodes()[1].bpffs_dir;
+    let key = twill_abi::lb::wire_ip(web.ip.octets());
+    let mut dp = twill_bpf::Datapath::load(pins).expect("load node2's programs");
+    let entry = dp
+        .policy_endpoints()
+        .unwrap()
+        .into_iter()
+        .find(|(ip, _)| *ip == key)
+        .expect("web has an entry")
+        .1;
+    dp.set_policy_endpoint(key, twill_abi::policy::PolicyEndpoint::default())
+        .unwrap();
+    let tampered = why("default/other");
+    dp.set_policy_endpoint(key, entry).unwrap();
+    for want in [
+        "node2 (default/web ingress): MAPS DIFFER",
+        "node2's entry for default/web says ingress open, should be enforce",
+    ] {
+        assert!(tampered.contains(want), "{want:?} in:\n{tampered}");
+    }
+
+    // Counted: client's allowed connections under the rule, other's denied attempts.
+    let counters = netctl(lab, &["bpf", "policy", "--node", "node2"], "");
+    eprintln!("{counters}");
+    let rule_line = counters
+        .lines()
+        .find(|l| l.starts_with("default/web-from-client ingress[0]"))
+        .unwrap_or_else(|| panic!("no rule line in:\n{counters}"));
+    let allowed: u64 = rule_line
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(allowed >= 1, "{counters}");
+    let shown = netctl(lab, &["get", "netpol"], "");
+    let row: Vec<&str> = shown
+        .lines()
+        .find(|l| l.contains("web-from-client"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // NAMESPACE NAME POD-SELECTOR TYPES MODE ALLOWED DENIED PODS
+    let (row_allowed, row_denied): (u64, u64) = (row[5].parse().unwrap(), row[6].parse().unwrap());
+    assert!(row_allowed >= allowed && row_denied >= 1, "{shown}");
+}
+
 #[test]
 fn a_policy_is_enforced_on_every_node_within_a_second_and_revokes_established_connections() {
     require_root();
@@ -164,6 +242,7 @@ fn a_policy_is_enforced_on_every_node_within_a_second_and_revokes_established_co
         shown.contains("web-from-client") && shown.contains("web"),
         "{shown}"
     );
+    explain_and_count(&lab, &web);
 
     // The established connection is allowed: still echoing.
     for _ in 0..3 {
@@ -271,6 +350,80 @@ fn a_policy_is_enforced_on_every_node_within_a_second_and_revokes_established_co
     };
     until("racer reaches the server", CONVERGENCE + probe, || {
         racer.reaches(&web, probe)
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// A table that does not fit the peer trie (sized small here) is never half-written: the
+/// pod it is for is denied, even to a peer a rule allows, and the node's status says which
+/// map is full. Removing the policy opens the pod again and clears the problem.
+#[test]
+fn a_full_policy_map_denies_the_pod_and_says_so() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec::for_test(1, 0)).expect("lab up");
+    let node = lab.nodes()[0].clone();
+    let config = format!("{CONFIG}[policy]\npeer_entries = 1024\n");
+    let daemons = Twilld::start_on_every_node(Path::new(TWILLD), &lab, &config);
+    let mut objects = pod_object("web", "web");
+    objects.push_str(&pod_object("client", "client"));
+    netctl(&lab, &["apply", "-f", "-"], &objects);
+    let web = add_pod(&mut lab, &node, &daemons[0], "web");
+    let client = add_pod(&mut lab, &node, &daemons[0], "client");
+    let mut server = web.spawn(web.python(ECHO, &[]));
+    let probe = Duration::from_millis(300);
+    until("the server answers", Duration::from_secs(10), || {
+        client.reaches(&web, probe)
+    });
+
+    // 10.0.0.0/8 minus 1,100 single addresses: an entry for each hole, over 1,024.
+    let except: Vec<String> = (0..1100)
+        .map(|i| format!("10.{}.{}.7/32", i / 200, i % 200))
+        .collect();
+    let policy = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: big}}\n\
+         spec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  ingress:\n  \
+         - from: [{{podSelector: {{matchLabels: {{app: client}}}}}}, \
+         {{ipBlock: {{cidr: 10.0.0.0/8, except: [{}]}}}}]\n",
+        except.join(", ")
+    );
+    netctl(&lab, &["apply", "-f", "-"], &policy);
+    let status = daemons[0].wait_status("reporting the full map", Duration::from_secs(5), |s| {
+        s.policy
+            .problems
+            .iter()
+            .any(|p| p.contains("TWILL_POL_PEER is full"))
+    });
+    eprintln!("{:?}", status.policy.problems);
+    assert!(
+        !client.reaches(&web, Duration::from_millis(500)),
+        "a pod whose table did not fit is denied, even to an allowed peer"
+    );
+    let why = netctl(
+        &lab,
+        &[
+            "why",
+            "--from",
+            "default/client",
+            "--to",
+            "default/web:8080",
+        ],
+        "",
+    );
+    assert!(why.contains("MAPS DIFFER"), "{why}");
+    let out = Command::new(sibling("netctl"))
+        .args(["lab", "status", lab.name()])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("TWILL_POL_PEER is full"), "{shown}");
+
+    netctl(&lab, &["delete", "-f", "-"], &policy);
+    until("the pod is open again", CONVERGENCE + probe, || {
+        client.reaches(&web, probe)
+    });
+    daemons[0].wait_status("clear of problems", Duration::from_secs(5), |s| {
+        s.policy.problems.is_empty()
     });
     let _ = server.kill();
     let _ = server.wait();

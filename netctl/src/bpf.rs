@@ -18,6 +18,9 @@ pub enum BpfCommand {
     Conntrack(Target),
     /// Packets and bytes by direction and reason.
     Metrics(Target),
+    /// NetworkPolicy: each local pod's table and modes, denials, per-rule counters and
+    /// map fill (names and counters from the node's daemon).
+    Policy(Target),
 }
 
 #[derive(Args)]
@@ -33,6 +36,19 @@ pub struct Target {
 }
 
 impl Target {
+    fn socket(&self) -> anyhow::Result<PathBuf> {
+        match &self.node {
+            None => Ok(twill_api::DEFAULT_SOCKET.into()),
+            Some(node) => {
+                let m = Manifest::load(&self.lab)?;
+                let host = m
+                    .host(node)
+                    .with_context(|| format!("lab {} has no node {node}", self.lab))?;
+                Ok(twill_lab::workload::DaemonPaths::of(&host).socket)
+            }
+        }
+    }
+
     fn pin_dir(&self) -> anyhow::Result<PathBuf> {
         match &self.node {
             None => Ok(self.pin_dir.clone()),
@@ -61,6 +77,7 @@ fn proto(p: u8) -> &'static str {
 
 pub fn run(cmd: BpfCommand) -> anyhow::Result<()> {
     match cmd {
+        BpfCommand::Policy(t) => policy(&t)?,
         BpfCommand::Services(t) => {
             let dir = t.pin_dir()?;
             let entries = twill_bpf::read_services(&dir)?;
@@ -146,4 +163,111 @@ pub fn run(cmd: BpfCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn policy(t: &Target) -> anyhow::Result<()> {
+    let socket = t.socket()?;
+    let report = match twill_api::call(
+        &socket,
+        &twill_api::Request::Policy,
+        std::time::Duration::from_secs(5),
+    ) {
+        Ok(twill_api::Response::Policy { report }) => report,
+        Ok(twill_api::Response::Error { message, .. }) => anyhow::bail!("the daemon: {message}"),
+        Ok(other) => anyhow::bail!("the daemon answered {other:?}"),
+        Err(e) => {
+            // The maps alone: no names, no counters.
+            let maps = twill_bpf::read_policy(&t.pin_dir()?)?;
+            println!(
+                "the daemon at {} is not reachable ({e}): entries only, without names",
+                socket.display()
+            );
+            println!(
+                "{:<16} {:>6} {:<8} {:<8}",
+                "IP", "TABLE", "INGRESS", "EGRESS"
+            );
+            for (wire, ep) in &maps.endpoints {
+                println!(
+                    "{:<16} {:>6} {:<8} {:<8}",
+                    ip(*wire).to_string(),
+                    ep.table,
+                    mode(ep.modes[0]),
+                    mode(ep.modes[1])
+                );
+            }
+            println!(
+                "{} peer entries, {} port entries, {} rule slots",
+                maps.peers.len(),
+                maps.ports.len(),
+                maps.slots.len()
+            );
+            return Ok(());
+        }
+    };
+    println!(
+        "{:<28} {:<16} {:>6} {:<8} {:<8} {:>14}  ISOLATED BY (INGRESS; EGRESS)",
+        "POD", "IP", "TABLE", "INGRESS", "EGRESS", "DENIED IN/EG"
+    );
+    let mut pods = report.pods.clone();
+    pods.sort_by(|a, b| a.pod.cmp(&b.pod).then(a.ip.cmp(&b.ip)));
+    for p in &pods {
+        println!(
+            "{:<28} {:<16} {:>6} {:<8} {:<8} {:>14}  {}; {}",
+            p.pod.as_deref().unwrap_or("<unknown>"),
+            p.ip.to_string(),
+            p.table,
+            p.modes[0],
+            p.modes[1],
+            format!("{}/{}", p.denied[0], p.denied[1]),
+            none_if_empty(&p.isolated_by[0]),
+            none_if_empty(&p.isolated_by[1]),
+        );
+    }
+    println!();
+    println!("{:<48} {:>12}", "RULE", "ALLOWED");
+    for r in &report.rules {
+        println!(
+            "{:<48} {:>12}",
+            format!("{} {}[{}]", r.policy, r.direction, r.rule),
+            r.allowed
+        );
+    }
+    println!();
+    println!(
+        "{:<18} {:>10} {:>10} {:>7}",
+        "MAP", "ENTRIES", "CAPACITY", "FILL"
+    );
+    for m in &report.status.maps {
+        println!(
+            "{:<18} {:>10} {:>10} {:>6.1}%",
+            m.name,
+            m.entries,
+            m.capacity,
+            m.ratio() * 100.0
+        );
+    }
+    if !report.status.synced {
+        println!("\nnot synced with the store yet: new pods are denied both ways");
+    }
+    for p in &report.status.problems {
+        println!("problem: {p}");
+    }
+    Ok(())
+}
+
+fn none_if_empty(v: &[String]) -> String {
+    if v.is_empty() {
+        "-".to_owned()
+    } else {
+        v.join(",")
+    }
+}
+
+fn mode(m: u8) -> &'static str {
+    match m {
+        twill_abi::policy::MODE_OPEN => "open",
+        twill_abi::policy::MODE_ENFORCE => "enforce",
+        twill_abi::policy::MODE_AUDIT => "audit",
+        _ => "?",
+    }
 }

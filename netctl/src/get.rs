@@ -102,6 +102,75 @@ fn policies_of(
     )
 }
 
+/// Per-policy counters summed over the nodes whose daemons answered.
+struct PolicyCounts {
+    /// By `namespace/name`: connections its rules allowed (as the deciding rule).
+    allowed: BTreeMap<String, u64>,
+    /// Connection attempts denied (enforce) or that would have been (audit) at pods it
+    /// isolates: each isolating policy counts the attempt.
+    denied: BTreeMap<String, u64>,
+    /// Whether any node answered.
+    any: bool,
+}
+
+impl PolicyCounts {
+    fn allowed(&self, p: &twill_k8s::NetworkPolicy) -> String {
+        if !self.any {
+            return "-".into();
+        }
+        let key = format!("{}/{}", p.namespace, p.name);
+        self.allowed.get(&key).copied().unwrap_or(0).to_string()
+    }
+
+    fn denied(&self, p: &twill_k8s::NetworkPolicy) -> String {
+        if !self.any {
+            return "-".into();
+        }
+        let key = format!("{}/{}", p.namespace, p.name);
+        let n = self.denied.get(&key).copied().unwrap_or(0);
+        match p.enforcement {
+            twill_k8s::Enforcement::Audit => format!("{n} (would)"),
+            twill_k8s::Enforcement::Enforce => n.to_string(),
+        }
+    }
+}
+
+/// Counters from every node's daemon this machine reaches; the others are named on stderr.
+fn policy_counts(store: &StoreArgs, nodes: &[String]) -> PolicyCounts {
+    let access = crate::nodes::Nodes::of(store);
+    let mut counts = PolicyCounts {
+        allowed: BTreeMap::new(),
+        denied: BTreeMap::new(),
+        any: false,
+    };
+    let mut missing = Vec::new();
+    for node in nodes {
+        let report = match access.policy_report(node) {
+            Ok(r) => r,
+            Err(e) => {
+                missing.push(e);
+                continue;
+            }
+        };
+        counts.any = true;
+        for r in &report.rules {
+            *counts.allowed.entry(r.policy.clone()).or_default() += r.allowed;
+        }
+        for p in &report.pods {
+            for d in 0..2 {
+                for policy in &p.isolated_by[d] {
+                    *counts.denied.entry(policy.clone()).or_default() += p.denied[d];
+                }
+            }
+        }
+    }
+    // With no node answering, `-` in the table says it; with some, name the others.
+    if counts.any && !missing.is_empty() {
+        eprintln!("counters leave out: {}", missing.join("; "));
+    }
+    counts
+}
+
 /// `Ingress,Egress`: the directions a policy isolates.
 fn policy_types(p: &twill_k8s::NetworkPolicy) -> String {
     let mut types = Vec::new();
@@ -355,8 +424,17 @@ pub fn run(cmd: GetCommand) -> anyhow::Result<()> {
                 &[
                     &cluster::objects_prefix("networkpolicies"),
                     &cluster::objects_prefix("pods"),
+                    cluster::NODES,
                 ],
             )?;
+            let node_names: Vec<String> = got
+                .pop()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|(_, v)| serde_json::from_slice::<NodeRecord>(v).ok())
+                .map(|n| n.name)
+                .collect();
+            let counts = policy_counts(&args.store, &node_names);
             let pods: Vec<twill_k8s::Pod> = objects(&got.pop().unwrap_or_default())
                 .into_iter()
                 .filter_map(|o| match o {
@@ -366,7 +444,16 @@ pub fn run(cmd: GetCommand) -> anyhow::Result<()> {
                 .collect();
             let rows = policies_of(&got.pop().unwrap_or_default(), namespace.as_ref());
             print(args.output, &rows, |wide| {
-                let mut header = vec!["NAMESPACE", "NAME", "POD-SELECTOR", "TYPES", "MODE", "PODS"];
+                let mut header = vec![
+                    "NAMESPACE",
+                    "NAME",
+                    "POD-SELECTOR",
+                    "TYPES",
+                    "MODE",
+                    "ALLOWED",
+                    "DENIED",
+                    "PODS",
+                ];
                 if wide {
                     header.extend(["INGRESS-RULES", "EGRESS-RULES"]);
                 }
@@ -379,6 +466,8 @@ pub fn run(cmd: GetCommand) -> anyhow::Result<()> {
                             p.pod_selector.to_string(),
                             policy_types(p),
                             p.enforcement.to_string(),
+                            counts.allowed(p),
+                            counts.denied(p),
                             selected_pods(p, &pods),
                         ];
                         if wide {

@@ -582,14 +582,19 @@ fn print_lab(m: &Manifest) {
                             (None, None) => "ready".to_owned(),
                         };
                         let work = &s.background;
-                        if work.attaching + work.retiring > 0 {
+                        let mut state = if work.attaching + work.retiring > 0 {
                             format!(
                                 "{state} (background: {} pod attaches, {} pairs to delete)",
                                 work.attaching, work.retiring
                             )
                         } else {
                             state
+                        };
+                        // Policy trouble is said in words: its pods are denied.
+                        for p in &s.policy.problems {
+                            state.push_str(&format!("; policy: {p}"));
                         }
+                        state
                     },
                 ),
                 Err(_) => (

@@ -5,7 +5,9 @@ mod apply;
 mod bpf;
 mod get;
 mod lab;
+mod nodes;
 mod store;
+mod why;
 
 use clap::{Parser, Subcommand};
 
@@ -28,9 +30,12 @@ enum Command {
     /// Show what the cluster's store says: nodes, pods, services, endpoints, networkpolicies.
     #[command(subcommand)]
     Get(get::GetCommand),
-    /// Show what a node's eBPF maps hold: services, conntrack, metrics.
+    /// Show what a node's eBPF maps hold: services, conntrack, metrics, policy.
     #[command(subcommand)]
     Bpf(bpf::BpfCommand),
+    /// Whether a connection is allowed by NetworkPolicy, the rules behind the verdict, and
+    /// whether the nodes' maps agree.
+    Why(why::WhyArgs),
 }
 
 fn main() {
@@ -41,6 +46,7 @@ fn main() {
         Command::Bpf(cmd) => bpf::run(cmd),
         Command::Apply(args) => apply::apply(args),
         Command::Delete(args) => apply::delete(args),
+        Command::Why(args) => why::run(args),
     };
     if let Err(e) = result {
         eprintln!("netctl: {e:#}");

@@ -288,13 +288,24 @@ spec:
     assert_eq!(
         rows,
         [
-            vec!["NAMESPACE", "NAME", "POD-SELECTOR", "TYPES", "MODE", "PODS"],
+            vec![
+                "NAMESPACE",
+                "NAME",
+                "POD-SELECTOR",
+                "TYPES",
+                "MODE",
+                "ALLOWED",
+                "DENIED",
+                "PODS"
+            ],
             vec![
                 "shop",
                 "db-deny-all",
                 "app in (db)",
                 "Ingress,Egress",
                 "enforce",
+                "-",
+                "-",
                 "db-0"
             ],
             vec![
@@ -303,6 +314,8 @@ spec:
                 "app=web",
                 "Ingress,Egress",
                 "audit",
+                "-",
+                "-",
                 "web-0,web-1,web-2 +1"
             ],
         ],

@@ -67,3 +67,104 @@ pub fn endpoint_entry(
         deny_counter,
     }
 }
+
+/// What a node's maps decide for a new connection, read from the entries themselves (the
+/// datapath's two longest-prefix lookups, ANDed): the matching bits, 0 when none match.
+/// `peers`/`ports` are a node's whole tries; only `table`'s entries in `direction` count.
+pub fn live_bits(
+    endpoint: &PolicyEndpoint,
+    peers: &[((u32, PeerPrefix), u64)],
+    ports: &[((u32, PortPrefix), u64)],
+    direction: Direction,
+    peer: std::net::Ipv4Addr,
+    protocol: u8,
+    port: u16,
+) -> u64 {
+    let scope = twill_abi::policy::scope(endpoint.table, direction.index());
+    let d = direction.index() as usize;
+    let longest = |entries: &mut dyn Iterator<Item = (u32, u64)>| {
+        entries
+            .max_by_key(|(len, _)| *len)
+            .map_or(0, |(_, bits)| bits)
+    };
+    let peer_value = u32::from(peer);
+    let peer_bits = longest(&mut peers.iter().filter_map(|((len, k), bits)| {
+        let len = len.checked_sub(32)?;
+        (k.scope == scope && prefix_matches(u32::from_be(k.ip), peer_value, len, 32))
+            .then_some((len, *bits))
+    }));
+    let port_bits = if crate::has_ports(protocol) {
+        let value = u32::from(protocol) << 16 | u32::from(port);
+        longest(&mut ports.iter().filter_map(|((len, k), bits)| {
+            let len = len.checked_sub(32)?;
+            let [a, b, c, _] = k.proto_port;
+            let key = u32::from_be_bytes([0, a, b, c]);
+            (k.scope == scope && prefix_matches(key, value, len, crate::PORT_KEY_BITS as u32))
+                .then_some((len, *bits))
+        }))
+    } else {
+        0
+    };
+    peer_bits & (port_bits | endpoint.any_ports[d])
+}
+
+fn prefix_matches(prefix: u32, value: u32, len: u32, width: u32) -> bool {
+    if len == 0 {
+        return true;
+    }
+    if len > width {
+        return false;
+    }
+    let shift = width - len;
+    (prefix >> shift) == (value >> shift)
+}
+
+/// How a node's entries for `table` differ from `expected`: missing, extra or different
+/// entries, in words (empty when they agree).
+pub fn table_differences(
+    expected: &TableEntries,
+    table: u32,
+    peers: &[((u32, PeerPrefix), u64)],
+    ports: &[((u32, PortPrefix), u64)],
+) -> Vec<String> {
+    fn diff<K: Copy + PartialEq + std::fmt::Debug>(
+        what: &str,
+        want: &[((u32, K), u64)],
+        have: Vec<&((u32, K), u64)>,
+        out: &mut Vec<String>,
+    ) {
+        let missing = want.iter().filter(|w| !have.contains(w)).count();
+        let extra = have
+            .iter()
+            .filter(|h| !want.iter().any(|w| w == **h))
+            .count();
+        if missing > 0 || extra > 0 {
+            out.push(format!(
+                "{what}: {missing} entries missing or different, {extra} unexpected (holds {}, should hold {})",
+                have.len(),
+                want.len()
+            ));
+        }
+    }
+    let of_table = |scope: u32| u32::from_be(scope) >> 1 == table;
+    let mut out = Vec::new();
+    diff(
+        "peer trie",
+        &expected.peers,
+        peers
+            .iter()
+            .filter(|((_, k), _)| of_table(k.scope))
+            .collect(),
+        &mut out,
+    );
+    diff(
+        "port trie",
+        &expected.ports,
+        ports
+            .iter()
+            .filter(|((_, k), _)| of_table(k.scope))
+            .collect(),
+        &mut out,
+    );
+    out
+}

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod entries;
+pub mod explain;
 pub mod lpm;
 
 use std::{

@@ -260,6 +260,22 @@ fn pod_ip(view: &ClusterView, name: &str) -> Ipv4Addr {
 /// on TCP 80 for the case's own expectations.
 fn matrix(view: &ClusterView) -> BTreeMap<(String, String), bool> {
     let compiled = compile(view, |_| true);
+    // The map entries as twilld writes them, each pod under its own table id.
+    let entries: BTreeMap<Ipv4Addr, _> = compiled
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, (ip, e))| {
+            let id = i as u32 + 1;
+            (
+                *ip,
+                (
+                    crate::entries::endpoint_entry(id, &e.policy, [0, 0]),
+                    crate::entries::table_entries(id, &e.policy),
+                ),
+            )
+        })
+        .collect();
     let outside = [ip("192.0.2.7"), ip("172.30.0.11"), ip("10.244.9.9")];
     let mut addrs: Vec<Ipv4Addr> = view.pods.iter().map(|p| p.ip).collect();
     addrs.extend(outside);
@@ -273,6 +289,32 @@ fn matrix(view: &ClusterView) -> BTreeMap<(String, String), bool> {
                 let want = reference::allowed(view, src, dst, protocol, port);
                 let got = compiled_allows(view, &compiled, src, dst, protocol, port);
                 assert_eq!(got, want, "{src} -> {dst} proto {protocol} port {port}");
+                let why =
+                    crate::explain::why(view, &compiled, src, dst, protocol, port, |_| Vec::new());
+                assert_eq!(why.allowed, want, "why {src} -> {dst} {protocol}/{port}");
+                // The entries, looked up as the datapath does, give the compiled bits.
+                for (pod, peer, d) in [
+                    (src, dst, Direction::Egress),
+                    (dst, src, Direction::Ingress),
+                ] {
+                    let (Some((ep, t)), Some(c)) =
+                        (entries.get(&pod), compiled.endpoints.get(&pod))
+                    else {
+                        continue;
+                    };
+                    let table = c.policy.direction(d);
+                    if table.mode == Mode::Open || table.error.is_some() {
+                        continue;
+                    }
+                    let live =
+                        crate::entries::live_bits(ep, &t.peers, &t.ports, d, peer, protocol, port);
+                    let port = if has_ports(protocol) { port } else { 0 };
+                    assert_eq!(
+                        live,
+                        matching_bits(table, peer, protocol, port),
+                        "entries of {pod} {d} for {peer} {protocol}/{port}"
+                    );
+                }
             }
             let name = |a: Ipv4Addr| {
                 view.pod_by_ip(a)
@@ -797,4 +839,69 @@ fn random_policies_agree_with_the_reference_semantics() {
         let _ = case;
         matrix(&view);
     }
+}
+
+#[test]
+fn why_names_the_rule_peer_and_port_or_the_isolating_policy() {
+    let mut allow = policy("x", "allow-b", sel("pod=a"));
+    allow.ingress = vec![rule(
+        vec![block("192.0.2.0/24", &[]), pods_peer(sel("pod=b"))],
+        vec![named("serve-80-tcp", Protocol::Tcp)],
+    )];
+    let view = cluster(vec![allow]);
+    let (xa, xb, xc) = (
+        pod_ip(&view, "x/a"),
+        pod_ip(&view, "x/b"),
+        pod_ip(&view, "x/c"),
+    );
+    let compiled = compile(&view, |_| true);
+    let node_ips = |node: &str| match node {
+        "node1" => vec![ip("172.31.0.11")],
+        _ => Vec::new(),
+    };
+    let w = explain::why(&view, &compiled, xb, xa, IPPROTO_TCP, 80, node_ips);
+    assert!(w.allowed);
+    let ingress = w.ingress.as_ref().unwrap();
+    assert_eq!(ingress.decision, Decision::Allowed { bit: 0 });
+    assert_eq!(ingress.matches.len(), 1);
+    let m = &ingress.matches[0];
+    assert_eq!(m.rule.to_string(), "x/allow-b ingress[0]");
+    assert_eq!(m.peer, "from[1]: pods pod=b in namespace x");
+    assert_eq!(m.ports, "80/TCP");
+    assert_eq!(w.egress.as_ref().unwrap().decision, Decision::Open);
+
+    // Denied: the isolating policy is named, no rule matches.
+    let w = explain::why(&view, &compiled, xc, xa, IPPROTO_TCP, 80, node_ips);
+    assert!(!w.allowed);
+    let ingress = w.ingress.as_ref().unwrap();
+    assert_eq!(ingress.decision, Decision::Denied);
+    assert!(ingress.matches.is_empty());
+    assert_eq!(ingress.isolated_by[0].to_string(), "x/allow-b");
+
+    // An outside address in the ipBlock; the pod's own node passes whatever the table says.
+    let w = explain::why(
+        &view,
+        &compiled,
+        ip("192.0.2.9"),
+        xa,
+        IPPROTO_TCP,
+        80,
+        node_ips,
+    );
+    assert!(w.allowed && w.egress.is_none());
+    assert_eq!(
+        w.ingress.unwrap().matches[0].peer,
+        "from[0]: ipBlock 192.0.2.0/24"
+    );
+    let w = explain::why(
+        &view,
+        &compiled,
+        ip("172.31.0.11"),
+        xa,
+        IPPROTO_TCP,
+        9,
+        node_ips,
+    );
+    let ingress = w.ingress.unwrap();
+    assert!(w.allowed && ingress.decision == Decision::Denied && ingress.exempt.is_some());
 }

@@ -124,6 +124,8 @@ struct Slots {
     by_what: HashMap<Counted, u32>,
     free: Vec<u32>,
     next: u32,
+    /// Whether something had to count in slot 0 for want of a slot.
+    overflowed: bool,
 }
 
 impl Slots {
@@ -137,7 +139,10 @@ impl Slots {
                 self.next += 1;
                 self.next
             }
-            None => return 0,
+            None => {
+                self.overflowed = true;
+                return 0;
+            }
         };
         if let Err(e) = datapath.reset_policy_counter(slot) {
             warn!(
@@ -229,6 +234,7 @@ impl PolicyState {
     /// and slots released.
     pub fn reconcile(&mut self, datapath: &mut Datapath, me: &str, local: &[LocalPod]) {
         self.problems.clear();
+        self.slots.overflowed = false;
         if let Err(e) = self.write(datapath, me, local, None) {
             let problem = format!("programming network policies: {:#}", anyhow::Error::new(e));
             warn!("{problem}");
@@ -277,7 +283,17 @@ impl PolicyState {
                         Ok(id) => endpoint_entry(id, p, deny),
                         Err(e) => {
                             // Fail closed: no table, so every isolated direction denies.
-                            failed.get_or_insert(e);
+                            let name = l
+                                .pod
+                                .as_ref()
+                                .map_or_else(String::new, |(ns, n)| format!(" ({ns}/{n})"));
+                            let problem = format!(
+                                "pod {}{name} is denied wherever a policy isolates it: its table was not written: {:#}",
+                                l.ip,
+                                anyhow::Error::new(e)
+                            );
+                            warn!("{problem}");
+                            self.problems.push(problem);
                             endpoint_entry(0, p, deny)
                         }
                     }
@@ -465,6 +481,135 @@ impl PolicyState {
         Ok(())
     }
 }
+
+impl PolicyState {
+    /// Problems and map fill, for STATUS: from what this daemon wrote, no map walk.
+    pub fn status(&self, datapath: &Datapath) -> twill_api::PolicyStatus {
+        let fill = |name: &str, entries: usize| twill_api::MapFill {
+            name: name.to_owned(),
+            entries: entries as u64,
+            capacity: u64::from(datapath.capacity(name)),
+        };
+        let maps = vec![
+            fill(twill_abi::maps::POLICY_ENDPOINTS, self.endpoints.len()),
+            fill(
+                twill_abi::maps::POLICY_PEERS,
+                self.tables.values().map(|t| t.entries.peers.len()).sum(),
+            ),
+            fill(
+                twill_abi::maps::POLICY_PORTS,
+                self.tables.values().map(|t| t.entries.ports.len()).sum(),
+            ),
+            fill(
+                twill_abi::maps::POLICY_RULES,
+                self.tables.values().map(|t| t.slots.len()).sum(),
+            ),
+            fill(twill_abi::maps::POLICY_COUNTERS, self.slots.by_what.len()),
+        ];
+        let mut problems = self.problems.clone();
+        for m in &maps {
+            if m.ratio() >= PRESSURE {
+                problems.push(format!(
+                    "{} is {:.0}% full ({} of {} entries)",
+                    m.name,
+                    m.ratio() * 100.0,
+                    m.entries,
+                    m.capacity
+                ));
+            }
+        }
+        if self.slots.overflowed {
+            problems.push(format!(
+                "more rules and pods to count than {} counters: some share the overflow counter 0",
+                POLICY_COUNTERS
+            ));
+        }
+        twill_api::PolicyStatus {
+            synced: self.inputs.is_some(),
+            problems,
+            maps,
+        }
+    }
+
+    /// Every local pod's entry and every rule's counter, named (`netctl`).
+    pub fn report(
+        &self,
+        datapath: &mut Datapath,
+        me: &str,
+        local: &[LocalPod],
+    ) -> Result<twill_api::PolicyReport, DatapathError> {
+        let counters = datapath.policy_counters()?;
+        let count = |slot: u32| counters.get(slot as usize).copied().unwrap_or(0);
+        let names: HashMap<Ipv4Addr, String> = local
+            .iter()
+            .filter_map(|l| Some((l.ip, l.pod.as_ref().map(|(ns, n)| format!("{ns}/{n}"))?)))
+            .collect();
+        let pods = self
+            .endpoints
+            .iter()
+            .map(|(ip, (e, policy))| {
+                let ip = Ipv4Addr::from(u32::from_be(*ip));
+                let mode = |m: u8| match m {
+                    twill_abi::policy::MODE_OPEN => "open",
+                    MODE_ENFORCE => "enforce",
+                    twill_abi::policy::MODE_AUDIT => "audit",
+                    _ => "?",
+                };
+                let isolated = |d: Direction| {
+                    policy.as_ref().map_or_else(Vec::new, |p| {
+                        p.direction(d)
+                            .isolated_by
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect()
+                    })
+                };
+                twill_api::PolicyPodReport {
+                    ip,
+                    pod: names.get(&ip).cloned(),
+                    table: e.table,
+                    modes: [mode(e.modes[0]).to_owned(), mode(e.modes[1]).to_owned()],
+                    isolated_by: [isolated(Direction::Ingress), isolated(Direction::Egress)],
+                    denied: [count(e.deny_counter[0]), count(e.deny_counter[1])],
+                }
+            })
+            .collect();
+        let mut rules: Vec<twill_api::RuleCount> = self
+            .slots
+            .by_what
+            .iter()
+            .filter_map(|(what, slot)| match what {
+                Counted::Rule(r) => Some(twill_api::RuleCount {
+                    policy: r.policy.to_string(),
+                    direction: r.direction.to_string(),
+                    rule: r.index,
+                    allowed: count(*slot),
+                }),
+                Counted::Denied(..) => None,
+            })
+            .collect();
+        rules.sort_by(|a, b| {
+            (&a.policy, &a.direction, a.rule).cmp(&(&b.policy, &b.direction, b.rule))
+        });
+        let mut status = self.status(datapath);
+        if let Ok(flows) = datapath.policy_flow_count() {
+            status.maps.push(twill_api::MapFill {
+                name: twill_abi::maps::POLICY_FLOWS.to_owned(),
+                entries: flows,
+                capacity: u64::from(datapath.capacity(twill_abi::maps::POLICY_FLOWS)),
+            });
+        }
+        Ok(twill_api::PolicyReport {
+            node: me.to_owned(),
+            status,
+            pods,
+            rules,
+        })
+    }
+}
+
+/// A map this full is reported as a problem.
+const PRESSURE: f64 = 0.9;
 
 fn table_of(scope: u32) -> u32 {
     u32::from_be(scope) >> 1
