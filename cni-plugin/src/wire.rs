@@ -197,6 +197,16 @@ pub fn configure(plan: &PodPlan<'_>, created: &Created) -> Result<Wiring, CniErr
             // ip addr add IP/32 dev IFNAME
             h.address().add(index, IpAddr::V4(ip), 32).execute().await?;
             link_up(&h, index).await?;
+            // ip neigh replace 169.254.1.1 lladdr HOST_MAC dev IFNAME nud permanent
+            // Before the routes: once they exist, a process already in the pod may send
+            // and make the kernel create an incomplete entry for the gateway first.
+            h.neighbours()
+                .add(index, IpAddr::V4(gateway))
+                .link_layer_address(&mac)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await?;
             // ip route add 169.254.1.1 dev IFNAME scope link
             let to_gateway = RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(gateway, 32)
@@ -210,13 +220,6 @@ pub fn configure(plan: &PodPlan<'_>, created: &Created) -> Result<Wiring, CniErr
                 .output_interface(index)
                 .build();
             h.route().add(default).execute().await?;
-            // ip neigh add 169.254.1.1 lladdr HOST_MAC dev IFNAME nud permanent
-            h.neighbours()
-                .add(index, IpAddr::V4(gateway))
-                .link_layer_address(&mac)
-                .state(NeighbourState::Permanent)
-                .execute()
-                .await?;
             Ok(())
         },
     )

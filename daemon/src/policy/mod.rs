@@ -235,10 +235,38 @@ impl PolicyState {
     pub fn reconcile(&mut self, datapath: &mut Datapath, me: &str, local: &[LocalPod]) {
         self.problems.clear();
         self.slots.overflowed = false;
+        self.verify_endpoints(datapath);
         if let Err(e) = self.write(datapath, me, local, None) {
             let problem = format!("programming network policies: {:#}", anyhow::Error::new(e));
             warn!("{problem}");
             self.problems.push(problem);
+        }
+    }
+
+    /// Drift repair: endpoint entries changed or removed behind this daemon's back (another
+    /// writer of the pinned maps) are forgotten, so this pass writes them again. One walk
+    /// of the endpoint map, one entry per local pod. (Tables are not walked: they are much
+    /// larger; `netctl why` checks them.)
+    fn verify_endpoints(&mut self, datapath: &mut Datapath) {
+        if !self.pruned {
+            return;
+        }
+        let Ok(live) = datapath.policy_endpoints() else {
+            return;
+        };
+        let live: HashMap<u32, PolicyEndpoint> = live.into_iter().collect();
+        let drifted: Vec<u32> = self
+            .endpoints
+            .iter()
+            .filter(|(ip, (e, _))| live.get(ip) != Some(e))
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in drifted {
+            warn!(
+                pod = %Ipv4Addr::from(u32::from_be(ip)),
+                "policy entry changed behind twilld's back: rewriting it"
+            );
+            self.endpoints.remove(&ip);
         }
     }
 
