@@ -13,7 +13,11 @@ use std::{
 
 use twill_lab::{Host, Lab, LabSpec};
 use twill_netns::NetNs;
-use twill_tests::{cni, daemon::Twilld, require_root};
+use twill_tests::{
+    cni::{self, Outcome as _},
+    daemon::Twilld,
+    require_root,
+};
 
 const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
 const CONFIG: &str = "[network]\nresync_seconds = 1\n[lease]\nttl_seconds = 5\n";
@@ -281,6 +285,42 @@ fn a_policy_is_enforced_on_every_node_within_a_second_and_revokes_established_co
         "{shown}"
     );
     explain_and_count(&lab, &web, &other);
+
+    // A pod added on another node, which the policy's peer selects: web's node lets it in
+    // within a second of its ADD (its record reaches etcd, node2 recompiles web's table).
+    netctl(
+        &lab,
+        &["apply", "-f", "-"],
+        &pod_object("client2", "client"),
+    );
+    let client2 = add_pod(&mut lab, &nodes[2], &daemons[2], "client2");
+    let took = until("the new client is allowed", CONVERGENCE, || {
+        client2.reaches(&web, probe)
+    });
+    eprintln!("a new peer pod allowed after {took:?}");
+    // Deleted again: within a second its address is out of web's table on node2 (what
+    // `netctl why` checks against node2's maps: the address is no pod now, so denied).
+    cni::invoke(
+        &sibling("twill"),
+        &nodes[2],
+        &cni::vars("DEL", "client2", &client2.netns, "eth0"),
+        &cni::config("1.1.0", &daemons[2]).to_string(),
+    )
+    .ok();
+    let gone = client2.ip.to_string();
+    let took = until(
+        "the deleted pod's address is out of web's table",
+        CONVERGENCE,
+        || {
+            let why = netctl(
+                &lab,
+                &["why", "--from", &gone, "--to", "default/web:8080"],
+                "",
+            );
+            why.contains("DENIED") && why.contains("node2 (default/web ingress): maps agree")
+        },
+    );
+    eprintln!("a deleted peer pod's address removed after {took:?}");
 
     // The established connection is allowed: still echoing.
     for _ in 0..3 {
