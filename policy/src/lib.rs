@@ -105,8 +105,15 @@ pub struct PodView {
 pub struct ClusterView {
     /// Namespace labels, each with [`NAMESPACE_NAME_LABEL`] added.
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Pods may be changed after [`ClusterView::new`], but not moved to another namespace
+    /// (this index is built there).
     pub pods: Vec<PodView>,
     pub policies: Vec<NetworkPolicy>,
+    /// Indexes into `pods`, by namespace: a peer's selection looks only at the
+    /// namespaces it can select.
+    by_namespace: BTreeMap<String, Vec<usize>>,
+    /// Indexes into `policies`, by namespace (policies are not changed after `new`).
+    policies_by_namespace: BTreeMap<String, Vec<usize>>,
 }
 
 impl ClusterView {
@@ -129,11 +136,53 @@ impl ClusterView {
         for (name, l) in labels.iter_mut() {
             l.insert(NAMESPACE_NAME_LABEL.to_owned(), name.clone());
         }
+        let mut by_namespace: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, p) in pods.iter().enumerate() {
+            by_namespace.entry(p.namespace.clone()).or_default().push(i);
+        }
+        let mut policies_by_namespace: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, p) in policies.iter().enumerate() {
+            policies_by_namespace
+                .entry(p.namespace.clone())
+                .or_default()
+                .push(i);
+        }
         ClusterView {
             namespaces: labels,
             pods,
             policies,
+            by_namespace,
+            policies_by_namespace,
         }
+    }
+
+    /// The pods (indexes) a selector peer of a policy in `policy_ns` selects.
+    fn peer_pods(
+        &self,
+        policy_ns: &str,
+        namespaces: &Option<LabelSelector>,
+        pods: &LabelSelector,
+    ) -> Vec<usize> {
+        let in_ns = |ns: &str| {
+            self.by_namespace
+                .get(ns)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|&i| pods.matches(&self.pods[i].labels))
+                .collect::<Vec<usize>>()
+        };
+        let mut out = match namespaces {
+            None => in_ns(policy_ns),
+            Some(sel) => self
+                .namespaces
+                .iter()
+                .filter(|(_, labels)| sel.matches(labels))
+                .flat_map(|(ns, _)| in_ns(ns))
+                .collect(),
+        };
+        out.sort_unstable();
+        out
     }
 
     pub fn namespace_labels(&self, namespace: &str) -> Option<&BTreeMap<String, String>> {
@@ -142,9 +191,12 @@ impl ClusterView {
 
     /// The policies (by index) that select `pod`.
     pub fn selecting(&self, pod: &PodView) -> impl Iterator<Item = (usize, &NetworkPolicy)> {
-        self.policies.iter().enumerate().filter(move |(_, p)| {
-            p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels)
-        })
+        self.policies_by_namespace
+            .get(&pod.namespace)
+            .into_iter()
+            .flatten()
+            .map(|&i| (i, &self.policies[i]))
+            .filter(move |(_, p)| p.pod_selector.matches(&pod.labels))
     }
 
     /// Whether a `from`/`to` selector peer of a policy in `policy_ns` selects `pod`.
@@ -371,14 +423,9 @@ impl PeerCache {
         selector: &LabelSelector,
     ) -> &[usize] {
         let policy_ns = &view.policies[key.0].namespace;
-        self.pods.entry(key).or_insert_with(|| {
-            view.pods
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| view.peer_selects(policy_ns, namespaces, selector, p))
-                .map(|(i, _)| i)
-                .collect()
-        })
+        self.pods
+            .entry(key)
+            .or_insert_with(|| view.peer_pods(policy_ns, namespaces, selector))
     }
 }
 
