@@ -1,6 +1,6 @@
 //! Following the cluster's store: a snapshot of `/twill/v1/`, then its watch, kept as a
-//! map of parsed entries; a pass runs after each burst of changes (debounced) and
-//! periodically. Reconnects and starts over (a fresh snapshot) when the watch ends.
+//! map of parsed entries; a pass runs at once for a change after a quiet spell, at most
+//! every [`DEBOUNCE`] during a burst, and periodically. Reconnects and starts over (a fresh snapshot) when the watch ends.
 //! Shared by the Service and NetworkPolicy loops, which differ only in what they parse
 //! and what a pass does.
 
@@ -13,7 +13,7 @@ use twill_k8s::Object;
 
 use crate::config::Config;
 
-/// How long to gather changes before one pass.
+/// The shortest time between two passes for changes: a burst's changes are taken together.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// The entries a loop keeps, by key; what does not parse is not kept.
@@ -112,6 +112,9 @@ pub async fn follow<E>(
         let mut tick = tokio::time::interval(config.resync);
         tick.tick().await;
         let mut pending: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        // A change after a quiet spell is passed at once; then at most one pass per
+        // DEBOUNCE, so a burst is taken together.
+        let mut last_pass = tokio::time::Instant::now() - DEBOUNCE;
         loop {
             tokio::select! {
                 message = stream.message() => {
@@ -129,7 +132,7 @@ pub async fn follow<E>(
                         }
                     }
                     if pending.is_none() {
-                        pending = Some(Box::pin(tokio::time::sleep(DEBOUNCE)));
+                        pending = Some(Box::pin(tokio::time::sleep_until(last_pass + DEBOUNCE)));
                     }
                 }
                 () = async {
@@ -140,8 +143,12 @@ pub async fn follow<E>(
                 } => {
                     pending = None;
                     pass(&store, Pass::Changed);
+                    last_pass = tokio::time::Instant::now();
                 }
-                _ = tick.tick() => pass(&store, Pass::Resync),
+                _ = tick.tick() => {
+                    pass(&store, Pass::Resync);
+                    last_pass = tokio::time::Instant::now();
+                }
             }
         }
     }

@@ -17,6 +17,7 @@
 //! Architecture invariant: pure. No I/O, no BPF, no etcd.
 #![forbid(unsafe_code)]
 
+pub mod delta;
 pub mod entries;
 pub mod explain;
 pub mod lpm;

@@ -194,6 +194,11 @@ pub struct PolicyState {
     admitted: BTreeSet<u32>,
     /// What is wrong now, for status and logs.
     pub problems: Vec<String>,
+    /// The view of the last full pass: the next one compiles only the pods a change
+    /// since can affect.
+    last_view: Option<Arc<ClusterView>>,
+    /// How many pods the last full pass compiled.
+    pub compiled_last: usize,
 }
 
 /// An entry that denies every direction: a pod whose policy is not known yet.
@@ -217,7 +222,7 @@ impl PolicyState {
         ip: Ipv4Addr,
     ) -> bool {
         self.admitted.insert(wire_ip(ip.octets()));
-        match self.write(datapath, me, local, Some(ip)) {
+        match self.write(datapath, me, local, Some(ip), false) {
             Ok(()) => {}
             Err(e) => {
                 let problem = format!("policy of pod {ip}: {:#}", anyhow::Error::new(e));
@@ -232,11 +237,13 @@ impl PolicyState {
 
     /// One full pass: every local pod's table written, pods gone removed, unused tables
     /// and slots released.
-    pub fn reconcile(&mut self, datapath: &mut Datapath, me: &str, local: &[LocalPod]) {
+    /// `full`: compile every local pod, not only those the changes since the last pass
+    /// can affect (the periodic pass does, as a safety net).
+    pub fn reconcile(&mut self, datapath: &mut Datapath, me: &str, local: &[LocalPod], full: bool) {
         self.problems.clear();
         self.slots.overflowed = false;
         self.verify_endpoints(datapath);
-        if let Err(e) = self.write(datapath, me, local, None) {
+        if let Err(e) = self.write(datapath, me, local, None, full) {
             let problem = format!("programming network policies: {:#}", anyhow::Error::new(e));
             warn!("{problem}");
             self.problems.push(problem);
@@ -277,6 +284,7 @@ impl PolicyState {
         me: &str,
         local: &[LocalPod],
         only: Option<Ipv4Addr>,
+        full: bool,
     ) -> Result<(), DatapathError> {
         if !self.pruned {
             self.take_over(datapath)?;
@@ -291,12 +299,41 @@ impl PolicyState {
             }
             return failed.map_or(Ok(()), Err);
         };
-        let view = inputs.view(me, local);
-        let compiled =
-            twill_policy::compile(&view, |p| p.node == me && only.is_none_or(|ip| ip == p.ip));
+        let view = Arc::new(inputs.view(me, local));
+        // Which pods to compile: one (admission); on a full pass, those a change since the
+        // last pass can affect, or all of them (the first pass, or `full`).
+        let wanted: Option<BTreeSet<Ipv4Addr>> = match (only, &self.last_view) {
+            (Some(ip), _) => Some(BTreeSet::from([ip])),
+            (None, Some(old)) if !full => {
+                let ips: Vec<Ipv4Addr> = local.iter().map(|l| l.ip).collect();
+                let mut wanted = twill_policy::delta::affected(old, &view, &ips);
+                // Pods whose compiled table is not known (an earlier run's entry).
+                wanted.extend(local.iter().map(|l| l.ip).filter(|ip| {
+                    self.endpoints
+                        .get(&wire_ip(ip.octets()))
+                        .is_none_or(|(_, p)| p.is_none())
+                }));
+                Some(wanted)
+            }
+            _ => None,
+        };
+        let compiled = twill_policy::compile(&view, |p| {
+            p.node == me && wanted.as_ref().is_none_or(|w| w.contains(&p.ip))
+        });
+        if only.is_none() {
+            self.compiled_last = compiled.endpoints.len();
+            self.last_view = Some(view.clone());
+        }
         let mut failed = None;
         for l in local.iter().filter(|l| only.is_none_or(|ip| ip == l.ip)) {
-            let policy = compiled.endpoints.get(&l.ip).map(|c| c.policy.clone());
+            let policy = if wanted.as_ref().is_none_or(|w| w.contains(&l.ip)) {
+                compiled.endpoints.get(&l.ip).map(|c| c.policy.clone())
+            } else {
+                // Not affected: its table as compiled before.
+                self.endpoints
+                    .get(&wire_ip(l.ip.octets()))
+                    .and_then(|(_, p)| p.clone())
+            };
             let entry = match &policy {
                 None => PolicyEndpoint::default(),
                 Some(p) if p.is_open() => PolicyEndpoint::default(),
@@ -371,7 +408,12 @@ impl PolicyState {
         policy: Option<EndpointPolicy>,
     ) -> Result<(), DatapathError> {
         let key = wire_ip(ip.octets());
-        if self.endpoints.get(&key).is_some_and(|(e, _)| *e == entry) {
+        if let Some((e, p)) = self.endpoints.get_mut(&key)
+            && *e == entry
+        {
+            // The same entry; keep the table it stands for (after a restart it was not
+            // known).
+            *p = policy;
             return Ok(());
         }
         datapath.set_policy_endpoint(key, entry)?;
@@ -677,16 +719,22 @@ pub async fn run(config: Config, node: Arc<Node>) {
         let started = std::time::Instant::now();
         let summary = node.with_dataplane(|d| {
             d.policy.inputs = Some(inputs.clone());
-            d.policy.reconcile(&mut d.datapath, &me, &local);
-            (d.policy.tables.len(), d.policy.problems.clone())
+            d.policy
+                .reconcile(&mut d.datapath, &me, &local, pass != Pass::Changed);
+            (
+                d.policy.tables.len(),
+                d.policy.problems.clone(),
+                d.policy.compiled_last,
+            )
         });
-        if let Some((tables, problems)) = summary
+        if let Some((tables, problems, compiled)) = summary
             && pass != Pass::Resync
         {
             info!(
                 policies = inputs.policies.len(),
                 pods = local.len(),
                 tables,
+                compiled,
                 problems = problems.len(),
                 took = ?started.elapsed(),
                 "network policies reconciled"
