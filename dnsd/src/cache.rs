@@ -1,0 +1,1 @@
+//! The forwarder's cache. (To come.)

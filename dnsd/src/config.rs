@@ -1,0 +1,1 @@
+//! twill-dnsd's configuration. (To come.)

@@ -1,0 +1,1 @@
+//! The UDP and TCP listeners. (To come.)

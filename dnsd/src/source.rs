@@ -1,0 +1,1 @@
+//! The cluster zone kept current from etcd. (To come.)
