@@ -1,1 +1,291 @@
-//! The UDP and TCP listeners. (To come.)
+//! The UDP and TCP listeners: bytes in, [`Responder::respond`] for each query, bytes out.
+//!
+//! Every UDP query is handled in its own task, so a slow forwarded query does not hold up
+//! the zone's answers. TCP connections carry length-prefixed messages (RFC 1035 4.2.2),
+//! several per connection and answered as they are ready, possibly out of order (RFC 7766
+//! 6.2.1.1); a connection is closed after an idle spell, and there are at most so many at
+//! once. Nothing a client sends makes the server panic: a message `twill-dns` cannot read
+//! is answered FORMERR when it has a header, and dropped otherwise.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use hickory_proto::op::{Message, MessageType, Metadata, ResponseCode};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::{Semaphore, mpsc},
+};
+use tracing::{debug, info, warn};
+use twill_dns::{Transport, WireOutcome, encode_within};
+
+use crate::{forward::Forwarder, source::CurrentZone};
+
+/// Most UDP queries handled at once; more are dropped, and their clients retry. Bounds the
+/// memory a flood of queries to slow upstreams can take.
+const MAX_UDP_IN_FLIGHT: usize = 4096;
+/// Most queries of one TCP connection handled at once; the connection is not read further
+/// until one is answered.
+const MAX_TCP_PIPELINE: usize = 16;
+/// The largest DNS message over UDP (and the receive buffer).
+const MAX_UDP_MESSAGE: usize = 65_535;
+
+/// Answers one query at a time: from the zone, or through the forwarder.
+pub struct Responder {
+    zone: CurrentZone,
+    forwarder: Arc<Forwarder>,
+}
+
+impl Responder {
+    pub fn new(zone: CurrentZone, forwarder: Arc<Forwarder>) -> Responder {
+        Responder { zone, forwarder }
+    }
+
+    /// The response to the message `query` that came over `transport`, encoded within that
+    /// transport's size limit; `None` when nothing is to be sent. Before the first zone is
+    /// in, every query gets SERVFAIL (the client retries, and caches nothing).
+    pub async fn respond(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let zone = self.zone.borrow().clone();
+        let Some(zone) = zone else {
+            let message = Message::from_vec(query).ok()?;
+            if message.metadata.message_type == MessageType::Response {
+                return None;
+            }
+            return servfail(&message).to_vec().ok();
+        };
+        match zone.answer_bytes(query, transport) {
+            WireOutcome::Reply(bytes) => Some(bytes),
+            WireOutcome::Drop => None,
+            WireOutcome::Forward => {
+                // answer_bytes parsed it already, so this cannot fail.
+                let message = Message::from_vec(query).ok()?;
+                let mut reply = self.forwarder.resolve(&message).await;
+                reply.metadata.id = message.metadata.id;
+                let limit = match transport {
+                    Transport::Udp => zone.udp_limit(&message),
+                    Transport::Tcp => usize::from(u16::MAX),
+                };
+                match encode_within(&reply, limit) {
+                    Ok(bytes) => Some(bytes),
+                    Err(e) => {
+                        debug!("encoding a forwarded answer: {e}");
+                        servfail(&message).to_vec().ok()
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SERVFAIL for `query`: its id, flags and question.
+fn servfail(query: &Message) -> Message {
+    let mut response = Message::new(0, MessageType::Response, query.metadata.op_code);
+    response.metadata = Metadata::response_from_request(&query.metadata);
+    response.metadata.response_code = ResponseCode::ServFail;
+    response.queries = query.queries.clone();
+    response
+}
+
+/// How TCP connections are kept.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpLimits {
+    /// A connection with no new query for this long is closed.
+    pub idle_timeout: Duration,
+    /// At most this many connections at once, over all listen addresses.
+    pub max_connections: usize,
+}
+
+/// The sockets of every listen address, bound.
+pub struct Listeners {
+    udp: Vec<UdpSocket>,
+    tcp: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds UDP and TCP on each address; fails, naming the address, if any cannot be bound.
+    pub async fn bind(listen: &[SocketAddr]) -> anyhow::Result<Listeners> {
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        for addr in listen {
+            udp.push(
+                UdpSocket::bind(addr)
+                    .await
+                    .with_context(|| format!("binding udp {addr}"))?,
+            );
+            tcp.push(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding tcp {addr}"))?,
+            );
+        }
+        Ok(Listeners { udp, tcp })
+    }
+
+    /// Serves until an accept or a receive fails for good.
+    pub async fn serve(self, responder: Arc<Responder>, limits: TcpLimits) -> anyhow::Result<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        let udp_permits = Arc::new(Semaphore::new(MAX_UDP_IN_FLIGHT));
+        let tcp_permits = Arc::new(Semaphore::new(limits.max_connections));
+        for socket in self.udp {
+            let addr = socket.local_addr().context("a udp socket's address")?;
+            info!("serving udp on {addr}");
+            tasks.spawn(serve_udp(
+                Arc::new(socket),
+                Arc::clone(&responder),
+                Arc::clone(&udp_permits),
+            ));
+        }
+        for listener in self.tcp {
+            let addr = listener.local_addr().context("a tcp listener's address")?;
+            info!("serving tcp on {addr}");
+            tasks.spawn(serve_tcp(
+                listener,
+                Arc::clone(&responder),
+                Arc::clone(&tcp_permits),
+                limits.idle_timeout,
+            ));
+        }
+        match tasks.join_next().await {
+            Some(Ok(result)) => result,
+            Some(Err(e)) => Err(e).context("a listener task"),
+            None => Ok(()),
+        }
+    }
+}
+
+async fn serve_udp(
+    socket: Arc<UdpSocket>,
+    responder: Arc<Responder>,
+    permits: Arc<Semaphore>,
+) -> anyhow::Result<()> {
+    let mut buffer = vec![0u8; MAX_UDP_MESSAGE];
+    loop {
+        let (length, peer) = match socket.recv_from(&mut buffer).await {
+            Ok(received) => received,
+            // ICMP errors of earlier sends (port unreachable) surface here on Linux; they
+            // concern one client, not the socket.
+            Err(e) if is_transient(&e) => {
+                debug!("udp receive: {e}");
+                continue;
+            }
+            Err(e) => return Err(e).context("receiving a udp query"),
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            debug!("udp query from {peer} dropped: {MAX_UDP_IN_FLIGHT} queries in flight");
+            continue;
+        };
+        let query = buffer[..length].to_vec();
+        let socket = Arc::clone(&socket);
+        let responder = Arc::clone(&responder);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Some(response) = responder.respond(&query, Transport::Udp).await
+                && let Err(e) = socket.send_to(&response, peer).await
+            {
+                debug!("udp answer to {peer}: {e}");
+            }
+        });
+    }
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionReset | HostUnreachable | NetworkUnreachable | Interrupted
+    )
+}
+
+async fn serve_tcp(
+    listener: TcpListener,
+    responder: Arc<Responder>,
+    permits: Arc<Semaphore>,
+    idle_timeout: Duration,
+) -> anyhow::Result<()> {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: wait and go on rather than stop
+                // serving.
+                warn!("tcp accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            debug!("tcp connection from {peer} closed: too many connections");
+            drop(stream);
+            continue;
+        };
+        let responder = Arc::clone(&responder);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = tcp_connection(stream, responder, idle_timeout).await {
+                debug!("tcp connection from {peer}: {e:#}");
+            }
+        });
+    }
+}
+
+/// Reads queries until the client closes, sends something unreadable, or is idle for
+/// `idle_timeout`; writes each answer when it is ready.
+async fn tcp_connection(
+    stream: TcpStream,
+    responder: Arc<Responder>,
+    idle_timeout: Duration,
+) -> anyhow::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let (answers, mut to_write) = mpsc::channel::<Vec<u8>>(MAX_TCP_PIPELINE);
+    let writing = tokio::spawn(async move {
+        while let Some(answer) = to_write.recv().await {
+            let Ok(length) = u16::try_from(answer.len()) else {
+                continue;
+            };
+            let mut framed = Vec::with_capacity(answer.len() + 2);
+            framed.extend_from_slice(&length.to_be_bytes());
+            framed.extend_from_slice(&answer);
+            writer.write_all(&framed).await?;
+        }
+        writer.shutdown().await
+    });
+    let pipeline = Arc::new(Semaphore::new(MAX_TCP_PIPELINE));
+    loop {
+        let mut length = [0u8; 2];
+        match tokio::time::timeout(idle_timeout, reader.read_exact(&mut length)).await {
+            Err(_idle) => break,
+            // The client closed (cleanly between messages or not): nothing more to read.
+            Ok(Err(_)) => break,
+            Ok(Ok(_)) => {}
+        }
+        let length = usize::from(u16::from_be_bytes(length));
+        if length == 0 {
+            break;
+        }
+        let mut query = vec![0u8; length];
+        match tokio::time::timeout(idle_timeout, reader.read_exact(&mut query)).await {
+            Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => {}
+        }
+        let permit = Arc::clone(&pipeline)
+            .acquire_owned()
+            .await
+            .expect("the pipeline semaphore is never closed");
+        let responder = Arc::clone(&responder);
+        let answers = answers.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Some(response) = responder.respond(&query, Transport::Tcp).await {
+                // The writer is gone when the connection failed; nothing to do then.
+                let _ = answers.send(response).await;
+            }
+        });
+    }
+    // The writer ends when every query's task has sent its answer (each holds a sender).
+    drop(answers);
+    writing
+        .await
+        .context("the tcp writer task")?
+        .context("writing tcp answers")
+}

@@ -1,1 +1,612 @@
-//! The cluster zone kept current from etcd. (To come.)
+//! The cluster zone kept current from etcd: a snapshot of `/twill/v1/`, then its watch, kept
+//! as a map of parsed entries; every change rebuilds the zone from the whole map and swaps
+//! it in. Reconnects and starts over (a fresh snapshot) when the watch ends.
+//!
+//! [`snapshot`] is the pure part, the conversion of stored objects into a
+//! [`ClusterSnapshot`]; [`follow`] is the etcd edge.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use etcd_client::{
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
+};
+use tokio::sync::watch;
+use tracing::{info, warn};
+use twill_api::cluster::{self, PodRecord};
+use twill_dns::{ClusterSnapshot, Endpoint, Service, ServiceKind, ServicePort, Zone, ZoneConfig};
+use twill_k8s::{
+    ClusterIp, EndpointSlice, Object, TargetPort,
+    endpoints::{PodPlacement, backends},
+};
+
+use crate::config::Config;
+
+/// The shortest time between two rebuilds for changes: a burst's changes are taken
+/// together. A change after a quiet spell is taken at once.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// What the zone is built from, by etcd key: Kubernetes objects and pod records.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Entry {
+    Object(Box<Object>),
+    Pod(PodRecord),
+}
+
+/// The parsed entries under `/twill/v1/` that matter to DNS, by key.
+pub type Store = BTreeMap<String, Entry>;
+
+/// [`Entry`] from a key and its value; `None` for other keys and what does not parse.
+pub fn parse(key: &str, value: &[u8]) -> Option<Entry> {
+    if key.starts_with(cluster::OBJECTS) {
+        match serde_json::from_slice::<Object>(value).ok()? {
+            // Policies do not make names.
+            Object::NetworkPolicy(_) => None,
+            object => Some(Entry::Object(Box::new(object))),
+        }
+    } else if key.starts_with(cluster::PODS) {
+        serde_json::from_slice::<PodRecord>(value)
+            .ok()
+            .map(Entry::Pod)
+    } else {
+        None
+    }
+}
+
+/// The zone's input from the stored objects, `serial` as the SOA serial.
+///
+/// - Services: `ClusterIp::Fixed` is a ClusterIP Service, `ClusterIp::Headless` a headless
+///   one; a Service whose ClusterIP was never allocated (`Auto`) is left out. ExternalName
+///   Services do not exist in the store's model.
+/// - Endpoints (headless Services only; a ClusterIP Service answers with its ClusterIP):
+///   for a Service with a selector, the selected Pods that have a pod record (address), as
+///   `twill_k8s::endpoints::backends` finds them (the same as `netctl get endpoints`), all
+///   ready, each with the target ports it resolves; for a Service without a selector, the
+///   addresses of its EndpointSlices with their ready flags and the slices' ports. Neither
+///   source has endpoint hostnames, so endpoints are named by their dashed address.
+/// - Pods: the pod records (namespace, name, address), for `pods = "verified"`.
+/// - Namespaces: the Namespace objects.
+pub fn snapshot(store: &Store, serial: u32) -> ClusterSnapshot {
+    let mut namespaces = Vec::new();
+    let mut services = Vec::new();
+    let mut pod_objects = Vec::new();
+    let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    let mut records: HashMap<(&str, &str), &PodRecord> = HashMap::new();
+    for entry in store.values() {
+        match entry {
+            Entry::Object(object) => match object.as_ref() {
+                Object::Namespace(n) => namespaces.push(n.name.clone()),
+                Object::Service(s) => services.push(s),
+                Object::Pod(p) => pod_objects.push(p),
+                Object::EndpointSlice(s) => slices
+                    .entry((s.namespace.as_str(), s.service.as_str()))
+                    .or_default()
+                    .push(s),
+                Object::NetworkPolicy(_) => {}
+            },
+            Entry::Pod(record) => {
+                records.insert((record.namespace.as_str(), record.name.as_str()), record);
+            }
+        }
+    }
+    let placed: Vec<(&twill_k8s::Pod, PodPlacement)> = pod_objects
+        .iter()
+        .filter_map(|p| {
+            let record = records.get(&(p.namespace.as_str(), p.name.as_str()))?;
+            Some((
+                *p,
+                PodPlacement {
+                    ip: record.ip,
+                    node: record.node.clone(),
+                },
+            ))
+        })
+        .collect();
+    let services = services
+        .into_iter()
+        .filter_map(|s| {
+            let kind = match s.cluster_ip {
+                ClusterIp::Fixed(ip) => ServiceKind::ClusterIp(ip),
+                ClusterIp::Headless => ServiceKind::Headless,
+                ClusterIp::Auto => return None,
+            };
+            let endpoints = if kind == ServiceKind::Headless {
+                let own_slices = slices
+                    .get(&(s.namespace.as_str(), s.name.as_str()))
+                    .map_or(&[][..], Vec::as_slice);
+                endpoints_of(s, &placed, own_slices)
+            } else {
+                Vec::new()
+            };
+            Some(Service {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+                kind,
+                ports: s.ports.iter().map(service_port).collect(),
+                endpoints,
+            })
+        })
+        .collect();
+    let mut pods: Vec<twill_dns::Pod> = records
+        .values()
+        .map(|r| twill_dns::Pod {
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            ip: r.ip,
+        })
+        .collect();
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    ClusterSnapshot {
+        namespaces,
+        services,
+        pods,
+        serial,
+    }
+}
+
+fn protocol(p: twill_k8s::Protocol) -> twill_dns::Protocol {
+    match p {
+        twill_k8s::Protocol::Tcp => twill_dns::Protocol::Tcp,
+        twill_k8s::Protocol::Udp => twill_dns::Protocol::Udp,
+        twill_k8s::Protocol::Sctp => twill_dns::Protocol::Sctp,
+    }
+}
+
+fn service_port(p: &twill_k8s::ServicePort) -> ServicePort {
+    ServicePort {
+        name: p.name.clone(),
+        protocol: protocol(p.protocol),
+        port: p.port,
+    }
+}
+
+/// A headless Service's endpoints, one per address, ports merged.
+fn endpoints_of(
+    service: &twill_k8s::Service,
+    pods: &[(&twill_k8s::Pod, PodPlacement)],
+    slices: &[&EndpointSlice],
+) -> Vec<Endpoint> {
+    let mut by_ip: BTreeMap<Ipv4Addr, Endpoint> = BTreeMap::new();
+    let mut add = |ip: Ipv4Addr, ready: bool, port: Option<ServicePort>| {
+        let endpoint = by_ip.entry(ip).or_insert_with(|| Endpoint {
+            ip,
+            hostname: None,
+            ready,
+            ports: Vec::new(),
+        });
+        endpoint.ready |= ready;
+        if let Some(port) = port
+            && !endpoint.ports.contains(&port)
+        {
+            endpoint.ports.push(port);
+        }
+    };
+    if service.selector.as_ref().is_some_and(|s| !s.is_empty()) {
+        if service.ports.is_empty() {
+            // A headless Service may have no ports; its addresses are still its selected
+            // pods. `backends` works per port, so ask it with a stand-in port.
+            let mut probe = service.clone();
+            probe.ports = vec![twill_k8s::ServicePort {
+                name: String::new(),
+                protocol: twill_k8s::Protocol::Tcp,
+                port: 1,
+                target: TargetPort::Number(1),
+                node_port: None,
+            }];
+            for backend in backends(&probe, pods, &[]).into_iter().flatten() {
+                add(backend.ip, backend.ready, None);
+            }
+        } else {
+            for (port, found) in service.ports.iter().zip(backends(service, pods, &[])) {
+                for backend in found {
+                    let port = ServicePort {
+                        name: port.name.clone(),
+                        protocol: protocol(port.protocol),
+                        port: backend.port,
+                    };
+                    add(backend.ip, backend.ready, Some(port));
+                }
+            }
+        }
+    } else {
+        for slice in slices {
+            for endpoint in &slice.endpoints {
+                for ip in &endpoint.addresses {
+                    add(*ip, endpoint.ready, None);
+                    for port in &slice.ports {
+                        add(
+                            *ip,
+                            endpoint.ready,
+                            Some(ServicePort {
+                                name: port.name.clone(),
+                                protocol: protocol(port.protocol),
+                                port: port.port,
+                            }),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    by_ip.into_values().collect()
+}
+
+/// The zone now served; `None` until the first snapshot of the store is in.
+pub type CurrentZone = watch::Receiver<Option<Arc<Zone>>>;
+
+/// Connects to etcd as `config` says (TLS when configured).
+pub async fn connect(config: &Config) -> anyhow::Result<Client> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(config.etcd_timeout)
+        .with_timeout(config.etcd_timeout);
+    if let Some(tls) = &config.etcd_tls {
+        let ca = std::fs::read(&tls.ca_file)
+            .with_context(|| format!("reading {}", tls.ca_file.display()))?;
+        let mut tls_options = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            let cert =
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+            tls_options = tls_options.identity(Identity::from_pem(cert, key));
+        }
+        options = options.with_tls(tls_options);
+    }
+    Client::connect(&config.etcd_endpoints, Some(options))
+        .await
+        .with_context(|| format!("connecting to etcd at {}", config.etcd_endpoints.join(",")))
+}
+
+/// The SOA serial for a store revision: its low 32 bits (serial arithmetic wraps, RFC 1982).
+fn serial_of(revision: i64) -> u32 {
+    (revision & 0xffff_ffff) as u32
+}
+
+/// Builds the zone off the async workers (a large cluster takes tens of milliseconds) and
+/// publishes it.
+async fn publish(zone_config: &ZoneConfig, store: &Store, revision: i64, tx: &ZoneSender) {
+    let snapshot = snapshot(store, serial_of(revision));
+    let zone_config = zone_config.clone();
+    let built = tokio::task::spawn_blocking(move || Zone::build(&zone_config, &snapshot)).await;
+    match built {
+        Ok(Ok(zone)) => {
+            let skipped = zone.skipped().len();
+            let first = tx.borrow().is_none();
+            tx.send_replace(Some(Arc::new(zone)));
+            if first {
+                info!("zone built from the store at revision {revision}; serving");
+            }
+            if skipped > 0 {
+                warn!("revision {revision}: {skipped} objects left out of the zone");
+            }
+        }
+        Ok(Err(e)) => warn!("building the zone: {e}"),
+        Err(e) => warn!("building the zone: {e}"),
+    }
+}
+
+/// Where [`follow`] publishes the zone.
+pub type ZoneSender = watch::Sender<Option<Arc<Zone>>>;
+
+/// Follows the store forever, publishing a new zone on `tx` after each change.
+pub async fn follow(config: &Config, tx: ZoneSender) {
+    loop {
+        let mut client = match connect(config).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("{e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let snapshot = match client
+            .get(cluster::ROOT, Some(GetOptions::new().with_prefix()))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("reading the store: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut revision = snapshot.header().map_or(0, |h| h.revision());
+        let mut store = Store::new();
+        for kv in snapshot.kvs() {
+            if let Ok(key) = kv.key_str()
+                && let Some(entry) = parse(key, kv.value())
+            {
+                store.insert(key.to_owned(), entry);
+            }
+        }
+        publish(&config.zone, &store, revision, &tx).await;
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut stream = match client.watch(cluster::ROOT, Some(options)).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("watching the store: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut pending: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let mut last_pass = tokio::time::Instant::now() - DEBOUNCE;
+        loop {
+            tokio::select! {
+                message = stream.message() => {
+                    let response = match message {
+                        Ok(Some(r)) if !r.canceled() => r,
+                        Ok(_) => { warn!("the watch ended; starting over"); break; }
+                        Err(e) => { warn!("watch: {e}; starting over"); break; }
+                    };
+                    if let Some(header) = response.header() {
+                        revision = revision.max(header.revision());
+                    }
+                    let mut changed = false;
+                    for event in response.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        let Ok(key) = kv.key_str() else { continue };
+                        let entry = match event.event_type() {
+                            EventType::Put => parse(key, kv.value()),
+                            EventType::Delete => None,
+                        };
+                        changed |= match entry {
+                            Some(entry) => {
+                                store.insert(key.to_owned(), entry);
+                                true
+                            }
+                            None => store.remove(key).is_some(),
+                        };
+                    }
+                    if changed && pending.is_none() {
+                        pending = Some(Box::pin(tokio::time::sleep_until(last_pass + DEBOUNCE)));
+                    }
+                }
+                () = async {
+                    match pending.as_mut() {
+                        Some(s) => s.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    pending = None;
+                    publish(&config.zone, &store, revision, &tx).await;
+                    last_pass = tokio::time::Instant::now();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn objects(text: &str) -> Store {
+        let (parsed, errors) = twill_k8s::parse("t.yaml", text);
+        assert_eq!(errors, []);
+        parsed
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    format!("{}{i}", cluster::OBJECTS),
+                    Entry::Object(Box::new(p.object)),
+                )
+            })
+            .collect()
+    }
+
+    fn record(store: &mut Store, namespace: &str, name: &str, ip: &str) {
+        store.insert(
+            cluster::pod_key(namespace, name),
+            Entry::Pod(PodRecord {
+                namespace: namespace.into(),
+                name: name.into(),
+                node: "node1".into(),
+                ip: ip.parse().unwrap(),
+                container_id: "c".into(),
+                ifname: "eth0".into(),
+            }),
+        );
+    }
+
+    fn service<'a>(snapshot: &'a ClusterSnapshot, name: &str) -> &'a Service {
+        snapshot
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no service {name} in {snapshot:#?}"))
+    }
+
+    fn tcp(name: &str, port: u16) -> ServicePort {
+        ServicePort {
+            name: name.into(),
+            protocol: twill_dns::Protocol::Tcp,
+            port,
+        }
+    }
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: prod}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: dns, port: 53, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{name: pg, port: 5432, targetPort: pg}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bare}
+spec: {clusterIP: None, selector: {app: db}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec: {clusterIP: None, ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ext-1, labels: {kubernetes.io/service-name: ext}}
+addressType: IPv4
+ports: [{name: http, port: 8081, protocol: TCP}]
+endpoints:
+- addresses: [192.0.2.1]
+  conditions: {ready: true}
+- addresses: [192.0.2.2]
+  conditions: {ready: false}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: auto}
+spec: {selector: {app: db}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, labels: {app: db}}
+spec: {containers: [{name: c, ports: [{name: pg, containerPort: 5433}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-1, labels: {app: db}}
+spec: {containers: [{name: c, ports: [{name: pg, containerPort: 5432}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-2, labels: {app: db}}
+spec: {containers: [{name: c}]}
+"#;
+
+    #[test]
+    fn services_endpoints_pods_and_namespaces() {
+        let mut store = objects(CLUSTER);
+        record(&mut store, "default", "db-0", "10.244.1.5");
+        record(&mut store, "default", "db-1", "10.244.2.8");
+        // db-2 has no pg port: it is an address of `bare` (no ports) but not of `db`.
+        record(&mut store, "default", "db-2", "10.244.3.3");
+        // A record without its Pod object: a pod for `verified`, selected by nothing.
+        record(&mut store, "prod", "lone", "10.244.1.9");
+        let snap = snapshot(&store, 42);
+        assert_eq!(snap.serial, 42);
+        assert_eq!(snap.namespaces, ["prod"]);
+
+        let web = service(&snap, "web");
+        assert_eq!(web.namespace, "prod");
+        assert_eq!(
+            web.kind,
+            ServiceKind::ClusterIp("10.96.0.10".parse().unwrap())
+        );
+        assert_eq!(
+            web.ports,
+            [
+                tcp("http", 80),
+                ServicePort {
+                    name: "dns".into(),
+                    protocol: twill_dns::Protocol::Udp,
+                    port: 53
+                }
+            ]
+        );
+        assert_eq!(web.endpoints, []);
+
+        let db = service(&snap, "db");
+        assert_eq!(db.kind, ServiceKind::Headless);
+        assert_eq!(db.ports, [tcp("pg", 5432)]);
+        assert_eq!(
+            db.endpoints,
+            [
+                Endpoint {
+                    ip: "10.244.1.5".parse().unwrap(),
+                    hostname: None,
+                    ready: true,
+                    ports: vec![tcp("pg", 5433)],
+                },
+                Endpoint {
+                    ip: "10.244.2.8".parse().unwrap(),
+                    hostname: None,
+                    ready: true,
+                    ports: vec![tcp("pg", 5432)],
+                },
+            ]
+        );
+
+        let bare = service(&snap, "bare");
+        let ips: Vec<String> = bare.endpoints.iter().map(|e| e.ip.to_string()).collect();
+        assert_eq!(ips, ["10.244.1.5", "10.244.2.8", "10.244.3.3"]);
+        assert!(bare.endpoints.iter().all(|e| e.ready && e.ports.is_empty()));
+
+        let ext = service(&snap, "ext");
+        assert_eq!(
+            ext.endpoints,
+            [
+                Endpoint {
+                    ip: "192.0.2.1".parse().unwrap(),
+                    hostname: None,
+                    ready: true,
+                    ports: vec![tcp("http", 8081)],
+                },
+                Endpoint {
+                    ip: "192.0.2.2".parse().unwrap(),
+                    hostname: None,
+                    ready: false,
+                    ports: vec![tcp("http", 8081)],
+                },
+            ]
+        );
+
+        // Never allocated: no address to give.
+        assert!(snap.services.iter().all(|s| s.name != "auto"));
+
+        let pods: Vec<(&str, &str, String)> = snap
+            .pods
+            .iter()
+            .map(|p| (p.namespace.as_str(), p.name.as_str(), p.ip.to_string()))
+            .collect();
+        assert_eq!(
+            pods,
+            [
+                ("default", "db-0", "10.244.1.5".into()),
+                ("default", "db-1", "10.244.2.8".into()),
+                ("default", "db-2", "10.244.3.3".into()),
+                ("prod", "lone", "10.244.1.9".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn parse_keeps_what_dns_uses() {
+        let service = serde_json::to_vec(&Object::Namespace(twill_k8s::Namespace {
+            name: "a".into(),
+            labels: BTreeMap::new(),
+        }))
+        .unwrap();
+        assert!(parse(&format!("{}namespaces/a", cluster::OBJECTS), &service).is_some());
+        assert!(parse(&format!("{}namespaces/a", cluster::OBJECTS), b"{").is_none());
+        assert!(parse(&format!("{}a", cluster::NODES), &service).is_none());
+        assert!(parse(&cluster::pod_key("a", "b"), b"not json").is_none());
+    }
+
+    #[test]
+    fn serial_wraps() {
+        assert_eq!(serial_of(7), 7);
+        assert_eq!(serial_of(0x1_0000_0005), 5);
+    }
+}

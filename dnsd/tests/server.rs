@@ -1,0 +1,551 @@
+//! twill-dnsd end to end: a lab's etcd, objects written with netctl, the server running in
+//! the node's namespace, and the real `dig` and glibc (`getent`) asking it.
+//!
+//! Needs root, `dig` (Debian bind9-dnsutils, in scripts/setup) and a prior `cargo build`
+//! (for target/debug/netctl next to the twill-dnsd binary).
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use twill_lab::{Host, Lab, LabSpec};
+
+const DNSD: &str = env!("CARGO_BIN_EXE_twill-dnsd");
+
+fn sibling(name: &str) -> PathBuf {
+    let path = Path::new(DNSD).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build` first",
+        path.display()
+    );
+    path
+}
+
+fn netctl(lab: &Lab, args: &[&str], stdin: &str) -> String {
+    twill_tests::netctl(&sibling("netctl"), lab, args, stdin)
+}
+
+fn require_dig() {
+    assert!(
+        Command::new("dig").arg("-v").output().is_ok(),
+        "dig is missing: apt-get install bind9-dnsutils (scripts/setup installs it)"
+    );
+}
+
+/// The cluster every test starts with.
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: prod}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: dns, port: 53, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: prod}
+spec:
+  clusterIP: None
+  ports: [{name: postgres, port: 5432}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-1, namespace: prod, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: postgres, port: 5433, protocol: TCP}]
+endpoints:
+- addresses: [10.244.1.5]
+  conditions: {ready: true}
+- addresses: [10.244.2.8]
+  conditions: {ready: true}
+- addresses: [10.244.3.3]
+  conditions: {ready: false}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sts, namespace: prod}
+spec:
+  clusterIP: None
+  selector: {app: sts}
+  ports: [{name: peer, port: 7000, targetPort: peer}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sts-0, namespace: prod, labels: {app: sts}}
+spec: {containers: [{name: c, ports: [{name: peer, containerPort: 7001}]}]}
+"#;
+
+/// The pod record (address) the CNI path would write for `prod/sts-0`.
+fn pod_record() -> (String, String) {
+    let record = twill_api::cluster::PodRecord {
+        namespace: "prod".into(),
+        name: "sts-0".into(),
+        node: "node1".into(),
+        ip: "10.244.1.20".parse().expect("an address"),
+        container_id: "c0".into(),
+        ifname: "eth0".into(),
+    };
+    (
+        twill_api::cluster::pod_key("prod", "sts-0"),
+        serde_json::to_string(&record).expect("a pod record as json"),
+    )
+}
+
+/// `twill-dnsd run` in a node's namespace; killed, and its log shown on failure, when
+/// dropped.
+struct Dnsd {
+    child: Child,
+    log: PathBuf,
+    ip: Ipv4Addr,
+}
+
+impl Dnsd {
+    fn start(lab: &Lab, node: &Host) -> Dnsd {
+        let ip = node.plan.underlay_ip;
+        let config = node.state_dir.join("dnsd.toml");
+        // The upstream is a closed port of the node itself: forwarding fails at once,
+        // and these tests only look at what the zone answers.
+        fs::write(
+            &config,
+            format!(
+                "listen = [\"{ip}:53\"]\n\
+                 pods = \"verified\"\n\
+                 [etcd]\nendpoints = [\"{}\"]\n\
+                 [forward]\nupstreams = [\"127.0.0.1:9\"]\ntimeout_ms = 200\n",
+                lab.etcd_endpoint()
+            ),
+        )
+        .expect("write the dnsd config");
+        let log = node.state_dir.join("dnsd.log");
+        let out = fs::File::create(&log).expect("create the dnsd log");
+        let mut cmd = Command::new(DNSD);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("TWILL_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup the log"))
+            .stderr(out);
+        let child = node.spawn(cmd).expect("start twill-dnsd");
+        let mut dnsd = Dnsd { child, log, ip };
+        dnsd.wait_ready(node);
+        dnsd
+    }
+
+    /// Until the zone is in: before, every query is SERVFAIL.
+    fn wait_ready(&mut self, node: &Host) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let answer = dig(node, self.ip, &["dns-version.cluster.local", "TXT"]);
+            if answer.status == "NOERROR" {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("twill-dnsd exited ({status}):\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "twill-dnsd not ready after 20 s (last: {answer:?}):\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Dnsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("twill-dnsd log:\n{}", self.log_text());
+        }
+    }
+}
+
+/// What dig printed, taken apart.
+#[derive(Debug)]
+struct Answer {
+    status: String,
+    flags: Vec<String>,
+    /// The question as printed (`name. IN A`), whitespace squeezed.
+    question: String,
+    /// Answer records, whitespace squeezed, TTL left out: `name. IN A 10.96.0.10`.
+    answers: Vec<String>,
+    authority: Vec<String>,
+    raw: String,
+}
+
+impl Answer {
+    fn data(&self) -> Vec<String> {
+        let mut data: Vec<String> = self
+            .answers
+            .iter()
+            .map(|r| r.splitn(4, ' ').nth(3).unwrap_or_default().to_owned())
+            .collect();
+        data.sort();
+        data
+    }
+}
+
+/// `dig @server args` from `host`'s namespace, one try of at most 2 s.
+fn dig(host: &Host, server: Ipv4Addr, args: &[&str]) -> Answer {
+    let at = format!("@{server}");
+    let mut all = vec![
+        at.as_str(),
+        "+time=2",
+        "+tries=1",
+        "+noall",
+        "+comments",
+        "+question",
+        "+answer",
+        "+authority",
+    ];
+    all.extend_from_slice(args);
+    let out = host.output("dig", &all).expect("run dig");
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut answer = Answer {
+        status: String::new(),
+        flags: Vec::new(),
+        question: String::new(),
+        answers: Vec::new(),
+        authority: Vec::new(),
+        raw: raw.clone(),
+    };
+    let mut section = "";
+    for line in raw.lines() {
+        if let Some(rest) = line.split("status: ").nth(1) {
+            answer.status = rest.split(',').next().unwrap_or_default().to_owned();
+        } else if let Some(rest) = line.strip_prefix(";; flags: ") {
+            let flags = rest.split(';').next().unwrap_or_default();
+            answer.flags = flags.split_whitespace().map(str::to_owned).collect();
+        } else if line.starts_with(";; QUESTION SECTION") {
+            section = "question";
+        } else if line.starts_with(";; ANSWER SECTION") {
+            section = "answer";
+        } else if line.starts_with(";; AUTHORITY SECTION") {
+            section = "authority";
+        } else if line.starts_with(";; ") || line.trim().is_empty() {
+            if line.trim().is_empty() {
+                section = "";
+            }
+        } else if section == "question" {
+            let q = line.trim_start_matches(';');
+            answer.question = q.split_whitespace().collect::<Vec<_>>().join(" ");
+        } else {
+            // name TTL class type data...: the TTL is left out.
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if words.len() < 4 {
+                continue;
+            }
+            let mut record = vec![words[0]];
+            record.extend_from_slice(&words[2..]);
+            let record = record.join(" ");
+            match section {
+                "answer" => answer.answers.push(record),
+                "authority" => answer.authority.push(record),
+                _ => {}
+            }
+        }
+    }
+    answer
+}
+
+fn lab_with_dnsd() -> (Lab, Host, Dnsd) {
+    twill_tests::require_root();
+    require_dig();
+    let lab = Lab::up(&LabSpec::for_test(1, 0)).expect("lab up");
+    netctl(&lab, &["apply", "-f", "-"], CLUSTER);
+    twill_tests::bench::put_all(&lab, &[pod_record()]);
+    let node = lab.nodes().remove(0);
+    let dnsd = Dnsd::start(&lab, &node);
+    (lab, node, dnsd)
+}
+
+#[test]
+fn dig_gets_the_cluster_records_over_udp_and_tcp() {
+    let (_lab, node, mut dnsd) = lab_with_dnsd();
+    let ip = dnsd.ip;
+    let ask = |args: &[&str]| dig(&node, ip, args);
+
+    // ClusterIP Service: its address, authoritative.
+    let a = ask(&["web.prod.svc.cluster.local", "A"]);
+    assert_eq!(a.status, "NOERROR", "{}", a.raw);
+    assert_eq!(a.data(), ["10.96.0.10"], "{}", a.raw);
+    assert!(a.flags.contains(&"aa".to_owned()), "{}", a.raw);
+
+    // SRV of each named port, under its protocol.
+    let srv = ask(&["_http._tcp.web.prod.svc.cluster.local", "SRV"]);
+    assert_eq!(
+        srv.data(),
+        ["0 100 80 web.prod.svc.cluster.local."],
+        "{}",
+        srv.raw
+    );
+    let srv = ask(&["_dns._udp.web.prod.svc.cluster.local", "SRV"]);
+    assert_eq!(
+        srv.data(),
+        ["0 100 53 web.prod.svc.cluster.local."],
+        "{}",
+        srv.raw
+    );
+
+    // Headless: the ready endpoints only, each with its dashed name.
+    let headless = ask(&["db.prod.svc.cluster.local", "A"]);
+    assert_eq!(
+        headless.data(),
+        ["10.244.1.5", "10.244.2.8"],
+        "{}",
+        headless.raw
+    );
+    let one = ask(&["10-244-2-8.db.prod.svc.cluster.local", "A"]);
+    assert_eq!(one.data(), ["10.244.2.8"], "{}", one.raw);
+    // Headless SRV ports are the endpoints' (5433), not the Service's (5432).
+    let srv = ask(&["_postgres._tcp.db.prod.svc.cluster.local", "SRV"]);
+    assert_eq!(
+        srv.data(),
+        [
+            "0 50 5433 10-244-1-5.db.prod.svc.cluster.local.",
+            "0 50 5433 10-244-2-8.db.prod.svc.cluster.local."
+        ],
+        "{}",
+        srv.raw
+    );
+
+    // Headless with a selector: the selected pod that has an address, with the port its
+    // named targetPort resolves to.
+    let selected = ask(&["sts.prod.svc.cluster.local", "A"]);
+    assert_eq!(selected.data(), ["10.244.1.20"], "{}", selected.raw);
+    let srv = ask(&["_peer._tcp.sts.prod.svc.cluster.local", "SRV"]);
+    assert_eq!(
+        srv.data(),
+        ["0 100 7001 10-244-1-20.sts.prod.svc.cluster.local."],
+        "{}",
+        srv.raw
+    );
+
+    // Pod records (pods = "verified"): only for a pod that exists in that namespace.
+    let pod = ask(&["10-244-1-20.prod.pod.cluster.local", "A"]);
+    assert_eq!(pod.data(), ["10.244.1.20"], "{}", pod.raw);
+    let not_pod = ask(&["10-244-1-21.prod.pod.cluster.local", "A"]);
+    assert_eq!(not_pod.status, "NXDOMAIN", "{}", not_pod.raw);
+
+    // No such name: NXDOMAIN with the SOA. A name with no AAAA: NODATA, never NXDOMAIN.
+    let missing = ask(&["nope.prod.svc.cluster.local", "A"]);
+    assert_eq!(missing.status, "NXDOMAIN", "{}", missing.raw);
+    assert!(
+        missing.authority.iter().any(|r| r.contains(" SOA ")),
+        "{}",
+        missing.raw
+    );
+    let nodata = ask(&["web.prod.svc.cluster.local", "AAAA"]);
+    assert_eq!(nodata.status, "NOERROR", "{}", nodata.raw);
+    assert_eq!(nodata.answers, Vec::<String>::new(), "{}", nodata.raw);
+    assert!(nodata.authority.iter().any(|r| r.contains(" SOA ")));
+    // A namespace that exists (from its Namespace object) is NODATA too.
+    let namespace = ask(&["prod.svc.cluster.local", "A"]);
+    assert_eq!(
+        (namespace.status.as_str(), namespace.answers.len()),
+        ("NOERROR", 0),
+        "{}",
+        namespace.raw
+    );
+
+    // PTR of the ClusterIP and of a ready headless endpoint.
+    let ptr = ask(&["-x", "10.96.0.10"]);
+    assert_eq!(ptr.data(), ["web.prod.svc.cluster.local."], "{}", ptr.raw);
+    let ptr = ask(&["-x", "10.244.1.5"]);
+    assert_eq!(
+        ptr.data(),
+        ["10-244-1-5.db.prod.svc.cluster.local."],
+        "{}",
+        ptr.raw
+    );
+
+    // The same over TCP, and a 0x20 mixed-case question keeps its case.
+    let tcp = ask(&["+tcp", "WeB.PrOd.svc.cluster.local", "A"]);
+    assert_eq!(tcp.data(), ["10.96.0.10"], "{}", tcp.raw);
+    assert!(
+        tcp.question.starts_with("WeB.PrOd.svc.cluster.local."),
+        "{}",
+        tcp.raw
+    );
+    let tcp_srv = ask(&["+tcp", "_postgres._tcp.db.prod.svc.cluster.local", "SRV"]);
+    assert_eq!(tcp_srv.answers.len(), 2, "{}", tcp_srv.raw);
+
+    // Outside the zone: forwarded. Whatever the upstream says, the answer is for this
+    // query (dig checks the id) and this question.
+    for transport in ["+notcp", "+tcp"] {
+        let outside = ask(&[transport, "example.com", "A"]);
+        assert!(!outside.status.is_empty(), "no answer: {}", outside.raw);
+        assert_eq!(outside.question, "example.com. IN A", "{}", outside.raw);
+    }
+
+    // Bad input: a header with a broken question gets FORMERR (same id); a runt is
+    // dropped; several queries on one TCP connection are all answered. The server lives
+    // on.
+    let probe = format!(
+        r#"
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x3fbad", ("{ip}", 53))
+r, _ = s.recvfrom(4096)
+print("formerr", r[0:2].hex(), r[3] & 15)
+s.sendto(b"\x00\x01\x02", ("{ip}", 53))
+try:
+    s.recvfrom(4096); print("runt answered")
+except socket.timeout:
+    print("runt dropped")
+def q(i, name):
+    labels = b"".join(bytes([len(l)]) + l.encode() for l in name.split("."))
+    m = struct.pack(">HHHHHH", i, 0x0100, 1, 0, 0, 0) + labels + b"\x00\x00\x01\x00\x01"
+    return struct.pack(">H", len(m)) + m
+t = socket.create_connection(("{ip}", 53), timeout=2)
+t.sendall(q(1, "web.prod.svc.cluster.local") + q(2, "db.prod.svc.cluster.local") + q(3, "nope.cluster.local"))
+ids = []
+f = t.makefile("rb")
+for _ in range(3):
+    n = struct.unpack(">H", f.read(2))[0]
+    m = f.read(n); ids.append((struct.unpack(">H", m[:2])[0], m[3] & 15))
+print("tcp", sorted(ids))
+"#
+    );
+    let out = node
+        .output("python3", &["-c", &probe])
+        .expect("run python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("formerr 1234 1"), "{text}");
+    assert!(text.contains("runt dropped"), "{text}");
+    assert!(text.contains("tcp [(1, 0), (2, 0), (3, 3)]"), "{text}");
+    assert!(dnsd.is_running(), "twill-dnsd died:\n{}", dnsd.log_text());
+}
+
+#[test]
+fn a_new_service_is_answered_within_a_second() {
+    let (lab, node, dnsd) = lab_with_dnsd();
+    let name = "late.prod.svc.cluster.local";
+    assert_eq!(dig(&node, dnsd.ip, &[name, "A"]).status, "NXDOMAIN");
+    netctl(
+        &lab,
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: late, namespace: prod}\n\
+         spec: {clusterIP: 10.96.0.77, ports: [{port: 80}]}\n",
+    );
+    // netctl has returned: the Service is in etcd.
+    let stored = Instant::now();
+    let took = loop {
+        let answer = dig(&node, dnsd.ip, &[name, "A"]);
+        if answer.data() == ["10.96.0.77"] {
+            break stored.elapsed();
+        }
+        assert!(
+            stored.elapsed() < Duration::from_secs(5),
+            "still {answer:?} 5 s after the write"
+        );
+        thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!(
+        "new Service answered {} ms after the write",
+        took.as_millis()
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "answered only after {took:?}"
+    );
+
+    // A deleted Service goes the same way.
+    netctl(
+        &lab,
+        &["delete", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: late, namespace: prod}\n\
+         spec: {clusterIP: 10.96.0.77, ports: [{port: 80}]}\n",
+    );
+    let stored = Instant::now();
+    loop {
+        if dig(&node, dnsd.ip, &[name, "A"]).status == "NXDOMAIN" {
+            break;
+        }
+        assert!(
+            stored.elapsed() < Duration::from_secs(1),
+            "still answered after 1 s"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "deleted Service gone {} ms after the write",
+        stored.elapsed().as_millis()
+    );
+}
+
+/// Removes `/etc/netns/<name>` (what `ip netns exec` bind-mounts over /etc) when dropped.
+struct NetnsEtc(PathBuf);
+
+impl Drop for NetnsEtc {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn glibc_resolves_a_short_name_through_the_search_path() {
+    let (_lab, node, dnsd) = lab_with_dnsd();
+    let netns = &node.plan.netns;
+    let etc = NetnsEtc(Path::new("/etc/netns").join(netns));
+    fs::create_dir_all(&etc.0).expect("create /etc/netns/<name>");
+    fs::write(
+        etc.0.join("resolv.conf"),
+        format!(
+            "nameserver {}\nsearch prod.svc.cluster.local svc.cluster.local cluster.local\n\
+             options ndots:5 timeout:1 attempts:1\n",
+            dnsd.ip
+        ),
+    )
+    .expect("write resolv.conf");
+    let getent = |name: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", netns, "getent", "hosts", name])
+            .output()
+            .expect("run getent");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = getent("web");
+    assert_eq!(code, Some(0), "getent hosts web: {text}");
+    assert_eq!(
+        text.split_whitespace().collect::<Vec<_>>(),
+        ["10.96.0.10", "web.prod.svc.cluster.local"]
+    );
+    // `web.prod` through the second search domain.
+    let (code, text) = getent("web.prod");
+    assert_eq!(code, Some(0), "getent hosts web.prod: {text}");
+    assert!(text.starts_with("10.96.0.10"), "{text}");
+    // A name in no search domain is not found (exit 2).
+    let (code, text) = getent("nothing-here");
+    assert_eq!(code, Some(2), "{text}");
+}
