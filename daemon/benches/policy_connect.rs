@@ -36,67 +36,29 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     io::Write as _,
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4},
     path::Path,
     process::{Command, Stdio},
-    thread,
     time::{Duration, Instant},
 };
 
 use common::{
     BenchPod, CLIENT, CLOSED_PORT, OPEN_CLIENT, OPEN_SERVER, PORT, Quartet, SERVER,
-    allowing_policies, assert_isolated_by, listen, median, namespace_wide, other_policy,
-    store_entries, wait_reconciled,
+    allowing_policies, assert_isolated_by, median, namespace_wide, other_policy, store_entries,
+    wait_reconciled,
 };
-use nix::sys::socket::{setsockopt, sockopt};
 use twill_k8s::{NetworkPolicy, Object};
 use twill_lab::{Host, Lab, LabSpec};
 use twill_netns::NetNs;
-use twill_tests::{bench::put_all, daemon::Twilld, require_root};
+use twill_tests::{
+    bench::{accept_and_close, connect_rate, put_all},
+    daemon::Twilld,
+    require_root,
+};
 
 const CONFIG: &str = "[network]\nresync_seconds = 60\n[lease]\nttl_seconds = 30\n";
 /// NetworkPolicies besides the two that allow the measured flow.
 const SIZES: [u32; 4] = [0, 100, 1000, 10_000];
-
-/// A server in `ns` that accepts on `port` and closes each connection at once, with two
-/// threads in `accept` and the longest queue allowed, so the client never waits for it
-/// (a full queue drops SYNs, and a retransmission costs a second). Runs until exit.
-fn serve(ns: &NetNs, port: u16) {
-    let listener = listen(ns, port);
-    for _ in 0..2 {
-        let listener = listener.try_clone().expect("clone the listener");
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                drop(conn);
-            }
-        });
-    }
-}
-
-/// Connections per second from `ns` to `target` over `seconds`.
-fn rate(ns: &NetNs, target: SocketAddrV4, seconds: f64) -> f64 {
-    ns.run(move || {
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed().as_secs_f64() < seconds {
-            let s = TcpStream::connect_timeout(&target.into(), Duration::from_secs(2))
-                .unwrap_or_else(|e| panic!("connecting to {target}: {e}"));
-            // A reset: no TIME_WAIT, so a later run reusing the ports is not refused.
-            let _ = setsockopt(
-                &s,
-                sockopt::Linger,
-                &nix::libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                },
-            );
-            drop(s);
-            n += 1;
-        }
-        n as f64 / start.elapsed().as_secs_f64()
-    })
-    .expect("enter the namespace")
-}
 
 fn ip(host: &Host, args: &str) {
     let args: Vec<&str> = args.split_whitespace().collect();
@@ -495,10 +457,10 @@ fn main() {
         &kr_open_server,
         &plain_server,
     ] {
-        serve(ns, PORT);
+        accept_and_close(ns, PORT);
     }
-    serve(&tw_server.0, CLOSED_PORT);
-    serve(&kr_server.0, CLOSED_PORT);
+    accept_and_close(&tw_server.0, CLOSED_PORT);
+    accept_and_close(&kr_server.0, CLOSED_PORT);
 
     let twill = Quartet {
         client: tw_client.0.clone(),
@@ -541,7 +503,7 @@ fn main() {
         for round in 0..rounds {
             for k in 0..runs.len() {
                 let i = (round + k) % runs.len();
-                samples[i].push(rate(runs[i].from, runs[i].to, seconds));
+                samples[i].push(connect_rate(runs[i].from, runs[i].to, seconds));
             }
         }
         samples.map(median)

@@ -18,65 +18,23 @@
 #[path = "common/policy.rs"]
 mod common;
 
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
-};
+use std::{path::Path, time::Instant};
 
 use common::{
     CLIENT, CLOSED_PORT, OPEN_CLIENT, OPEN_SERVER, PORT, Quartet, SERVER, allowing_policies,
-    assert_isolated_by, listen, median, namespace_wide, other_policy, store_entries,
-    wait_reconciled,
+    assert_isolated_by, median, namespace_wide, other_policy, store_entries, wait_reconciled,
 };
 use twill_k8s::Object;
 use twill_lab::{Lab, LabSpec};
 use twill_netns::NetNs;
-use twill_tests::{bench::put_all, daemon::Twilld, require_root};
+use twill_tests::{
+    bench::{iperf, listener as listen, put_all},
+    daemon::Twilld,
+    require_root,
+};
 
 const CONFIG: &str = "[network]\nresync_seconds = 60\n[lease]\nttl_seconds = 30\n";
 const POLICIES: u32 = 10_000;
-
-/// Runs iperf3 from `client` to `server_ip` on `PORT` (served from `server`); Gbit/s.
-fn iperf(server: &NetNs, client: &NetNs, server_ip: &str, seconds: u32) -> f64 {
-    let port = PORT.to_string();
-    let mut cmd = Command::new("iperf3");
-    cmd.args(["-s", "-1", "-p", &port])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut srv = server
-        .run(move || cmd.spawn())
-        .expect("enter the namespace")
-        .expect("start iperf3 -s");
-    thread::sleep(Duration::from_millis(300));
-    let mut cmd = Command::new("iperf3");
-    cmd.args([
-        "-c",
-        server_ip,
-        "-p",
-        &port,
-        "-t",
-        &seconds.to_string(),
-        "-J",
-    ]);
-    let out = client
-        .run(move || cmd.output())
-        .expect("enter the namespace")
-        .expect("run iperf3 -c");
-    let _ = srv.wait();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let gbits = report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0)
-        / 1e9;
-    assert!(
-        gbits > 0.0,
-        "iperf3 to {server_ip}:{port} measured nothing: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    gbits
-}
 
 /// Both pairs, `rounds` times, alternating which goes first: the runs of (policed, open).
 fn measure(q: &Quartet, servers: [&NetNs; 2], rounds: usize, seconds: u32) -> [Vec<f64>; 2] {

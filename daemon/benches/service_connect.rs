@@ -15,14 +15,13 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     io::Write as _,
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4},
     path::Path,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use nix::sys::socket::{setsockopt, sockopt};
 use twill_api::cluster;
 use twill_k8s::{
     ClusterIp, EndpointSlice, Object, Protocol, Service, ServicePort, ServiceType, SliceEndpoint,
@@ -30,7 +29,12 @@ use twill_k8s::{
 };
 use twill_lab::{Host, Lab, LabSpec};
 use twill_netns::NetNs;
-use twill_tests::{bench::put_all, cni, daemon::Twilld, require_root};
+use twill_tests::{
+    bench::{accept_and_close, connect_rate, median, put_all},
+    cni,
+    daemon::Twilld,
+    require_root,
+};
 
 const CONFIG: &str = "[network]\nresync_seconds = 60\n[lease]\nttl_seconds = 30\n";
 const SIZES: [u32; 3] = [1, 1000, 10_000];
@@ -141,58 +145,6 @@ fn kube_proxy_rules(services: u32, backend: Ipv4Addr) -> String {
     t
 }
 
-/// A server in `ns` that accepts on PORT and closes each connection at once. The client
-/// must never wait for it: when a server falls behind, its accept queue fills and the
-/// kernel drops SYNs, which costs the client a one-second retransmission (half of a
-/// two-second run). So the queue is as long as the namespace allows and two threads
-/// block in `accept`. They run until the benchmark exits.
-fn serve(ns: &NetNs) {
-    let listener = ns
-        .run(|| TcpListener::bind(("0.0.0.0", PORT)))
-        .unwrap()
-        .unwrap();
-    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXALLOWABLE).unwrap();
-    for _ in 0..2 {
-        let listener = listener.try_clone().unwrap();
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                drop(conn);
-            }
-        });
-    }
-}
-
-/// Connections per second from `ns` to `target` over `seconds`.
-fn rate(ns: &NetNs, target: SocketAddrV4, seconds: f64) -> f64 {
-    ns.run(move || {
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed().as_secs_f64() < seconds {
-            let s = TcpStream::connect_timeout(&target.into(), Duration::from_secs(2))
-                .unwrap_or_else(|e| panic!("connecting to {target}: {e}"));
-            // Close with a reset: no TIME_WAIT on either side, so a later run reusing the
-            // ports (after translation, the same addresses at the server) is not refused.
-            let _ = setsockopt(
-                &s,
-                sockopt::Linger,
-                &nix::libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                },
-            );
-            drop(s);
-            n += 1;
-        }
-        n as f64 / start.elapsed().as_secs_f64()
-    })
-    .unwrap()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn ip(host: &Host, args: &str) {
     let args: Vec<&str> = args.split_whitespace().collect();
     let out = host.output("ip", &args).unwrap();
@@ -230,7 +182,7 @@ fn main() {
         let (seconds, target) = spec.split_once(' ').unwrap();
         let target: SocketAddrV4 = target.parse().unwrap();
         let me = NetNs::from_path("/proc/self/ns/net").unwrap();
-        println!("{}", rate(&me, target, seconds.parse().unwrap()));
+        println!("{}", connect_rate(&me, target, seconds.parse().unwrap()));
         return;
     }
     require_root();
@@ -290,8 +242,8 @@ fn main() {
         .unwrap()
         .unwrap();
 
-    serve(&twill_backend_ns);
-    serve(&ipt_backend_ns);
+    accept_and_close(&twill_backend_ns, PORT);
+    accept_and_close(&ipt_backend_ns, PORT);
     let to_vip = SocketAddrV4::new(VIP, 80);
 
     println!(
@@ -347,14 +299,14 @@ fn main() {
                 SocketAddrV4::new(twill_backend, PORT),
                 seconds,
             ));
-            tw.push(rate(&twill_client, to_vip, seconds));
-            tw_direct.push(rate(
+            tw.push(connect_rate(&twill_client, to_vip, seconds));
+            tw_direct.push(connect_rate(
                 &twill_client,
                 SocketAddrV4::new(twill_backend, PORT),
                 seconds,
             ));
-            ipt.push(rate(&ipt_client, to_vip, seconds));
-            ipt_direct.push(rate(
+            ipt.push(connect_rate(&ipt_client, to_vip, seconds));
+            ipt_direct.push(connect_rate(
                 &ipt_client,
                 SocketAddrV4::new(ipt_backend, PORT),
                 seconds,

@@ -9,46 +9,19 @@
 //! Run as root with `scripts/bench`. ROUNDS=N (default 9), SECONDS=S per run (default 5):
 //! single runs here vary more than the gap being measured, so the medians need both.
 
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-    thread,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use twill_lab::{Lab, LabSpec};
 use twill_netns::NetNs;
-use twill_tests::{cni, daemon::Twilld, require_root};
+use twill_tests::{
+    bench::{iperf, median},
+    cni,
+    daemon::Twilld,
+    require_root,
+};
 
 fn ns_of(path: &str) -> NetNs {
     NetNs::from_path(path).unwrap()
-}
-
-/// Runs iperf3 from `client` to `server_ip` (served from `server`) and returns Gbit/s.
-fn iperf(server: &NetNs, client: &NetNs, server_ip: &str, seconds: u32) -> f64 {
-    let mut cmd = Command::new("iperf3");
-    cmd.args(["-s", "-1", "-p", "5299"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut srv = server.run(move || cmd.spawn()).unwrap().unwrap();
-    thread::sleep(Duration::from_millis(300));
-    let mut cmd = Command::new("iperf3");
-    cmd.args([
-        "-c",
-        server_ip,
-        "-p",
-        "5299",
-        "-t",
-        &seconds.to_string(),
-        "-J",
-    ]);
-    let out = client.run(move || cmd.output()).unwrap().unwrap();
-    let _ = srv.wait();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0)
-        / 1e9
 }
 
 fn run(host: &twill_lab::Host, args: &[&str]) {
@@ -58,11 +31,6 @@ fn run(host: &twill_lab::Host, args: &[&str]) {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -506,8 +506,17 @@ pub mod cni {
 
 /// Helpers the benchmarks share.
 pub mod bench {
+    use std::{
+        net::{SocketAddrV4, TcpListener, TcpStream},
+        process::{Command, Stdio},
+        thread,
+        time::{Duration, Instant},
+    };
+
     use etcd_client::Client;
+    use nix::sys::socket::{setsockopt, sockopt};
     use twill_lab::Lab;
+    use twill_netns::NetNs;
 
     /// A process's resident memory in MiB (0 when it cannot be read).
     pub fn rss_mib(pid: u32) -> f64 {
@@ -535,6 +544,100 @@ pub mod bench {
                     })
             })
             .unwrap()
+    }
+
+    /// The median of `v` (the upper one of an even count).
+    pub fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+
+    /// A listener on `port` in `ns`, with the longest accept queue the namespace allows: a
+    /// client completes its handshake in the kernel whether or not anyone accepts.
+    pub fn listener(ns: &NetNs, port: u16) -> TcpListener {
+        let listener = ns
+            .run(move || TcpListener::bind(("0.0.0.0", port)))
+            .expect("enter the namespace")
+            .unwrap_or_else(|e| panic!("listening on {port}: {e}"));
+        nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXALLOWABLE)
+            .expect("a long accept queue");
+        listener
+    }
+
+    /// A server in `ns` that accepts on `port` and closes each connection at once, with
+    /// two threads in `accept` and the longest queue allowed, so the client never waits
+    /// for it (a full queue drops SYNs, and a retransmission costs a second). Runs until
+    /// the process exits.
+    pub fn accept_and_close(ns: &NetNs, port: u16) {
+        let listener = listener(ns, port);
+        for _ in 0..2 {
+            let listener = listener.try_clone().expect("clone the listener");
+            thread::spawn(move || {
+                for conn in listener.incoming() {
+                    drop(conn);
+                }
+            });
+        }
+    }
+
+    /// TCP connections per second from `ns` to `target` over `seconds`, one at a time;
+    /// each is closed with a reset, so no TIME_WAIT piles up and a later run reusing the
+    /// ports (after translation, the same addresses at the server) is not refused.
+    pub fn connect_rate(ns: &NetNs, target: SocketAddrV4, seconds: f64) -> f64 {
+        ns.run(move || {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed().as_secs_f64() < seconds {
+                let s = TcpStream::connect_timeout(&target.into(), Duration::from_secs(2))
+                    .unwrap_or_else(|e| panic!("connecting to {target}: {e}"));
+                let _ = setsockopt(
+                    &s,
+                    sockopt::Linger,
+                    &nix::libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    },
+                );
+                drop(s);
+                n += 1;
+            }
+            n as f64 / start.elapsed().as_secs_f64()
+        })
+        .expect("enter the namespace")
+    }
+
+    /// iperf3 from `client` to `server_ip` (a one-off server in `server`, port 5299) for
+    /// `seconds`: Gbit/s received (0 when the run failed).
+    pub fn iperf(server: &NetNs, client: &NetNs, server_ip: &str, seconds: u32) -> f64 {
+        let mut cmd = Command::new("iperf3");
+        cmd.args(["-s", "-1", "-p", "5299"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut srv = server
+            .run(move || cmd.spawn())
+            .expect("enter the namespace")
+            .expect("start iperf3 -s");
+        thread::sleep(Duration::from_millis(300));
+        let mut cmd = Command::new("iperf3");
+        cmd.args([
+            "-c",
+            server_ip,
+            "-p",
+            "5299",
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ]);
+        let out = client
+            .run(move || cmd.output())
+            .expect("enter the namespace")
+            .expect("run iperf3 -c");
+        let _ = srv.wait();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        report["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e9
     }
 
     /// Writes the keys and values to etcd, 500 to a transaction.

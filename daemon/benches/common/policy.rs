@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
     path::Path,
     thread,
     time::{Duration, Instant},
@@ -268,18 +268,6 @@ pub fn assert_isolated_by(daemon: &Twilld, ip: Ipv4Addr, ingress: usize, egress:
     );
 }
 
-/// A listener on `port` in `ns`, with the longest accept queue the namespace allows: a
-/// probe or a client completes its handshake in the kernel whether or not anyone accepts.
-pub fn listen(ns: &NetNs, port: u16) -> TcpListener {
-    let listener = ns
-        .run(|| TcpListener::bind(("0.0.0.0", port)))
-        .expect("enter the namespace")
-        .unwrap_or_else(|e| panic!("listening on {port}: {e}"));
-    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXALLOWABLE)
-        .expect("set the accept queue");
-    listener
-}
-
 /// Whether a connection from `ns` to `to` completes within 300 ms (a denied SYN is dropped
 /// by twill, so it times out, or rejected by iptables, so it is refused).
 pub fn reaches(ns: &NetNs, to: SocketAddrV4) -> bool {
@@ -360,7 +348,4 @@ impl Quartet {
     }
 }
 
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+pub use twill_tests::bench::median;
