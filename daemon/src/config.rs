@@ -148,13 +148,7 @@ pub struct Overrides {
     pub cgroup_root: Option<PathBuf>,
 }
 
-/// TLS material for etcd.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EtcdTls {
-    pub ca_file: PathBuf,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-}
+pub use twill_store::EtcdTls;
 
 /// A checked configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,6 +190,15 @@ pub const DEFAULT_LEASE_TTL: u64 = 30;
 pub const DEFAULT_QUARANTINE: u64 = 300;
 
 impl Config {
+    /// How to reach etcd.
+    pub fn etcd(&self) -> twill_store::Etcd {
+        twill_store::Etcd {
+            endpoints: self.etcd_endpoints.clone(),
+            tls: self.etcd_tls.clone(),
+            timeout: self.etcd_timeout,
+        }
+    }
+
     /// Parses `text` (named `source_name` in errors), applies `overrides`, and checks every
     /// value. `hostname` is the default node name.
     pub fn from_toml(

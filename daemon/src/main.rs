@@ -26,7 +26,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::Client;
 use tracing::{error, info, warn};
 use twill_abi::lb::wire_ip;
 use twill_bpf::{Datapath, OBJECT};
@@ -348,24 +348,7 @@ async fn shutdown_signal() -> &'static str {
 }
 
 pub(crate) async fn connect(config: &Config) -> anyhow::Result<Client> {
-    let mut options = ConnectOptions::new()
-        .with_connect_timeout(config.etcd_timeout)
-        .with_timeout(config.etcd_timeout);
-    if let Some(tls) = &config.etcd_tls {
-        let ca = std::fs::read(&tls.ca_file)
-            .with_context(|| format!("reading {}", tls.ca_file.display()))?;
-        let mut tls_options = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
-        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-            let cert =
-                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-            let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-            tls_options = tls_options.identity(Identity::from_pem(cert, key));
-        }
-        options = options.with_tls(tls_options);
-    }
-    Client::connect(&config.etcd_endpoints, Some(options))
-        .await
-        .with_context(|| format!("connecting to etcd at {}", config.etcd_endpoints.join(",")))
+    Ok(twill_store::connect(&config.etcd()).await?)
 }
 
 /// Leases the subnet, keeps the lease alive, and leases again when it is lost. Never

@@ -9,16 +9,11 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
     sync::Arc,
-    time::Duration,
 };
 
-use anyhow::Context as _;
-use etcd_client::{
-    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
-};
 use tokio::sync::watch;
 use tracing::{info, warn};
-use twill_api::cluster::{self, PodRecord};
+use twill_api::cluster::PodRecord;
 use twill_dns::{ClusterSnapshot, Endpoint, Service, ServiceKind, ServicePort, Zone, ZoneConfig};
 use twill_k8s::{
     ClusterIp, EndpointSlice, Object, TargetPort,
@@ -27,36 +22,10 @@ use twill_k8s::{
 
 use crate::config::Config;
 
-/// The shortest time between two rebuilds for changes: a burst's changes are taken
-/// together. A change after a quiet spell is taken at once.
-const DEBOUNCE: Duration = Duration::from_millis(50);
-
-/// What the zone is built from, by etcd key: Kubernetes objects and pod records.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Entry {
-    Object(Box<Object>),
-    Pod(PodRecord),
-}
+pub use twill_store::{Entry, parse};
 
 /// The parsed entries under `/twill/v1/` that matter to DNS, by key.
-pub type Store = BTreeMap<String, Entry>;
-
-/// [`Entry`] from a key and its value; `None` for other keys and what does not parse.
-pub fn parse(key: &str, value: &[u8]) -> Option<Entry> {
-    if key.starts_with(cluster::OBJECTS) {
-        match serde_json::from_slice::<Object>(value).ok()? {
-            // Policies do not make names.
-            Object::NetworkPolicy(_) => None,
-            object => Some(Entry::Object(Box::new(object))),
-        }
-    } else if key.starts_with(cluster::PODS) {
-        serde_json::from_slice::<PodRecord>(value)
-            .ok()
-            .map(Entry::Pod)
-    } else {
-        None
-    }
-}
+pub type Store = twill_store::Store<Entry>;
 
 /// The zone's input from the stored objects, `serial` as the SOA serial.
 ///
@@ -239,28 +208,6 @@ fn endpoints_of(
 /// The zone now served; `None` until the first snapshot of the store is in.
 pub type CurrentZone = watch::Receiver<Option<Arc<Zone>>>;
 
-/// Connects to etcd as `config` says (TLS when configured).
-pub async fn connect(config: &Config) -> anyhow::Result<Client> {
-    let mut options = ConnectOptions::new()
-        .with_connect_timeout(config.etcd_timeout)
-        .with_timeout(config.etcd_timeout);
-    if let Some(tls) = &config.etcd_tls {
-        let ca = std::fs::read(&tls.ca_file)
-            .with_context(|| format!("reading {}", tls.ca_file.display()))?;
-        let mut tls_options = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
-        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-            let cert =
-                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-            let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-            tls_options = tls_options.identity(Identity::from_pem(cert, key));
-        }
-        options = options.with_tls(tls_options);
-    }
-    Client::connect(&config.etcd_endpoints, Some(options))
-        .await
-        .with_context(|| format!("connecting to etcd at {}", config.etcd_endpoints.join(",")))
-}
-
 /// The SOA serial for a store revision: its low 32 bits (serial arithmetic wraps, RFC 1982).
 fn serial_of(revision: i64) -> u32 {
     (revision & 0xffff_ffff) as u32
@@ -268,8 +215,12 @@ fn serial_of(revision: i64) -> u32 {
 
 /// Builds the zone off the async workers (a large cluster takes tens of milliseconds) and
 /// publishes it.
-async fn publish(zone_config: &ZoneConfig, store: &Store, revision: i64, tx: &ZoneSender) {
-    let snapshot = snapshot(store, serial_of(revision));
+async fn publish(
+    zone_config: &ZoneConfig,
+    snapshot: ClusterSnapshot,
+    revision: i64,
+    tx: &ZoneSender,
+) {
     let zone_config = zone_config.clone();
     let built = tokio::task::spawn_blocking(move || Zone::build(&zone_config, &snapshot)).await;
     match built {
@@ -292,100 +243,40 @@ async fn publish(zone_config: &ZoneConfig, store: &Store, revision: i64, tx: &Zo
 /// Where [`follow`] publishes the zone.
 pub type ZoneSender = watch::Sender<Option<Arc<Zone>>>;
 
-/// Follows the store forever, publishing a new zone on `tx` after each change.
+/// Follows the store forever, publishing a new zone on `tx` after each change. The zone
+/// is built off the follower (a large cluster takes tens of milliseconds): the follower
+/// hands each new snapshot to a builder task, which always builds the latest one.
 pub async fn follow(config: &Config, tx: ZoneSender) {
-    loop {
-        let mut client = match connect(config).await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("{e:#}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+    let etcd = twill_store::Etcd {
+        endpoints: config.etcd_endpoints.clone(),
+        tls: config.etcd_tls.as_ref().map(|t| twill_store::EtcdTls {
+            ca_file: t.ca_file.clone(),
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+        }),
+        timeout: config.etcd_timeout,
+    };
+    let (snap_tx, mut snap_rx) = watch::channel::<Option<(ClusterSnapshot, i64)>>(None);
+    let zone_config = config.zone.clone();
+    let builder = tokio::spawn(async move {
+        while snap_rx.changed().await.is_ok() {
+            let Some((snapshot, revision)) = snap_rx.borrow_and_update().clone() else {
                 continue;
-            }
-        };
-        let snapshot = match client
-            .get(cluster::ROOT, Some(GetOptions::new().with_prefix()))
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("reading the store: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let mut revision = snapshot.header().map_or(0, |h| h.revision());
-        let mut store = Store::new();
-        for kv in snapshot.kvs() {
-            if let Ok(key) = kv.key_str()
-                && let Some(entry) = parse(key, kv.value())
-            {
-                store.insert(key.to_owned(), entry);
-            }
+            };
+            publish(&zone_config, snapshot, revision, &tx).await;
         }
-        publish(&config.zone, &store, revision, &tx).await;
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1);
-        let mut stream = match client.watch(cluster::ROOT, Some(options)).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("watching the store: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let mut pending: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-        let mut last_pass = tokio::time::Instant::now() - DEBOUNCE;
-        loop {
-            tokio::select! {
-                message = stream.message() => {
-                    let response = match message {
-                        Ok(Some(r)) if !r.canceled() => r,
-                        Ok(_) => { warn!("the watch ended; starting over"); break; }
-                        Err(e) => { warn!("watch: {e}; starting over"); break; }
-                    };
-                    if let Some(header) = response.header() {
-                        revision = revision.max(header.revision());
-                    }
-                    let mut changed = false;
-                    for event in response.events() {
-                        let Some(kv) = event.kv() else { continue };
-                        let Ok(key) = kv.key_str() else { continue };
-                        let entry = match event.event_type() {
-                            EventType::Put => parse(key, kv.value()),
-                            EventType::Delete => None,
-                        };
-                        changed |= match entry {
-                            Some(entry) => {
-                                store.insert(key.to_owned(), entry);
-                                true
-                            }
-                            None => store.remove(key).is_some(),
-                        };
-                    }
-                    if changed && pending.is_none() {
-                        pending = Some(Box::pin(tokio::time::sleep_until(last_pass + DEBOUNCE)));
-                    }
-                }
-                () = async {
-                    match pending.as_mut() {
-                        Some(s) => s.await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    pending = None;
-                    publish(&config.zone, &store, revision, &tx).await;
-                    last_pass = tokio::time::Instant::now();
-                }
-            }
-        }
-    }
+    });
+    twill_store::follow(&etcd, "dns", None, parse, |store, _, revision| {
+        snap_tx.send_replace(Some((snapshot(store, serial_of(revision)), revision)));
+    })
+    .await;
+    builder.abort();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use twill_api::cluster;
 
     fn objects(text: &str) -> Store {
         let (parsed, errors) = twill_k8s::parse("t.yaml", text);
