@@ -97,6 +97,25 @@ pub struct Affinity {
     pub last_used_ns: u64,
 }
 
+/// A node-local server that takes a frontend's new flows instead of its backends while
+/// `alive_until_ns` (`CLOCK_MONOTONIC`, as `bpf_ktime_get_ns`) is in the future; the
+/// server renews it while it serves. Keyed by the frontend's [`FrontendKey`]. Used for the
+/// cluster DNS Service: queries go to the node's `twill-dnsd`, and to the Service's own
+/// backends once the entry is gone or stale.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalBackend {
+    /// Wire order.
+    pub ip: u32,
+    /// Wire order.
+    pub port: u16,
+    pub _pad: u16,
+    pub alive_until_ns: u64,
+}
+
+/// Capacity of the node-local backend map (frontends with a node-local server).
+pub const MAX_LOCAL_BACKENDS: u32 = 16;
+
 /// A host socket's translated UDP destination: the socket (its cookie) and the backend it
 /// sends to. `recvmsg4` finds the frontend to show as the reply's source.
 #[repr(C)]
@@ -242,6 +261,7 @@ const _: () = assert!(core::mem::size_of::<MemberKey>() == 12);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Affinity>() == 16);
 const _: () = assert!(core::mem::size_of::<SockKey>() == 16);
+const _: () = assert!(core::mem::size_of::<LocalBackend>() == 16);
 const _: () = assert!(core::mem::size_of::<PodSocket>() == 8);
 const _: () = assert!(core::mem::size_of::<LocalPod>() == 16);
 
@@ -271,6 +291,8 @@ mod pod {
     unsafe impl aya::Pod for Affinity {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SockKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LocalBackend {}
     // SAFETY: as above.
     unsafe impl aya::Pod for NodeConfig {}
     // SAFETY: as above.

@@ -30,6 +30,9 @@ pub mod maps {
     pub const AFFINITY: &str = "TWILL_AFFINITY";
     /// Host sockets' UDP translations (LRU): [`crate::lb::SockKey`] -> [`crate::lb::RevNat`].
     pub const SOCK_NAT: &str = "TWILL_SOCK_NAT";
+    /// Node-local servers (cluster DNS): frontend [`crate::lb::FrontendKey`] ->
+    /// [`crate::lb::LocalBackend`], written by the server itself while it serves.
+    pub const DNS_LOCAL: &str = "TWILL_DNS_LOCAL";
     /// This node's pods: address (`u32`, wire order) -> [`crate::lb::LocalPod`].
     pub const LOCAL_PODS: &str = "TWILL_LOCAL_PODS";
     /// Pods' network namespaces: netns cookie (`u64`) -> [`crate::lb::PodSocket`].

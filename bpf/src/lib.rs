@@ -117,6 +117,10 @@ impl DatapathError {
 
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
 
+mod local;
+pub use local::{
+    local_backend_pin, monotonic_ns, read_local_backends, remove_local_backend, set_local_backend,
+};
 mod policy;
 pub use policy::{PolicyMaps, TrieKey, read_policy, read_policy_flows};
 

@@ -74,6 +74,7 @@ fn objects(from: u32, to: u32, backend: Ipv4Addr) -> Vec<(String, String)> {
                 affinity_timeout: None,
                 external_local: false,
                 internal_local: false,
+                external_name: None,
             }),
             Object::EndpointSlice(EndpointSlice {
                 namespace: "bench".into(),

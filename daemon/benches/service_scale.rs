@@ -62,6 +62,7 @@ fn objects(services: u32) -> Vec<Object> {
             affinity_timeout: None,
             external_local: false,
             internal_local: false,
+            external_name: None,
         }));
         out.push(Object::EndpointSlice(EndpointSlice {
             namespace: "bench".into(),

@@ -7,7 +7,7 @@
 //! passes in.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -51,6 +51,15 @@ struct FileConfig {
     etcd: FileEtcd,
     #[serde(default)]
     forward: FileForward,
+    intercept: Option<FileIntercept>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIntercept {
+    service_ip: Option<String>,
+    pin_dir: Option<PathBuf>,
+    backend: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -114,6 +123,22 @@ pub struct Overrides {
     pub resolv_conf: Option<PathBuf>,
 }
 
+/// Where the node's bpffs maps are pinned by default (twilld's default).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/twill";
+
+/// Interception of pods' queries to the cluster DNS Service (`[intercept]`): while this
+/// server serves, the node's eBPF programs send new flows to `service_ip:53` (UDP and TCP)
+/// to `backend` instead of the Service's backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterceptConfig {
+    /// The cluster DNS Service's ClusterIP.
+    pub service_ip: Ipv4Addr,
+    /// The node's bpffs directory, where twilld pins the maps.
+    pub pin_dir: PathBuf,
+    /// Where intercepted queries go: one of this server's IPv4 listen addresses.
+    pub backend: SocketAddrV4,
+}
+
 /// TLS material for etcd.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EtcdTls {
@@ -139,6 +164,8 @@ pub struct Config {
     /// At most this many TCP connections at once, over all listen addresses; more are
     /// closed as soon as they are accepted.
     pub tcp_max_connections: usize,
+    /// `None`: no `[intercept]` section, queries reach this server only when sent to it.
+    pub intercept: Option<InterceptConfig>,
 }
 
 impl Config {
@@ -349,7 +376,13 @@ impl Config {
             forward.stale_for = Duration::from_secs(seconds);
         }
 
+        let intercept = match file.intercept {
+            None => None,
+            Some(section) => Some(intercept_config(section, &listen, &invalid)?),
+        };
+
         Ok(Config {
+            intercept,
             listen,
             zone,
             etcd_endpoints,
@@ -361,6 +394,68 @@ impl Config {
             tcp_max_connections,
         })
     }
+}
+
+fn intercept_config(
+    section: FileIntercept,
+    listen: &[SocketAddr],
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<InterceptConfig, ConfigError> {
+    let text = section.service_ip.ok_or_else(|| {
+        invalid(
+            "intercept.service_ip",
+            "the cluster DNS Service's IP is needed, e.g. \"10.96.0.10\"".into(),
+        )
+    })?;
+    let service_ip: Ipv4Addr = text.parse().map_err(|_| {
+        invalid(
+            "intercept.service_ip",
+            format!("{text:?} is not an IPv4 address"),
+        )
+    })?;
+    let backend = match section.backend {
+        Some(text) => text.parse::<SocketAddrV4>().map_err(|_| {
+            invalid(
+                "intercept.backend",
+                format!("{text:?} is not an IPv4 ip:port address"),
+            )
+        })?,
+        None => listen
+            .iter()
+            .find_map(|a| match a {
+                SocketAddr::V4(v4) => Some(*v4),
+                SocketAddr::V6(_) => None,
+            })
+            .ok_or_else(|| {
+                invalid(
+                    "intercept.backend",
+                    "no IPv4 listen address to send queries to; give one".into(),
+                )
+            })?,
+    };
+    if backend.ip().is_unspecified() || backend.port() == 0 {
+        return Err(invalid(
+            "intercept.backend",
+            format!("{backend}: a wildcard address or port 0 is no place to send queries"),
+        ));
+    }
+    let served = listen.iter().any(|l| {
+        l.port() == backend.port()
+            && (l.ip() == IpAddr::V4(*backend.ip()) || l.ip().is_unspecified())
+    });
+    if !served {
+        return Err(invalid(
+            "intercept.backend",
+            format!("{backend} is not one of the listen addresses"),
+        ));
+    }
+    Ok(InterceptConfig {
+        service_ip,
+        pin_dir: section
+            .pin_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR)),
+        backend,
+    })
 }
 
 /// `ip:port`, `[ipv6]:port`, or a bare address (port 53).
@@ -516,6 +611,31 @@ serve_stale_seconds = 60
         assert_eq!(c.forward.timeout, Duration::from_millis(500));
         assert_eq!(c.forward.cache_entries, 100);
         assert_eq!(c.forward.stale_for, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn intercept_section() {
+        let l = "listen = [\"10.0.0.5:53\"]\n";
+        assert_eq!(parse(l).unwrap().intercept, None);
+        let c = parse(&format!("{l}[intercept]\nservice_ip = \"10.96.0.10\"\n")).unwrap();
+        assert_eq!(
+            c.intercept,
+            Some(InterceptConfig {
+                service_ip: "10.96.0.10".parse().unwrap(),
+                pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+                backend: "10.0.0.5:53".parse().unwrap(),
+            })
+        );
+        for (section, key) in [
+            ("[intercept]\n", "intercept.service_ip"),
+            ("[intercept]\nservice_ip = \"x\"\n", "intercept.service_ip"),
+            (
+                "[intercept]\nservice_ip = \"10.96.0.10\"\nbackend = \"10.0.0.6:53\"\n",
+                "intercept.backend",
+            ),
+        ] {
+            assert_eq!(key_of(&format!("{l}{section}")), key, "{section}");
+        }
     }
 
     #[test]

@@ -10,5 +10,6 @@
 pub mod cache;
 pub mod config;
 pub mod forward;
+pub mod intercept;
 pub mod server;
 pub mod source;

@@ -8,6 +8,7 @@ use tracing::{info, warn};
 use twill_dnsd::{
     config::{Config, Overrides},
     forward::Forwarder,
+    intercept,
     server::{Listeners, Responder, TcpLimits},
     source,
 };
@@ -123,11 +124,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let following = tokio::spawn(async move { source::follow(&follow_config, zone_tx).await });
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("handling SIGTERM")?;
+    // Pods' queries are taken over only once the sockets are bound, and only while the
+    // runtime that serves them runs this task too.
+    let intercepting = config
+        .intercept
+        .clone()
+        .map(|c| tokio::spawn(intercept::keep_entries(c)));
     let result = tokio::select! {
         served = listeners.serve(responder, limits) => served,
         _ = tokio::signal::ctrl_c() => { info!("interrupted; stopping"); Ok(()) }
         _ = terminate.recv() => { info!("terminated; stopping"); Ok(()) }
     };
+    if let (Some(task), Some(c)) = (intercepting, &config.intercept) {
+        task.abort();
+        // Finished (not mid-write) before the entries go, so none is written back.
+        let _ = task.await;
+        intercept::withdraw(c);
+    }
     following.abort();
     result
 }

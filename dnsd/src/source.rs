@@ -30,8 +30,8 @@ pub type Store = twill_store::Store<Entry>;
 /// The zone's input from the stored objects, `serial` as the SOA serial.
 ///
 /// - Services: `ClusterIp::Fixed` is a ClusterIP Service, `ClusterIp::Headless` a headless
-///   one; a Service whose ClusterIP was never allocated (`Auto`) is left out. ExternalName
-///   Services do not exist in the store's model.
+///   one, an ExternalName Service (`external_name`) a CNAME; a Service whose ClusterIP was
+///   never allocated (`Auto`) is left out.
 /// - Endpoints (headless Services only; a ClusterIP Service answers with its ClusterIP):
 ///   for a Service with a selector, the selected Pods that have a pod record (address), as
 ///   `twill_k8s::endpoints::backends` finds them (the same as `netctl get endpoints`), all
@@ -80,6 +80,9 @@ pub fn snapshot(store: &Store, serial: u32) -> ClusterSnapshot {
         .into_iter()
         .filter_map(|s| {
             let kind = match s.cluster_ip {
+                _ if s.external_name.is_some() => {
+                    ServiceKind::ExternalName(s.external_name.clone().unwrap_or_default())
+                }
                 ClusterIp::Fixed(ip) => ServiceKind::ClusterIp(ip),
                 ClusterIp::Headless => ServiceKind::Headless,
                 ClusterIp::Auto => return None,

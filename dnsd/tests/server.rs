@@ -81,6 +81,11 @@ spec:
   ports: [{name: peer, port: 7000, targetPort: peer}]
 ---
 apiVersion: v1
+kind: Service
+metadata: {name: search, namespace: prod}
+spec: {type: ExternalName, externalName: www.example.com}
+---
+apiVersion: v1
 kind: Pod
 metadata: {name: sts-0, namespace: prod, labels: {app: sts}}
 spec: {containers: [{name: c, ports: [{name: peer, containerPort: 7001}]}]}
@@ -348,6 +353,17 @@ fn dig_gets_the_cluster_records_over_udp_and_tcp() {
     assert_eq!(pod.data(), ["10.244.1.20"], "{}", pod.raw);
     let not_pod = ask(&["10-244-1-21.prod.pod.cluster.local", "A"]);
     assert_eq!(not_pod.status, "NXDOMAIN", "{}", not_pod.raw);
+
+    // ExternalName: a CNAME to the external name, for any type (not chased outside the zone).
+    let alias = ask(&["search.prod.svc.cluster.local", "A"]);
+    assert!(
+        alias
+            .answers
+            .iter()
+            .any(|r| r.contains(" CNAME ") && r.ends_with("www.example.com.")),
+        "{}",
+        alias.raw
+    );
 
     // No such name: NXDOMAIN with the SOA. A name with no AAAA: NODATA, never NXDOMAIN.
     let missing = ask(&["nope.prod.svc.cluster.local", "A"]);

@@ -11,9 +11,9 @@ use aya_ebpf::{
 };
 use twill_abi::{
     lb::{
-        Affinity, AffinityKey, Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey, LocalPod,
-        MAX_BACKENDS, MAX_FLOWS, MAX_FRONTENDS, MAX_PODS, MemberKey, NodeConfig, PodSocket, RevNat,
-        SockKey,
+        Affinity, AffinityKey, Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey,
+        LocalBackend, LocalPod, MAX_BACKENDS, MAX_FLOWS, MAX_FRONTENDS, MAX_LOCAL_BACKENDS,
+        MAX_PODS, MemberKey, NodeConfig, PodSocket, RevNat, SockKey,
     },
     metrics::{METRICS_ENTRIES, MetricValue},
     policy::{
@@ -45,6 +45,10 @@ pub(crate) static TWILL_AFFINITY: LruHashMap<AffinityKey, Affinity> =
 pub(crate) static TWILL_NODE: Array<NodeConfig> = Array::pinned(1, 0);
 #[map(name = "TWILL_SOCK_NAT")]
 pub(crate) static TWILL_SOCK_NAT: LruHashMap<SockKey, RevNat> = LruHashMap::pinned(MAX_FLOWS, 0);
+/// See [`twill_abi::lb::LocalBackend`]. Written by `twill-dnsd`, never by `twilld`.
+#[map(name = "TWILL_DNS_LOCAL")]
+pub(crate) static TWILL_DNS_LOCAL: HashMap<FrontendKey, LocalBackend> =
+    HashMap::pinned(MAX_LOCAL_BACKENDS, 0);
 #[map(name = "TWILL_LOCAL_PODS")]
 pub(crate) static TWILL_LOCAL_PODS: HashMap<u32, LocalPod> = HashMap::pinned(MAX_PODS, 0);
 #[map(name = "TWILL_POD_NETNS")]

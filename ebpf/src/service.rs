@@ -15,8 +15,8 @@ use twill_abi::{
 use crate::{
     delivery::hairpin,
     maps::{
-        TWILL_AFFINITY, TWILL_BACKENDS, TWILL_CT, TWILL_MEMBERS, TWILL_POD_NETNS, TWILL_REVNAT,
-        TWILL_SOCK_NAT, TWILL_SVC, lookup, maybe_service,
+        TWILL_AFFINITY, TWILL_BACKENDS, TWILL_CT, TWILL_DNS_LOCAL, TWILL_MEMBERS, TWILL_POD_NETNS,
+        TWILL_REVNAT, TWILL_SOCK_NAT, TWILL_SVC, lookup, maybe_service,
     },
     nat::{record_flow, translate_reply, translate_request},
     parse::L4,
@@ -51,7 +51,11 @@ pub(crate) fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
             };
             // No backend: the node's stack refuses it (unreachable route over the service
             // CIDR), so the client learns at once instead of timing out.
-            let Some(backend) = choose_backend(&l4.flow, l4.flow.src_ip, &frontend) else {
+            let backend = match local_backend(&frontend_key) {
+                Some(local) => Some(local),
+                None => choose_backend(&l4.flow, l4.flow.src_ip, &frontend),
+            };
+            let Some(backend) = backend else {
                 return Reason::NoBackend;
             };
             // Hairpin: the pod is its own backend. It sees the frontend's address as the
@@ -90,6 +94,20 @@ pub(crate) fn from_backend(ctx: &TcContext, l4: &L4) -> Reason {
         Ok(()) => Reason::ReplyTranslated,
         Err(()) => Reason::DropRewriteFailed,
     }
+}
+
+/// The node-local server that takes the frontend's new flows, while its entry is fresh
+/// (the server renews it while it serves). None: the frontend's own backends take them.
+#[inline(always)]
+fn local_backend(key: &FrontendKey) -> Option<Backend> {
+    let local = lookup!(TWILL_DNS_LOCAL, key)?;
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    (now < local.alive_until_ns).then_some(Backend {
+        ip: local.ip,
+        port: local.port,
+        _pad: 0,
+    })
 }
 
 /// The backend for a new flow: the client's remembered one under session affinity, while
@@ -200,7 +218,11 @@ pub(crate) fn socket_to_backend(ctx: &SockAddrContext) -> Reason {
     } else {
         0
     };
-    let Some(backend) = choose_backend(&flow, client_ip, &frontend) else {
+    let backend = match local_backend(&frontend_key) {
+        Some(local) => Some(local),
+        None => choose_backend(&flow, client_ip, &frontend),
+    };
+    let Some(backend) = backend else {
         return Reason::NoBackend;
     };
     if protocol == IPPROTO_UDP {

@@ -80,6 +80,9 @@ pub struct Pod {
 pub enum ServiceType {
     ClusterIP,
     NodePort,
+    /// A DNS alias (`spec.externalName`): no ClusterIP, nothing in the dataplane; the
+    /// cluster DNS answers it with a CNAME.
+    ExternalName,
 }
 
 /// The Service's virtual IP, as asked for.
@@ -138,6 +141,9 @@ pub struct Service {
     pub external_local: bool,
     /// `internalTrafficPolicy: Local`.
     pub internal_local: bool,
+    /// `spec.externalName` of an ExternalName Service (lower-case, no trailing dot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_name: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -571,22 +577,59 @@ fn service_obj(p: &mut Problems<'_>, w: wire::Service) -> Object {
     let kind = match s.kind.as_deref().unwrap_or("ClusterIP") {
         "ClusterIP" => ServiceType::ClusterIP,
         "NodePort" => ServiceType::NodePort,
-        other @ ("LoadBalancer" | "ExternalName") => {
+        "ExternalName" => ServiceType::ExternalName,
+        other @ "LoadBalancer" => {
             p.add(
                 "spec.type",
-                format!("{other} is not supported yet (ClusterIP, NodePort)"),
+                format!("{other} is not supported yet (ClusterIP, NodePort, ExternalName)"),
             );
             ServiceType::ClusterIP
         }
         other => {
             p.add(
                 "spec.type",
-                format!("{other:?} is not a Service type (ClusterIP, NodePort)"),
+                format!("{other:?} is not a Service type (ClusterIP, NodePort, ExternalName)"),
             );
             ServiceType::ClusterIP
         }
     };
+    // As the API server: an ExternalName Service names a DNS name and has no ClusterIP.
+    let external_name = match (kind, s.external_name.as_deref()) {
+        (ServiceType::ExternalName, None | Some("")) => {
+            p.add("spec.externalName", "required for type ExternalName");
+            None
+        }
+        (ServiceType::ExternalName, Some(n)) => {
+            let n = n.strip_suffix('.').unwrap_or(n).to_ascii_lowercase();
+            if names::dns1123_subdomain(&n).is_err() {
+                p.add(
+                    "spec.externalName",
+                    format!("{n:?} is not a DNS name (RFC 1123 subdomain)"),
+                );
+            }
+            Some(n)
+        }
+        (_, Some(_)) => {
+            p.add(
+                "spec.externalName",
+                "only a Service of type ExternalName has one",
+            );
+            None
+        }
+        (_, None) => None,
+    };
+    if kind == ServiceType::ExternalName
+        && s.cluster_ip
+            .as_deref()
+            .is_some_and(|ip| !ip.is_empty() && ip != "None")
+    {
+        p.add(
+            "spec.clusterIP",
+            "an ExternalName Service has no cluster IP (leave it out or \"None\")",
+        );
+    }
     let cluster_ip = match s.cluster_ip.as_deref() {
+        _ if kind == ServiceType::ExternalName => ClusterIp::Headless,
         None | Some("") => ClusterIp::Auto,
         Some("None") => ClusterIp::Headless,
         Some(ip) => match ip.parse::<Ipv4Addr>() {
@@ -797,6 +840,7 @@ fn service_obj(p: &mut Problems<'_>, w: wire::Service) -> Object {
         affinity_timeout,
         external_local,
         internal_local,
+        external_name,
     })
 }
 

@@ -159,6 +159,10 @@ fn every_problem_names_the_file_the_document_and_the_field() {
         (service("  type: NodePort\n  ports: [{port: 80, nodePort: 80}]\n"), "spec.ports[0].nodePort: 80 is outside the node port range 30000-32767"),
         (service("  type: LoadBalancer\n  ports: [{port: 80}]\n"), "spec.type: LoadBalancer is not supported yet"),
         (service("  type: Bogus\n  ports: [{port: 80}]\n"), "spec.type: \"Bogus\" is not a Service type"),
+        (service("  type: ExternalName\n"), "spec.externalName: required for type ExternalName"),
+        (service("  type: ExternalName\n  externalName: \"not a name!\"\n"), "spec.externalName: \"not a name!\" is not a DNS name"),
+        (service("  type: ExternalName\n  externalName: a.example\n  clusterIP: 10.96.0.9\n"), "spec.clusterIP: an ExternalName Service has no cluster IP"),
+        (service("  externalName: a.example\n  ports: [{port: 80}]\n"), "spec.externalName: only a Service of type ExternalName has one"),
         (service("  clusterIP: 10.96.0.300\n  ports: [{port: 80}]\n"), "spec.clusterIP: \"10.96.0.300\" is not an IPv4 address"),
         (service("  selector: {\"app/\": web}\n  ports: [{port: 80}]\n"), "spec.selector.app/: label key \"app/\" is invalid"),
         (service("  selector: {app: \"has space\"}\n  ports: [{port: 80}]\n"), "spec.selector.app: label value \"has space\" is invalid"),
@@ -230,4 +234,19 @@ fn objects_survive_the_store_round_trip() {
         let stored = serde_json::to_string(&o).unwrap();
         assert_eq!(serde_json::from_str::<Object>(&stored).unwrap(), o);
     }
+}
+
+#[test]
+fn an_external_name_service_is_an_alias_without_a_cluster_ip() {
+    let (objects, errors) = parse(
+        "f.yaml",
+        &service("  type: ExternalName\n  externalName: WWW.Example.com.\n"),
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let Object::Service(s) = &objects[0].object else {
+        panic!("{objects:?}")
+    };
+    assert_eq!(s.service_type, ServiceType::ExternalName);
+    assert_eq!(s.external_name.as_deref(), Some("www.example.com"));
+    assert_eq!(s.cluster_ip, ClusterIp::Headless);
 }

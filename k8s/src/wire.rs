@@ -86,6 +86,7 @@ pub struct ServiceSpec {
     pub internal_traffic_policy: Option<String>,
     pub ip_families: Option<Vec<String>>,
     pub ip_family_policy: Option<String>,
+    pub external_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,447 @@
+//! Interception of pods' DNS queries end to end: a one-node lab with twilld, a fallback
+//! DNS pod (dnsmasq) behind the kube-system/kube-dns Service at 10.96.0.10, and twill-dnsd
+//! on the node with `[intercept]`. A client pod asks 10.96.0.10 and gets twill-dnsd's
+//! answer while it runs, and dnsmasq's within a second of it dying.
+//!
+//! Needs root, `dig` and `dnsmasq` (scripts/setup installs both) and the workspace's
+//! binaries built: `cargo test -p twill-dnsd` alone builds only twill-dnsd, so run
+//! `cargo build` first (scripts/test runs `cargo build --all-targets`), or the test fails
+//! naming the missing binary.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use twill_lab::{Host, Lab, LabSpec};
+use twill_netns::NetNs;
+use twill_tests::{cni, daemon::Twilld, require_root};
+
+const DNSD: &str = env!("CARGO_BIN_EXE_twill-dnsd");
+const TWILLD_CONFIG: &str = "[network]\nresync_seconds = 1\n[lease]\nttl_seconds = 5\n";
+const DNS_VIP: &str = "10.96.0.10";
+const WEB_VIP: &str = "10.96.0.80";
+const WEB_NAME: &str = "web.default.svc.cluster.local";
+
+fn sibling(name: &str) -> PathBuf {
+    let path = Path::new(DNSD).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build` at the workspace root first \
+         (`cargo test -p twill-dnsd` builds only twill-dnsd)",
+        path.display()
+    );
+    path
+}
+
+fn require_tools() {
+    for (tool, arg) in [("dig", "-v"), ("dnsmasq", "--version")] {
+        assert!(
+            Command::new(tool).arg(arg).output().is_ok(),
+            "{tool} is missing: apt-get install bind9-dnsutils dnsmasq (scripts/setup installs them)"
+        );
+    }
+}
+
+fn objects() -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: kube-system}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: dns, namespace: kube-system, labels: {{k8s-app: kube-dns}}}}
+spec: {{containers: [{{name: dnsmasq}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: kube-dns, namespace: kube-system}}
+spec:
+  clusterIP: {DNS_VIP}
+  selector: {{k8s-app: kube-dns}}
+  ports:
+  - {{name: dns, port: 53, protocol: UDP, targetPort: 53}}
+  - {{name: dns-tcp, port: 53, protocol: TCP, targetPort: 53}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  clusterIP: {WEB_VIP}
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"#
+    )
+}
+
+/// `dig +short` from inside a pod's namespace (the per-packet path: not in the node's
+/// cgroup), one try of at most 1 s. The trimmed output; empty on no answer or an error.
+fn dig_in(netns: &str, args: &[&str]) -> String {
+    let ns = NetNs::from_path(netns).expect("open the pod's namespace");
+    let mut cmd = Command::new("dig");
+    cmd.args([&format!("@{DNS_VIP}"), "+time=1", "+tries=1", "+short"])
+        .args(args);
+    let out = ns.run(move || cmd.output()).expect("enter").expect("dig");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A fallback answer: dnsmasq's record, not an error line from dig.
+fn is_fallback(answer: &str) -> bool {
+    answer == "\"fallback\""
+}
+
+/// twill-dnsd in the node's namespace; killed when dropped, its log shown on failure.
+struct Dnsd {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Dnsd {
+    fn start(node: &Host, config: &Path) -> Dnsd {
+        let log = node.state_dir.join("dnsd.log");
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open the dnsd log");
+        let mut cmd = Command::new(DNSD);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup the log"))
+            .stderr(out);
+        // Host::output would do for dig; twill-dnsd is spawned like any host process.
+        let child = node.spawn(cmd).expect("start twill-dnsd");
+        Dnsd { child, log }
+    }
+
+    /// Until it answers the cluster zone on its own address.
+    fn wait_serving(&mut self, node: &Host) {
+        let ip = node.plan.underlay_ip.to_string();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = node
+                .output(
+                    "dig",
+                    &[&format!("@{ip}"), "+time=1", "+tries=1", "+short", WEB_NAME],
+                )
+                .expect("dig");
+            if String::from_utf8_lossy(&out.stdout).trim() == WEB_VIP {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("twill-dnsd exited ({status}):\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "twill-dnsd not serving after 20 s:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&mut self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Dnsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("twill-dnsd log:\n{}", self.log_text());
+        }
+    }
+}
+
+/// A process killed (and reaped) when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls every 100 ms until `done` holds; the time it took. Panics after `bound`.
+fn within(what: &str, bound: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < bound, "{what}: not within {bound:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `(start, end, answered)` of each whoami.test query a background loop sends.
+type Probes = Arc<std::sync::Mutex<Vec<(Instant, Instant, bool)>>>;
+
+/// The longest time the loop saw no answer: from the start of the first failed query of
+/// a run to the start of the next answered one (so it includes dig's 1 s timeout of the
+/// last failed query).
+fn longest_outage(probes: &[(Instant, Instant, bool)]) -> Duration {
+    let mut longest = Duration::ZERO;
+    let mut failing_since: Option<Instant> = None;
+    for &(start, _, ok) in probes {
+        match (ok, failing_since) {
+            (false, None) => failing_since = Some(start),
+            (true, Some(since)) => {
+                longest = longest.max(start - since);
+                failing_since = None;
+            }
+            _ => {}
+        }
+    }
+    if let (Some(since), Some(&(_, end, _))) = (failing_since, probes.last()) {
+        longest = longest.max(end - since);
+    }
+    longest
+}
+
+#[test]
+fn pods_queries_to_the_dns_service_go_to_twill_dnsd_and_fall_back_when_it_dies() {
+    require_root();
+    require_tools();
+    let twilld = sibling("twilld");
+    let (twill, netctl) = (sibling("twill"), sibling("netctl"));
+    let mut lab = Lab::up(&LabSpec::for_test(1, 0)).expect("lab up");
+    let node = lab.nodes()[0].clone();
+    let daemons = Twilld::start_on_every_node(&twilld, &lab, TWILLD_CONFIG);
+
+    let (dns_netns, dns_ip) = cni::add_pod(
+        &twill,
+        &mut lab,
+        &node,
+        &daemons[0],
+        "dns",
+        "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=dns",
+    );
+    let (client_netns, _) = cni::add_pod(
+        &twill,
+        &mut lab,
+        &node,
+        &daemons[0],
+        "client",
+        "K8S_POD_NAMESPACE=default;K8S_POD_NAME=client",
+    );
+    let mut dnsmasq = Command::new("dnsmasq");
+    dnsmasq
+        .args([
+            "-k",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--port=53",
+            "--user=root",
+            "--bind-interfaces",
+            "--txt-record=whoami.test,fallback",
+        ])
+        .arg(format!("--listen-address={dns_ip}"))
+        .arg(format!(
+            "--pid-file={}",
+            node.state_dir.join("dnsmasq.pid").display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let ns = NetNs::from_path(&dns_netns).expect("the dns pod's namespace");
+    let _dnsmasq = Guard(
+        ns.run(move || dnsmasq.spawn())
+            .unwrap()
+            .expect("start dnsmasq"),
+    );
+    twill_tests::netctl(&netctl, &lab, &["apply", "-f", "-"], &objects());
+
+    // Without twill-dnsd, the Service reaches dnsmasq: the fallback is a plain Service.
+    within(
+        "the kube-dns Service answers",
+        Duration::from_secs(15),
+        || is_fallback(&dig_in(&client_netns, &["whoami.test", "TXT"])),
+    );
+    assert_eq!(
+        dig_in(&client_netns, &[WEB_NAME, "A"]),
+        "",
+        "dnsmasq knows no cluster name"
+    );
+
+    let config = node.state_dir.join("dnsd.toml");
+    fs::write(
+        &config,
+        format!(
+            "listen = [\"{}:53\"]\n\
+             [etcd]\nendpoints = [\"{}\"]\n\
+             [forward]\nupstreams = [\"{dns_ip}:53\"]\ntimeout_ms = 500\n\
+             [intercept]\nservice_ip = \"{DNS_VIP}\"\npin_dir = \"{}\"\n",
+            node.plan.underlay_ip,
+            lab.etcd_endpoint(),
+            node.bpffs_dir.display()
+        ),
+    )
+    .expect("write the dnsd config");
+    let mut dnsd = Dnsd::start(&node, &config);
+    dnsd.wait_serving(&node);
+
+    // 1. Intercepted: a name only twill-dnsd knows, from 10.96.0.10 (dig checks the
+    // reply's source), over UDP and TCP.
+    let took = within("queries intercepted", Duration::from_secs(1), || {
+        dig_in(&client_netns, &[WEB_NAME, "A"]) == WEB_VIP
+    });
+    eprintln!("intercepting {took:?} after twill-dnsd served");
+    assert_eq!(dig_in(&client_netns, &["+tcp", WEB_NAME, "A"]), WEB_VIP);
+    assert!(is_fallback(&dig_in(&client_netns, &["whoami.test", "TXT"])));
+    // The socket path: a host process in the node's cgroup.
+    let mut dig = Command::new("dig");
+    dig.args([
+        &format!("@{DNS_VIP}"),
+        "+time=1",
+        "+tries=1",
+        "+short",
+        WEB_NAME,
+    ])
+    .stdout(Stdio::piped());
+    let out = node.spawn(dig).unwrap().wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        WEB_VIP,
+        "socket path"
+    );
+
+    // Whoami queries all along: answered by twill-dnsd (forwarded) or by dnsmasq.
+    let probes: Probes = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (probes, stop, netns) = (probes.clone(), stop.clone(), client_netns.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                let ok = is_fallback(&dig_in(&netns, &["whoami.test", "TXT"]));
+                probes.lock().unwrap().push((start, Instant::now(), ok));
+                thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    thread::sleep(Duration::from_millis(500));
+
+    // 2. SIGKILL: no cleanup; the entries expire within 1 s and dnsmasq answers. A
+    // query goes out every 100 ms, each on its own (one sent into the stale window waits
+    // out dig's 1 s timeout: the node's ICMP refusal names the node's address, which the
+    // pod's socket does not match); the first answered one says when the fallback began.
+    dnsd.signal("KILL");
+    let killed = Instant::now();
+    let queries: Vec<_> = (0..20u32)
+        .map(|i| {
+            let netns = client_netns.clone();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(100) * i);
+                let sent = killed.elapsed();
+                let fallback = is_fallback(&dig_in(&netns, &["whoami.test", "TXT"]))
+                    && dig_in(&netns, &[WEB_NAME, "A"]).is_empty();
+                (sent, fallback)
+            })
+        })
+        .collect();
+    let results: Vec<(Duration, bool)> = queries
+        .into_iter()
+        .map(|q| q.join().expect("a query thread"))
+        .collect();
+    let took = results
+        .iter()
+        .find(|(_, fallback)| *fallback)
+        .map(|(sent, _)| *sent)
+        .unwrap_or_else(|| panic!("no fallback after SIGKILL: {results:?}"));
+    assert!(
+        results
+            .iter()
+            .all(|(sent, fallback)| *fallback || *sent < took),
+        "a query failed after the fallback began: {results:?}"
+    );
+    assert!(
+        took <= Duration::from_millis(1100),
+        "fallback {took:?} after SIGKILL"
+    );
+    eprintln!("fallback {took:?} after SIGKILL");
+    thread::sleep(Duration::from_millis(500));
+
+    // 3. Back: intercepted again as soon as it serves.
+    let restarted = Instant::now();
+    let mut dnsd = Dnsd::start(&node, &config);
+    dnsd.wait_serving(&node);
+    let took = within(
+        "intercepted after a restart",
+        Duration::from_secs(1),
+        || dig_in(&client_netns, &[WEB_NAME, "A"]) == WEB_VIP,
+    );
+    eprintln!(
+        "intercepting again {took:?} after twill-dnsd served ({:?} after it started)",
+        restarted.elapsed()
+    );
+    thread::sleep(Duration::from_millis(500));
+
+    // 4. SIGTERM: the entries are removed before it exits; the next query falls back.
+    dnsd.signal("TERM");
+    assert!(
+        is_fallback(&dig_in(&client_netns, &["whoami.test", "TXT"])),
+        "no fallback right after SIGTERM:\n{}",
+        dnsd.log_text()
+    );
+    assert_eq!(dig_in(&client_netns, &[WEB_NAME, "A"]), "");
+    let entries = twill_bpf::read_local_backends(&node.bpffs_dir).expect("read the map");
+    assert!(
+        entries.is_empty(),
+        "entries left after SIGTERM: {entries:?}"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    prober.join().expect("the probe loop");
+    let probes = probes.lock().unwrap();
+    let failed = probes.iter().filter(|p| !p.2).count();
+    let outage = longest_outage(&probes);
+    // Queries that went out into the black hole: from the first unanswered one sent to
+    // the last, over each run of them.
+    let mut lost_window = Duration::ZERO;
+    let mut first_lost: Option<Instant> = None;
+    for &(start, _, ok) in probes.iter() {
+        match (ok, first_lost) {
+            (false, None) => first_lost = Some(start),
+            (false, Some(first)) => lost_window = lost_window.max(start - first),
+            (true, _) => first_lost = None,
+        }
+    }
+    eprintln!(
+        "whoami.test: {} queries, {failed} unanswered, sent unanswered over at most \
+         {lost_window:?}, longest outage (with dig's timeout) {outage:?}",
+        probes.len()
+    );
+    assert!(
+        lost_window <= Duration::from_millis(1100),
+        "queries sent over {lost_window:?} went unanswered"
+    );
+    assert!(
+        outage <= Duration::from_millis(2200),
+        "queries went unanswered for {outage:?}"
+    );
+    drop(daemons);
+}
