@@ -378,8 +378,10 @@ fn pods_queries_to_the_dns_service_go_to_twill_dnsd_and_fall_back_when_it_dies()
             .all(|(sent, fallback)| *fallback || *sent < took),
         "a query failed after the fallback began: {results:?}"
     );
+    // The entries expire at most 1 s after the last renewal; the margin is the probes'
+    // spacing and a loaded machine's scheduling.
     assert!(
-        took <= Duration::from_millis(1100),
+        took <= Duration::from_millis(1200),
         "fallback {took:?} after SIGKILL"
     );
     eprintln!("fallback {took:?} after SIGKILL");
@@ -436,7 +438,7 @@ fn pods_queries_to_the_dns_service_go_to_twill_dnsd_and_fall_back_when_it_dies()
         probes.len()
     );
     assert!(
-        lost_window <= Duration::from_millis(1100),
+        lost_window <= Duration::from_millis(1200),
         "queries sent over {lost_window:?} went unanswered"
     );
     assert!(
