@@ -50,7 +50,7 @@ impl OverlayMode {
 struct FileConfig {
     node_name: Option<String>,
     #[serde(default)]
-    etcd: FileEtcd,
+    etcd: twill_store::EtcdSection,
     #[serde(default)]
     network: FileNetwork,
     #[serde(default)]
@@ -66,16 +66,6 @@ struct FileConfig {
 struct FilePolicy {
     peer_entries: Option<u32>,
     port_entries: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileEtcd {
-    endpoints: Option<Vec<String>>,
-    ca_file: Option<PathBuf>,
-    cert_file: Option<PathBuf>,
-    key_file: Option<PathBuf>,
-    timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,55 +214,11 @@ impl Config {
             .unwrap_or_else(|| hostname.to_owned());
         check_node_name(&node_name).map_err(|m| invalid("node_name", m))?;
 
-        let etcd_endpoints = overrides
-            .etcd_endpoints
-            .clone()
-            .or(file.etcd.endpoints)
-            .unwrap_or_else(|| vec!["http://127.0.0.1:2379".to_owned()]);
-        if etcd_endpoints.is_empty() {
-            return Err(invalid(
-                "etcd.endpoints",
-                "at least one endpoint is needed".into(),
-            ));
-        }
-        for endpoint in &etcd_endpoints {
-            let ok = endpoint
-                .strip_prefix("http://")
-                .or_else(|| endpoint.strip_prefix("https://"))
-                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
-            if !ok {
-                return Err(invalid(
-                    "etcd.endpoints",
-                    format!("{endpoint:?} is not an http:// or https:// host:port URL"),
-                ));
-            }
-        }
-        let etcd_tls = match (file.etcd.ca_file, file.etcd.cert_file, file.etcd.key_file) {
-            (None, None, None) => None,
-            (Some(ca_file), cert_file, key_file) => {
-                if cert_file.is_some() != key_file.is_some() {
-                    return Err(invalid(
-                        "etcd.cert_file",
-                        "cert_file and key_file go together".into(),
-                    ));
-                }
-                Some(EtcdTls {
-                    ca_file,
-                    cert_file,
-                    key_file,
-                })
-            }
-            (None, _, _) => {
-                return Err(invalid(
-                    "etcd.ca_file",
-                    "a client certificate needs ca_file as well".into(),
-                ));
-            }
-        };
-        let etcd_timeout = Duration::from_secs(file.etcd.timeout_seconds.unwrap_or(5));
-        if etcd_timeout.is_zero() {
-            return Err(invalid("etcd.timeout_seconds", "must be at least 1".into()));
-        }
+        let etcd = file
+            .etcd
+            .check(overrides.etcd_endpoints.clone())
+            .map_err(|(key, message)| invalid(key, message))?;
+        let (etcd_endpoints, etcd_tls, etcd_timeout) = (etcd.endpoints, etcd.tls, etcd.timeout);
 
         let cidr_text = overrides
             .cluster_cidr

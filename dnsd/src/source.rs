@@ -252,11 +252,7 @@ pub type ZoneSender = watch::Sender<Option<Arc<Zone>>>;
 pub async fn follow(config: &Config, tx: ZoneSender) {
     let etcd = twill_store::Etcd {
         endpoints: config.etcd_endpoints.clone(),
-        tls: config.etcd_tls.as_ref().map(|t| twill_store::EtcdTls {
-            ca_file: t.ca_file.clone(),
-            cert_file: t.cert_file.clone(),
-            key_file: t.key_file.clone(),
-        }),
+        tls: config.etcd_tls.clone(),
         timeout: config.etcd_timeout,
     };
     let (snap_tx, mut snap_rx) = watch::channel::<Option<(ClusterSnapshot, i64)>>(None);

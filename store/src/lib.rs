@@ -34,6 +34,74 @@ pub struct EtcdTls {
     pub key_file: Option<PathBuf>,
 }
 
+/// The `[etcd]` section of a daemon's configuration file, as written (twilld and
+/// twill-dnsd read the same keys).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    pub endpoints: Option<Vec<String>>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub timeout_seconds: Option<u64>,
+}
+
+impl EtcdSection {
+    /// The checked settings; `endpoints` (from the command line) wins over the file's.
+    /// An error names its key (`etcd.endpoints`, ...) and says what is wrong.
+    pub fn check(self, endpoints: Option<Vec<String>>) -> Result<Etcd, (&'static str, String)> {
+        let endpoints = endpoints
+            .or(self.endpoints)
+            .unwrap_or_else(|| vec!["http://127.0.0.1:2379".to_owned()]);
+        if endpoints.is_empty() {
+            return Err(("etcd.endpoints", "at least one endpoint is needed".into()));
+        }
+        for endpoint in &endpoints {
+            let ok = endpoint
+                .strip_prefix("http://")
+                .or_else(|| endpoint.strip_prefix("https://"))
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+            if !ok {
+                return Err((
+                    "etcd.endpoints",
+                    format!("{endpoint:?} is not an http:// or https:// host:port URL"),
+                ));
+            }
+        }
+        let tls = match (self.ca_file, self.cert_file, self.key_file) {
+            (None, None, None) => None,
+            (Some(ca_file), cert_file, key_file) => {
+                if cert_file.is_some() != key_file.is_some() {
+                    return Err((
+                        "etcd.cert_file",
+                        "cert_file and key_file go together".into(),
+                    ));
+                }
+                Some(EtcdTls {
+                    ca_file,
+                    cert_file,
+                    key_file,
+                })
+            }
+            (None, _, _) => {
+                return Err((
+                    "etcd.ca_file",
+                    "a client certificate needs ca_file as well".into(),
+                ));
+            }
+        };
+        let timeout = Duration::from_secs(self.timeout_seconds.unwrap_or(5));
+        if timeout.is_zero() {
+            return Err(("etcd.timeout_seconds", "must be at least 1".into()));
+        }
+        Ok(Etcd {
+            endpoints,
+            tls,
+            timeout,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("reading {path}")]
