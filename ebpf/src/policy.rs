@@ -50,6 +50,9 @@ pub(crate) struct Packet {
 }
 
 const TCP_FLAGS_OFF: usize = 13;
+const IPPROTO_ICMP: u8 = 1;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
@@ -100,6 +103,19 @@ impl Packet {
                     .load::<u8>(offset + TCP_FLAGS_OFF)
                     .is_ok_and(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN);
             }
+        } else if frag & 0x1fff == 0
+            && protocol == IPPROTO_ICMP
+            && let Ok(header) = ctx.load::<[u8; 8]>(offset)
+            && matches!(header[0], ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY)
+        {
+            // An echo is a flow of its own, named by its identifier (both ways, so the
+            // request and its reply share the key); a request always opens one, as a SYN
+            // does. Without the identifier every echo between two pods would be one flow,
+            // and its opener's direction would decide later pings the other way.
+            let id = u16::from_ne_bytes([header[4], header[5]]);
+            p.src_port = id;
+            p.dst_port = id;
+            p.opens = header[0] == ICMP_ECHO_REQUEST;
         }
         Some(p)
     }

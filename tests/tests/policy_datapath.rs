@@ -295,6 +295,49 @@ fn sctp_in_a_policy_never_opens_tcp_or_udp() {
     );
 }
 
+/// An ICMP echo (type 8 request, 0 reply) with identifier `id`.
+fn echo(src: Ipv4Addr, dst: Ipv4Addr, kind: u8, id: u16) -> Vec<u8> {
+    let mut icmp = vec![kind, 0, 0, 0];
+    icmp.extend_from_slice(&id.to_be_bytes());
+    icmp.extend_from_slice(&1u16.to_be_bytes());
+    let sum = packet::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    packet::ethernet(0x0800, &packet::ipv4(src, dst, 1, &icmp))
+}
+
+/// Each ping is a flow of its own: a ping the server sent before it was isolated does
+/// not let the client's pings in afterwards, while the replies to the server's own pings
+/// still reach it.
+#[test]
+fn an_earlier_ping_the_other_way_does_not_open_a_pod_to_pings() {
+    let (_lab, mut dp) = setup();
+    // No policy yet: the server pings the client (its flow is remembered).
+    let open = compile(vec![]);
+    program(&mut dp, 6, &open);
+    let own = dp
+        .test_run(programs::FROM_POD, &echo(SERVER, CLIENT, 8, 7))
+        .expect("test run");
+    assert_eq!(own.action, TC_ACT_OK);
+    // Now a policy isolates the server's ingress and allows only TCP 8080 from the client.
+    let policy = compile(vec![server_policy(Enforcement::Enforce)]);
+    program(&mut dp, 7, &policy);
+    assert_eq!(
+        to_server(&mut dp, &echo(CLIENT, SERVER, 8, 9)),
+        TC_ACT_SHOT,
+        "the client's ping is a new flow, decided by the server's ingress"
+    );
+    assert_eq!(
+        to_server(&mut dp, &echo(CLIENT, SERVER, 0, 7)),
+        TC_ACT_OK,
+        "the reply to the server's own ping (same identifier) still comes in"
+    );
+    assert_eq!(
+        to_server(&mut dp, &echo(CLIENT, SERVER, 0, 11)),
+        TC_ACT_SHOT,
+        "a reply to no ping of the server's is not let in"
+    );
+}
+
 #[test]
 fn replies_of_allowed_flows_pass_and_a_table_change_revokes_established_ones() {
     let (_lab, mut dp) = setup();
