@@ -352,7 +352,10 @@ fn pods_queries_to_the_dns_service_go_to_twill_dnsd_and_fall_back_when_it_dies()
         stop.store(true, Ordering::Relaxed);
         looped.join().expect("the lookup loop")
     };
-    let missed = cluster_names.iter().filter(|a| a.as_str() != WEB_VIP).count();
+    let missed = cluster_names
+        .iter()
+        .filter(|a| a.as_str() != WEB_VIP)
+        .count();
     eprintln!(
         "twilld killed and restarted: {} lookups, {missed} not intercepted",
         cluster_names.len()
