@@ -283,6 +283,16 @@ fn allocate(
     Ok(svc)
 }
 
+/// Applies the YAML files to the store, as `netctl apply -f` does (the lab stores its
+/// cluster DNS Service this way).
+pub fn apply_files(files: Vec<PathBuf>, store: StoreArgs) -> anyhow::Result<()> {
+    apply(ApplyArgs {
+        files,
+        service_cidr: "10.96.0.0/12".parse().expect("a CIDR"),
+        store,
+    })
+}
+
 pub fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     let inputs = parse_all(&args.files)?;
     let cidr = args.service_cidr;

@@ -263,6 +263,17 @@ fn up(o: UpOptions) -> anyhow::Result<()> {
         wait_overlay(&lab, Duration::from_secs(10));
     }
     print_lab(lab.manifest());
+    if !o.bare {
+        println!(
+            "\ncluster DNS: {LAB_DNS_IP} (kube-system/kube-dns), answered by twill-dnsd on \
+             each node; try: netctl lab exec {} -- dig @{LAB_DNS_IP} \
+             kube-dns.kube-system.svc.cluster.local",
+            lab.manifest()
+                .pods
+                .first()
+                .map_or("node1", |p| p.name.as_str()),
+        );
+    }
     if !lab.manifest().pods.is_empty() && !print_connectivity(&lab.manifest().pods) {
         print_daemon_warnings(&lab);
     }
@@ -308,6 +319,7 @@ fn populate(lab: &mut Lab, pods_per_node: u8) -> anyhow::Result<()> {
     for node in lab.nodes() {
         wait_ready(&node, Duration::from_secs(30))?;
     }
+    start_dns(lab)?;
     for node in lab.nodes() {
         for i in 1..=pods_per_node {
             let name = if pods_per_node == 1 {
@@ -322,6 +334,92 @@ fn populate(lab: &mut Lab, pods_per_node: u8) -> anyhow::Result<()> {
                 protocol: twill_k8s::Protocol::Tcp,
             }];
             add_pod(lab, &name, node.name(), "default", labels, ports)?;
+        }
+    }
+    Ok(())
+}
+
+/// The cluster DNS Service's address in a lab: what pods' `nameserver` is.
+pub const LAB_DNS_IP: &str = "10.96.0.10";
+
+/// The cluster DNS Service (kube-system/kube-dns, no backends of its own: a query finds the
+/// node's twill-dnsd, or is refused), and a twill-dnsd on every node, listening on the
+/// node's address and taking over the Service IP (`[intercept]`). Returns once every
+/// node's server has taken it over.
+fn start_dns(lab: &Lab) -> anyhow::Result<()> {
+    let dnsd = sibling("twill-dnsd")?;
+    let objects = lab.manifest().state_dir.join("cluster-dns.yaml");
+    std::fs::write(
+        &objects,
+        format!(
+            "# written by netctl lab up\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {{name: kube-system}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: kube-dns, namespace: kube-system}}\n\
+             spec:\n  clusterIP: {LAB_DNS_IP}\n  ports: [{{name: dns, port: 53, protocol: UDP}}, \
+             {{name: dns-tcp, port: 53, protocol: TCP}}]\n"
+        ),
+    )
+    .with_context(|| format!("writing {}", objects.display()))?;
+    crate::apply::apply_files(
+        vec![objects],
+        crate::store::StoreArgs {
+            etcd_endpoints: None,
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            lab: lab.name().to_owned(),
+        },
+    )
+    .context("storing the cluster DNS Service")?;
+    let endpoint = lab.etcd_endpoint();
+    for node in lab.nodes() {
+        let dir = node.state_dir.join("twill-dnsd");
+        let paths = DaemonPaths {
+            config: dir.join("dnsd.toml"),
+            socket: dir.join("unused.sock"),
+            state_dir: dir.clone(),
+            log: dir.join("dnsd.log"),
+            dir,
+        };
+        let mut config = format!(
+            "# written by netctl lab up\n\
+             listen = [\"{}:53\"]\n\
+             [etcd]\nendpoints = [\"{endpoint}\"]\n",
+            node.plan.underlay_ip
+        );
+        if let Some(tls) = lab.etcd_tls() {
+            config.push_str(&format!(
+                "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                tls.ca_file.display(),
+                tls.cert_file.display(),
+                tls.key_file.display()
+            ));
+        }
+        // The lab has no way out: names outside the cluster get SERVFAIL at once.
+        config.push_str(&format!(
+            "[forward]\nupstreams = []\n\
+             [intercept]\nservice_ip = \"{LAB_DNS_IP}\"\npin_dir = \"{}\"\n",
+            node.bpffs_dir.display()
+        ));
+        let args = vec![
+            "run".to_owned(),
+            "--config".to_owned(),
+            paths.config.display().to_string(),
+        ];
+        spawn_daemon(&dnsd, &node, &paths, &config, &args)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for node in lab.nodes() {
+        while twill_bpf::read_local_backends(&node.bpffs_dir).map_or(true, |e| e.is_empty()) {
+            if Instant::now() > deadline {
+                let log = node.state_dir.join("twill-dnsd").join("dnsd.log");
+                bail!(
+                    "twill-dnsd on {} did not take over {LAB_DNS_IP} (log: {})",
+                    node.name(),
+                    log.display()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
         }
     }
     Ok(())

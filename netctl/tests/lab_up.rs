@@ -120,6 +120,29 @@ fn lab_up_runs_daemons_and_pods_that_reach_each_other_and_down_removes_it_all() 
     ]);
     assert!(ping.status.success(), "{}", text(&ping));
 
+    // Cluster DNS through the Service IP, answered by the node's twill-dnsd (intercepted):
+    // the new pod's Service-less name is not there, the DNS Service's own name is.
+    let dig = netctl(&[
+        "lab",
+        "exec",
+        "--lab",
+        &name,
+        "demo-node3",
+        "--",
+        "dig",
+        "+time=2",
+        "+tries=1",
+        "+short",
+        "@10.96.0.10",
+        "kube-dns.kube-system.svc.cluster.local",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&dig.stdout).trim(),
+        "10.96.0.10",
+        "{}",
+        text(&dig)
+    );
+
     // Mistakes are named.
     let dup = netctl(&[
         "lab", "pod", "add", "web", "--node", "node1", "--lab", &name,
