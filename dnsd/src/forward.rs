@@ -138,6 +138,20 @@ impl Forwarder {
     /// first upstream that answers. The reply carries the query's id and its question as
     /// asked (case kept). Never fails: SERVFAIL when no upstream answers and nothing, not
     /// even stale, is cached.
+    /// The answer to `query` from the cache, while it is fresh; `None` when it must go
+    /// upstream ([`Self::resolve`]). Lets the server answer cache hits without a task.
+    pub fn cached(&self, query: &Message) -> Option<Message> {
+        let [question] = query.queries.as_slice() else {
+            return None;
+        };
+        let dnssec_ok = query.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+        let key = CacheKey::new(question, dnssec_ok, query.metadata.checking_disabled);
+        match self.lock_cache().get(&key, Instant::now()) {
+            Lookup::Fresh(cached) => Some(client_reply(query, &cached)),
+            _ => None,
+        }
+    }
+
     pub async fn resolve(&self, query: &Message) -> Message {
         let [question] = query.queries.as_slice() else {
             return error_reply(query, ResponseCode::FormErr);

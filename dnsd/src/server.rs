@@ -30,6 +30,16 @@ const MAX_TCP_PIPELINE: usize = 16;
 /// The largest DNS message over UDP (and the receive buffer).
 const MAX_UDP_MESSAGE: usize = 65_535;
 
+/// What [`Responder::respond_now`] can do for a query without waiting.
+pub enum Now {
+    /// Send this answer.
+    Send(Vec<u8>),
+    /// Send nothing.
+    Nothing,
+    /// It needs the upstreams: answer it in a task of its own.
+    Later,
+}
+
 /// Answers one query at a time: from the zone, or through the forwarder.
 pub struct Responder {
     zone: CurrentZone,
@@ -39,6 +49,36 @@ pub struct Responder {
 impl Responder {
     pub fn new(zone: CurrentZone, forwarder: Arc<Forwarder>) -> Responder {
         Responder { zone, forwarder }
+    }
+
+    /// What can be answered at once, without waiting: from the zone, or a fresh cache
+    /// entry. [`Now::Later`] when the query must go upstream ([`Self::respond`]).
+    pub fn respond_now(&self, query: &[u8], transport: Transport) -> Now {
+        let zone = self.zone.borrow().clone();
+        let Some(zone) = zone else {
+            return Now::Later;
+        };
+        match zone.answer_bytes(query, transport) {
+            WireOutcome::Reply(bytes) => Now::Send(bytes),
+            WireOutcome::Drop => Now::Nothing,
+            WireOutcome::Forward => {
+                let Ok(message) = Message::from_vec(query) else {
+                    return Now::Later;
+                };
+                let Some(mut reply) = self.forwarder.cached(&message) else {
+                    return Now::Later;
+                };
+                reply.metadata.id = message.metadata.id;
+                let limit = match transport {
+                    Transport::Udp => zone.udp_limit(&message),
+                    Transport::Tcp => usize::from(u16::MAX),
+                };
+                match encode_within(&reply, limit) {
+                    Ok(bytes) => Now::Send(bytes),
+                    Err(_) => Now::Later,
+                }
+            }
+        }
     }
 
     /// The response to the message `query` that came over `transport`, encoded within that
@@ -170,6 +210,24 @@ async fn serve_udp(
             }
             Err(e) => return Err(e).context("receiving a udp query"),
         };
+        // Zone answers and cache hits are sent from here, without a task; only what goes
+        // upstream waits in one.
+        match responder.respond_now(&buffer[..length], Transport::Udp) {
+            Now::Send(response) => {
+                let sent = match socket.try_send_to(&response, peer) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        socket.send_to(&response, peer).await
+                    }
+                    other => other,
+                };
+                if let Err(e) = sent {
+                    debug!("udp answer to {peer}: {e}");
+                }
+                continue;
+            }
+            Now::Nothing => continue,
+            Now::Later => {}
+        }
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             debug!("udp query from {peer} dropped: {MAX_UDP_IN_FLIGHT} queries in flight");
             continue;
