@@ -7,6 +7,7 @@
 //! is not the zone's (`forward`, `cache`).
 #![forbid(unsafe_code)]
 
+pub mod answers;
 pub mod cache;
 pub mod config;
 pub mod forward;

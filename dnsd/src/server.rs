@@ -19,7 +19,11 @@ use tokio::{
 use tracing::{debug, info, warn};
 use twill_dns::{Transport, WireOutcome, encode_within};
 
-use crate::{forward::Forwarder, source::CurrentZone};
+use crate::{
+    answers::{self, AnswerCache},
+    forward::Forwarder,
+    source::CurrentZone,
+};
 
 /// Most UDP queries handled at once; more are dropped, and their clients retry. Bounds the
 /// memory a flood of queries to slow upstreams can take.
@@ -44,11 +48,27 @@ pub enum Now {
 pub struct Responder {
     zone: CurrentZone,
     forwarder: Arc<Forwarder>,
+    /// The zone's encoded answers, by query.
+    answers: std::sync::Mutex<AnswerCache>,
 }
+
+/// Most zone answers kept encoded (all go when the zone changes, or when it is full).
+const KEPT_ANSWERS: usize = 50_000;
 
 impl Responder {
     pub fn new(zone: CurrentZone, forwarder: Arc<Forwarder>) -> Responder {
-        Responder { zone, forwarder }
+        Responder {
+            zone,
+            forwarder,
+            answers: std::sync::Mutex::new(AnswerCache::new(KEPT_ANSWERS)),
+        }
+    }
+
+    fn answers(&self) -> std::sync::MutexGuard<'_, AnswerCache> {
+        // The cache holds only copies of answers: a poisoned lock is taken over.
+        self.answers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// What can be answered at once, without waiting: from the zone, or a fresh cache
@@ -58,8 +78,20 @@ impl Responder {
         let Some(zone) = zone else {
             return Now::Later;
         };
+        let zone_id = Arc::as_ptr(&zone) as usize;
+        let key = answers::key(query, u8::from(transport == Transport::Tcp));
+        if let Some(key) = &key
+            && let Some(answer) = self.answers().get(zone_id, key, query)
+        {
+            return Now::Send(answer);
+        }
         match zone.answer_bytes(query, transport) {
-            WireOutcome::Reply(bytes) => Now::Send(bytes),
+            WireOutcome::Reply(bytes) => {
+                if let Some(key) = &key {
+                    self.answers().put(zone_id, key, &bytes);
+                }
+                Now::Send(bytes)
+            }
             WireOutcome::Drop => Now::Nothing,
             WireOutcome::Forward => {
                 let Ok(message) = Message::from_vec(query) else {

@@ -1,0 +1,150 @@
+//! Encoded answers from the zone, kept by question: a query asked again (by another
+//! client, with another id, in another letter case) is answered by copying bytes instead
+//! of parsing it and building the answer again. Only zone answers are kept (their TTLs do
+//! not count down), and all of them go when the zone changes.
+
+use std::collections::HashMap;
+
+/// The answers of one zone, by query.
+pub struct AnswerCache {
+    /// Which zone the answers are of (its address; a new zone is a new allocation).
+    zone: usize,
+    answers: HashMap<Vec<u8>, Vec<u8>>,
+    limit: usize,
+}
+
+/// A query as the cache knows it: everything but its id, with the question's name in
+/// lower case, behind a byte for the transport; and where the name ends.
+pub struct Key {
+    bytes: Vec<u8>,
+    name_end: usize,
+}
+
+const HEADER: usize = 12;
+
+/// The key of `query`, over `transport` (0: UDP, 1: TCP). `None` for what is not one
+/// question with a plain name (a pointer, a runt): such queries are answered the long way.
+pub fn key(query: &[u8], transport: u8) -> Option<Key> {
+    if query.len() < HEADER + 5 || query[4..6] != [0, 1] {
+        return None;
+    }
+    let mut at = HEADER;
+    loop {
+        let len = usize::from(*query.get(at)?);
+        if len == 0 {
+            at += 1;
+            break;
+        }
+        if len > 63 {
+            return None; // a pointer or a reserved label type
+        }
+        at += 1 + len;
+    }
+    if at > query.len() {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(query.len() - 1);
+    bytes.push(transport);
+    bytes.extend_from_slice(&query[2..HEADER]);
+    bytes.extend(query[HEADER..at].iter().map(u8::to_ascii_lowercase));
+    bytes.extend_from_slice(&query[at..]);
+    Some(Key {
+        bytes,
+        name_end: at,
+    })
+}
+
+impl AnswerCache {
+    pub fn new(limit: usize) -> AnswerCache {
+        AnswerCache {
+            zone: 0,
+            answers: HashMap::new(),
+            limit,
+        }
+    }
+
+    /// The answer to `query` (whose key is `key`) from `zone`, with the query's id and
+    /// its question's letter case.
+    pub fn get(&mut self, zone: usize, key: &Key, query: &[u8]) -> Option<Vec<u8>> {
+        if zone != self.zone {
+            self.answers.clear();
+            self.zone = zone;
+            return None;
+        }
+        let mut answer = self.answers.get(&key.bytes)?.clone();
+        answer[..2].copy_from_slice(&query[..2]);
+        answer[HEADER..key.name_end].copy_from_slice(&query[HEADER..key.name_end]);
+        Some(answer)
+    }
+
+    /// Keeps `answer` (the zone's to `key`'s query) if it starts with the query's question,
+    /// as the zone's answers do.
+    pub fn put(&mut self, zone: usize, key: &Key, answer: &[u8]) {
+        if zone != self.zone {
+            self.answers.clear();
+            self.zone = zone;
+        }
+        let question = &key.bytes[1 + HEADER - 2..1 + key.name_end - 2];
+        let same_question = answer.len() >= key.name_end
+            && answer[HEADER..key.name_end].eq_ignore_ascii_case(question);
+        if !same_question {
+            return;
+        }
+        if self.answers.len() >= self.limit {
+            self.answers.clear();
+        }
+        self.answers.insert(key.bytes.clone(), answer.to_vec());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query for `name` A, id `id`, RD set.
+    fn query(id: u16, name: &str) -> Vec<u8> {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in name.split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        q
+    }
+
+    #[test]
+    fn a_kept_answer_gets_the_askers_id_and_case_and_goes_with_its_zone() {
+        let mut cache = AnswerCache::new(10);
+        let first = query(7, "Web.prod.svc.cluster.local");
+        let k = key(&first, 0).unwrap();
+        // An answer: the query with QR set and one answer record after it.
+        let mut answer = first.clone();
+        answer[2] |= 0x80;
+        answer[7] = 1;
+        answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4, 10, 96, 0, 10]);
+        cache.put(1, &k, &answer);
+
+        let again = query(9, "wEB.PROD.svc.cluster.local");
+        let k2 = key(&again, 0).unwrap();
+        let got = cache.get(1, &k2, &again).expect("kept");
+        assert_eq!(&got[..2], &9u16.to_be_bytes());
+        assert_eq!(&got[12..12 + 28], &again[12..12 + 28]);
+        assert_eq!(&got[12 + 28..], &answer[12 + 28..]);
+        // Over TCP it is another key; with a new zone nothing is kept.
+        assert!(cache.get(1, &key(&again, 1).unwrap(), &again).is_none());
+        assert!(cache.get(2, &k2, &again).is_none());
+        assert!(cache.get(1, &k2, &again).is_none());
+    }
+
+    #[test]
+    fn queries_that_are_not_one_plain_question_have_no_key() {
+        let mut two = query(1, "a.b");
+        two[5] = 2;
+        assert!(key(&two, 0).is_none());
+        let mut pointer = query(1, "a.b");
+        pointer[12] = 0xc0;
+        assert!(key(&pointer, 0).is_none());
+        assert!(key(&query(1, "a.b")[..14], 0).is_none());
+    }
+}
