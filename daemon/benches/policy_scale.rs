@@ -54,6 +54,7 @@ use twill_tests::{
     cni,
     daemon::Twilld,
     require_root,
+    scripts::{ECHO, PROBE},
 };
 
 const CONFIG: &str = "[network]\nresync_seconds = 60\n[lease]\nttl_seconds = 30\n";
@@ -889,24 +890,6 @@ fn load_anchor(host: &Host, anchor: &KubeRouter) -> (Duration, Duration) {
     let iptables = restore(host, "iptables-restore", anchor.rules.clone());
     (ipset, iptables)
 }
-
-/// Echoes every line back on TCP 8080.
-const ECHO: &str = "import socket,threading\n\
-s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-s.bind(('0.0.0.0', 8080)); s.listen(64)\n\
-def serve(c):\n\
-\x20   f = c.makefile('rwb', buffering=0)\n\
-\x20   for line in f: f.write(line)\n\
-while True:\n\
-\x20   c, a = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()\n";
-
-/// One connection: send a line, read it back; prints ok or the error.
-const PROBE: &str = "import socket,sys\n\
-try:\n\
-\x20   c = socket.create_connection((sys.argv[1], 8080), timeout=float(sys.argv[2]))\n\
-\x20   c.sendall(b'x\\n'); assert c.recv(10) == b'x\\n'; print('ok')\n\
-except Exception as e:\n\
-\x20   print('denied', e)\n";
 
 fn python_in(netns: &str, script: &str, args: &[&str]) -> std::process::Child {
     let mut cmd = Command::new("python3");

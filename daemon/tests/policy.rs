@@ -17,6 +17,7 @@ use twill_tests::{
     cni::{self, Outcome as _},
     daemon::Twilld,
     require_root,
+    scripts::{ECHO, PROBE},
 };
 
 const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
@@ -27,24 +28,6 @@ const CONVERGENCE: Duration = Duration::from_secs(1);
 fn sibling(name: &str) -> PathBuf {
     Path::new(TWILLD).with_file_name(name)
 }
-
-/// Echoes every line back on TCP 8080, connection after connection.
-const ECHO: &str = "import socket,threading\n\
-s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-s.bind(('0.0.0.0', 8080)); s.listen(64)\n\
-def serve(c):\n\
-\x20   f = c.makefile('rwb', buffering=0)\n\
-\x20   for line in f: f.write(line)\n\
-while True:\n\
-\x20   c, a = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()\n";
-
-/// One probe: connect, send a line, read it back; prints ok or the error.
-const PROBE: &str = "import socket,sys\n\
-try:\n\
-\x20   c = socket.create_connection((sys.argv[1], 8080), timeout=float(sys.argv[2]))\n\
-\x20   c.sendall(b'x\\n'); assert c.recv(10) == b'x\\n'; print('ok')\n\
-except Exception as e:\n\
-\x20   print('denied', e)\n";
 
 /// From the moment it starts (before the pod has an interface): tries to reach the
 /// server over and over, for `seconds`; prints `reached` if any attempt got an echo.

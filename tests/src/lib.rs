@@ -504,6 +504,28 @@ pub mod cni {
     }
 }
 
+/// Small python programs run inside pod namespaces by tests and benchmarks.
+pub mod scripts {
+    /// Echoes every line back on TCP 8080, connection after connection.
+    pub const ECHO: &str = "import socket,threading\n\
+s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+s.bind(('0.0.0.0', 8080)); s.listen(64)\n\
+def serve(c):\n\
+\x20   f = c.makefile('rwb', buffering=0)\n\
+\x20   for line in f: f.write(line)\n\
+while True:\n\
+\x20   c, a = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()\n";
+
+    /// One probe of `argv[1]`:8080 with timeout `argv[2]`: connect, send a line, read it
+    /// back; prints `ok` or `denied` and the error.
+    pub const PROBE: &str = "import socket,sys\n\
+try:\n\
+\x20   c = socket.create_connection((sys.argv[1], 8080), timeout=float(sys.argv[2]))\n\
+\x20   c.sendall(b'x\\n'); assert c.recv(10) == b'x\\n'; print('ok')\n\
+except Exception as e:\n\
+\x20   print('denied', e)\n";
+}
+
 /// Helpers the benchmarks share.
 pub mod bench {
     use std::{
