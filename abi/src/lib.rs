@@ -53,6 +53,10 @@ pub mod maps {
     pub const POLICY_COUNTERS: &str = "TWILL_POL_COUNT";
     /// Policy bookkeeping (array of one `u32`): the next table id to hand out.
     pub const POLICY_STATE: &str = "TWILL_POL_STATE";
+    /// Learned FQDN addresses: (pod, address) -> until when and which ports.
+    pub const FQDN_ALLOWS: &str = "TWILL_FQDN";
+    /// The names behind learned FQDN addresses.
+    pub const FQDN_NAMES: &str = "TWILL_FQDN_NAME";
 }
 
 /// Return codes of tc (`sched_cls`) programs, from `include/uapi/linux/pkt_cls.h`.

@@ -45,13 +45,17 @@ pub enum Reason {
     /// programmed, a spoofed source, or the endpoint map full): dropped, never let
     /// through unfiltered.
     DropPolicyNoEndpoint = 22,
+    /// FQDNPolicy: a pod that one selects opened a flow to an address outside the cluster
+    /// that no allowed name resolved to for it (or whose answer expired), or to a port
+    /// the allowing rule does not name: dropped.
+    DropPolicyFqdn = 23,
 }
 
 impl Reason {
     /// Codes at or above this one are drops.
     pub const FIRST_DROP: u32 = 16;
     /// Every reason, in code order.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Forwarded,
         Reason::NotIpv4,
         Reason::ServiceTranslated,
@@ -67,6 +71,7 @@ impl Reason {
         Reason::DropNoSnatPort,
         Reason::DropPolicyDenied,
         Reason::DropPolicyNoEndpoint,
+        Reason::DropPolicyFqdn,
     ];
 
     /// The reason for a code read back from the map, if this build knows it.
@@ -87,6 +92,7 @@ impl Reason {
             8 => Some(Reason::PolicyAuditDenied),
             21 => Some(Reason::DropPolicyDenied),
             22 => Some(Reason::DropPolicyNoEndpoint),
+            23 => Some(Reason::DropPolicyFqdn),
             _ => None,
         }
     }
@@ -109,6 +115,7 @@ impl Reason {
             Reason::PolicyAuditDenied => "policy-audit-denied",
             Reason::DropPolicyDenied => "drop-policy-denied",
             Reason::DropPolicyNoEndpoint => "drop-policy-no-endpoint",
+            Reason::DropPolicyFqdn => "drop-policy-fqdn",
         }
     }
 

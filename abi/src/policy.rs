@@ -44,7 +44,10 @@ pub struct PolicyEndpoint {
     pub table: u32,
     /// `MODE_*` per direction (`DIR_*`).
     pub modes: [u8; 2],
-    pub _pad: [u8; 2],
+    /// 1 when an FQDNPolicy selects the pod: its new egress flows to destinations outside
+    /// the cluster also need a learned address in [`FqdnKey`]'s map (see `FqdnAllow`).
+    pub fqdn: u8,
+    pub _pad: u8,
     /// Per direction, the bits whose rule allows every port and protocol.
     pub any_ports: [u64; 2],
     /// Per direction, the counter slot of denied (or, audited, would-be denied) packets.
@@ -104,6 +107,98 @@ pub struct PolicyFlow {
     pub _pad: [u8; 3],
 }
 
+/// Capacity of the learned FQDN addresses map (pod, address) written by `twill-dnsd`.
+pub const MAX_FQDN_ALLOWS: u32 = 65_536;
+/// Capacity of the map of the names behind learned addresses (for `netctl why`).
+pub const MAX_FQDN_NAMES: u32 = 16_384;
+/// Port ranges one learned address can carry; rules beyond that allow fewer ports (never
+/// more), and `twill-dnsd` says so.
+pub const MAX_FQDN_PORTS: usize = 8;
+/// The longest name kept in [`FqdnName`].
+pub const MAX_FQDN_NAME: usize = 253;
+
+/// An address a pod may reach because `twill-dnsd` answered it an allowed name that
+/// resolved to it. Written by `twill-dnsd` only, before the answer is sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FqdnKey {
+    /// The asking pod, wire order.
+    pub pod_ip: u32,
+    /// The resolved address, wire order.
+    pub peer_ip: u32,
+}
+
+/// A port range of a learned address: host-order ports, `lo..=hi`, of `protocol`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FqdnPort {
+    pub lo: u16,
+    pub hi: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Until when, and to which ports, a pod may open flows to a learned address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FqdnAllow {
+    /// `CLOCK_MONOTONIC` ns (`bpf_ktime_get_ns`): new flows are denied from then on.
+    pub expires_ns: u64,
+    /// When the answer was last given (`CLOCK_MONOTONIC` ns).
+    pub learned_ns: u64,
+    /// The key of the name in the names map ([`FqdnName`]).
+    pub name: u64,
+    /// The TTL of the answer, in seconds (before any configured minimum).
+    pub ttl: u32,
+    /// 1: every port and protocol; else only `ports[..port_count]`.
+    pub any_port: u8,
+    pub port_count: u8,
+    pub _pad: [u8; 2],
+    pub ports: [FqdnPort; MAX_FQDN_PORTS],
+}
+
+/// A name that addresses were learned for (the asked name, lower-case, no trailing dot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FqdnName {
+    pub len: u16,
+    pub bytes: [u8; MAX_FQDN_NAME],
+    pub _pad: [u8; 1],
+}
+
+impl Default for FqdnName {
+    fn default() -> Self {
+        FqdnName {
+            len: 0,
+            bytes: [0; MAX_FQDN_NAME],
+            _pad: [0; 1],
+        }
+    }
+}
+
+impl FqdnAllow {
+    /// Whether a flow of `protocol` to host-order `port` is allowed by the ports.
+    #[inline(always)]
+    pub fn allows_port(&self, protocol: u8, port: u16) -> bool {
+        if self.any_port != 0 {
+            return true;
+        }
+        let mut i = 0;
+        while i < MAX_FQDN_PORTS {
+            let p = &self.ports[i];
+            if i < self.port_count as usize
+                && p.protocol == protocol
+                && p.lo <= port
+                && port <= p.hi
+            {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
 /// The scope word of the keys: table and direction, big-endian.
 pub const fn scope(table: u32, direction: u32) -> u32 {
     ((table << 1) | (direction & 1)).to_be()
@@ -148,6 +243,10 @@ const _: () = assert!(core::mem::size_of::<PortPrefix>() == 8);
 const _: () = assert!(core::mem::size_of::<RuleSlotKey>() == 12);
 const _: () = assert!(core::mem::size_of::<PolicyFlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<PolicyFlow>() == 8);
+const _: () = assert!(core::mem::size_of::<FqdnKey>() == 8);
+const _: () = assert!(core::mem::size_of::<FqdnPort>() == 8);
+const _: () = assert!(core::mem::size_of::<FqdnAllow>() == 32 + 8 * MAX_FQDN_PORTS);
+const _: () = assert!(core::mem::size_of::<FqdnName>() == 256);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -165,6 +264,14 @@ mod pod {
     unsafe impl aya::Pod for PolicyFlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PolicyFlow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FqdnKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FqdnPort {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FqdnAllow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FqdnName {}
 }
 
 #[cfg(test)]
@@ -181,5 +288,36 @@ mod tests {
         assert_eq!(p.scope.to_ne_bytes(), [0, 0, 0, 10]);
         assert_eq!(p.proto_port, [6, 0x1f, 0x90, 0]);
         assert_eq!(len, PORT_LOOKUP_LEN);
+    }
+
+    #[test]
+    fn learned_ports_match_protocol_and_range_only() {
+        let mut a = FqdnAllow::default();
+        assert!(
+            !a.allows_port(6, 443),
+            "no ports and not any_port allows nothing"
+        );
+        a.ports[0] = FqdnPort {
+            lo: 443,
+            hi: 445,
+            protocol: 6,
+            _pad: [0; 3],
+        };
+        a.ports[1] = FqdnPort {
+            lo: 53,
+            hi: 53,
+            protocol: 132,
+            _pad: [0; 3],
+        };
+        a.port_count = 2;
+        assert!(a.allows_port(6, 443) && a.allows_port(6, 445));
+        assert!(!a.allows_port(6, 446) && !a.allows_port(17, 443));
+        // SCTP in a rule never opens TCP or UDP.
+        assert!(a.allows_port(132, 53) && !a.allows_port(6, 53) && !a.allows_port(17, 53));
+        // Entries past port_count do not count.
+        a.port_count = 1;
+        assert!(!a.allows_port(132, 53));
+        a.any_port = 1;
+        assert!(a.allows_port(17, 9));
     }
 }

@@ -95,6 +95,8 @@ pub enum DatapathError {
     },
     #[error("map {name} is full ({capacity} entries): raise its size in twilld's configuration")]
     MapFull { name: &'static str, capacity: u32 },
+    #[error("map {name} is full ({capacity} entries)")]
+    Full { name: &'static str, capacity: u32 },
     #[error("map {name} (at {path})")]
     Map {
         name: &'static str,
@@ -121,6 +123,8 @@ mod local;
 pub use local::{
     local_backend_pin, monotonic_ns, read_local_backends, remove_local_backend, set_local_backend,
 };
+mod fqdn;
+pub use fqdn::{FqdnMaps, LearnedAddress, fqdn_name, fqdn_name_id, fqdn_name_text, read_fqdn};
 mod policy;
 pub use policy::{PolicyMaps, TrieKey, read_policy, read_policy_flows};
 

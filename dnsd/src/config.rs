@@ -52,6 +52,15 @@ struct FileConfig {
     #[serde(default)]
     forward: FileForward,
     intercept: Option<FileIntercept>,
+    #[serde(default)]
+    fqdn: FileFqdn,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFqdn {
+    pin_dir: Option<PathBuf>,
+    min_ttl_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +140,18 @@ pub struct InterceptConfig {
 
 pub use twill_store::EtcdTls;
 
+/// FQDNPolicy (`[fqdn]`): where the learned addresses go, and how long at least they hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FqdnConfig {
+    /// The node's bpffs directory (default: `[intercept]`'s, else twilld's default).
+    pub pin_dir: PathBuf,
+    /// An address learned from an answer holds for the answer's TTL, but at least this.
+    pub min_ttl: Duration,
+}
+
+/// The default [`FqdnConfig::min_ttl`].
+pub const DEFAULT_FQDN_MIN_TTL: Duration = Duration::from_secs(60);
+
 /// A checked configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -150,6 +171,7 @@ pub struct Config {
     pub tcp_max_connections: usize,
     /// `None`: no `[intercept]` section, queries reach this server only when sent to it.
     pub intercept: Option<InterceptConfig>,
+    pub fqdn: FqdnConfig,
 }
 
 impl Config {
@@ -321,8 +343,28 @@ impl Config {
             Some(section) => Some(intercept_config(section, &listen, &invalid)?),
         };
 
+        let min_ttl = match file.fqdn.min_ttl_seconds {
+            None => DEFAULT_FQDN_MIN_TTL,
+            Some(s) if s <= 24 * 3600 => Duration::from_secs(s),
+            Some(s) => {
+                return Err(invalid(
+                    "fqdn.min_ttl_seconds",
+                    format!("{s} is more than a day"),
+                ));
+            }
+        };
+        let fqdn = FqdnConfig {
+            pin_dir: file
+                .fqdn
+                .pin_dir
+                .or_else(|| intercept.as_ref().map(|i| i.pin_dir.clone()))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR)),
+            min_ttl,
+        };
+
         Ok(Config {
             intercept,
+            fqdn,
             listen,
             zone,
             etcd_endpoints,
@@ -576,6 +618,33 @@ serve_stale_seconds = 60
         ] {
             assert_eq!(key_of(&format!("{l}{section}")), key, "{section}");
         }
+    }
+
+    #[test]
+    fn fqdn_section() {
+        let l = "listen = [\"10.0.0.5:53\"]\n";
+        let c = parse(l).unwrap();
+        assert_eq!(c.fqdn.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+        assert_eq!(c.fqdn.min_ttl, DEFAULT_FQDN_MIN_TTL);
+        let c = parse(&format!(
+            "{l}[intercept]\nservice_ip = \"10.96.0.10\"\npin_dir = \"/sys/fs/bpf/x\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.fqdn.pin_dir,
+            PathBuf::from("/sys/fs/bpf/x"),
+            "intercept's pins"
+        );
+        let c = parse(&format!(
+            "{l}[fqdn]\nmin_ttl_seconds = 2\npin_dir = \"/p\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.fqdn.min_ttl, Duration::from_secs(2));
+        assert_eq!(c.fqdn.pin_dir, PathBuf::from("/p"));
+        assert_eq!(
+            key_of(&format!("{l}[fqdn]\nmin_ttl_seconds = 100000\n")),
+            "fqdn.min_ttl_seconds"
+        );
     }
 
     #[test]

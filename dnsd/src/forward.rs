@@ -403,7 +403,7 @@ fn reply_shell(query: &Message) -> Message {
     reply
 }
 
-fn error_reply(query: &Message, code: ResponseCode) -> Message {
+pub fn error_reply(query: &Message, code: ResponseCode) -> Message {
     let mut reply = reply_shell(query);
     reply.metadata.response_code = code;
     reply

@@ -11,6 +11,7 @@ pub mod answers;
 pub mod cache;
 pub mod config;
 pub mod forward;
+pub mod fqdn;
 pub mod intercept;
 pub mod server;
 pub mod source;

@@ -8,6 +8,7 @@ use tracing::{info, warn};
 use twill_dnsd::{
     config::{Config, Overrides},
     forward::Forwarder,
+    fqdn::{self, FqdnRules, Learner},
     intercept,
     server::{Listeners, Responder, TcpLimits},
     source,
@@ -42,6 +43,9 @@ enum Command {
         overrides: Overrides,
     },
 }
+
+/// How often expired learned FQDN addresses are removed.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() {
     if let Err(e) = run(Cli::parse()) {
@@ -114,14 +118,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ),
     }
     let (zone_tx, zone_rx) = tokio::sync::watch::channel(None);
+    let (rules_tx, rules_rx) = tokio::sync::watch::channel(Arc::new(FqdnRules::default()));
     let forwarder = Arc::new(Forwarder::new(config.forward.clone()));
-    let responder = Arc::new(Responder::new(zone_rx, forwarder));
+    let learner = Arc::new(Learner::new(config.fqdn.clone()));
+    let responder = Arc::new(
+        Responder::new(zone_rx, forwarder).with_fqdn(rules_rx.clone(), Arc::clone(&learner)),
+    );
+    let sweeping = tokio::spawn(fqdn::keep_swept(learner, rules_rx, SWEEP_EVERY));
     let limits = TcpLimits {
         idle_timeout: config.tcp_idle_timeout,
         max_connections: config.tcp_max_connections,
     };
     let follow_config = config.clone();
-    let following = tokio::spawn(async move { source::follow(&follow_config, zone_tx).await });
+    let following =
+        tokio::spawn(async move { source::follow(&follow_config, zone_tx, rules_tx).await });
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("handling SIGTERM")?;
     // Pods' queries are taken over only once the sockets are bound, and only while the
@@ -142,5 +152,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         intercept::withdraw(c);
     }
     following.abort();
+    sweeping.abort();
     result
 }

@@ -7,7 +7,11 @@
 //! once. Nothing a client sends makes the server panic: a message `twill-dns` cannot read
 //! is answered FORMERR when it has a header, and dropped otherwise.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use hickory_proto::op::{Message, MessageType, Metadata, ResponseCode};
@@ -21,7 +25,8 @@ use twill_dns::{Transport, WireOutcome, encode_within};
 
 use crate::{
     answers::{self, AnswerCache},
-    forward::Forwarder,
+    forward::{Forwarder, error_reply},
+    fqdn::{CurrentRules, Learned, Learner, Verdict},
     source::CurrentZone,
 };
 
@@ -50,6 +55,23 @@ pub struct Responder {
     forwarder: Arc<Forwarder>,
     /// The zone's encoded answers, by query.
     answers: std::sync::Mutex<AnswerCache>,
+    /// FQDNPolicy: the rules in force and where learned addresses go.
+    fqdn: Option<(CurrentRules, Arc<Learner>)>,
+}
+
+/// What FQDNPolicy makes of a forwarded query.
+enum Gate {
+    /// Not selected: answer as usual.
+    Open,
+    /// Answer this (NXDOMAIN) instead.
+    Refuse(Message),
+    /// Allowed: learn the answer's addresses for this pod before sending it.
+    Learn {
+        pod: Ipv4Addr,
+        name: String,
+        any_port: bool,
+        ports: Vec<twill_abi::policy::FqdnPort>,
+    },
 }
 
 /// Most zone answers kept encoded (all go when the zone changes, or when it is full).
@@ -61,6 +83,66 @@ impl Responder {
             zone,
             forwarder,
             answers: std::sync::Mutex::new(AnswerCache::new(KEPT_ANSWERS)),
+            fqdn: None,
+        }
+    }
+
+    /// Enforces FQDNPolicy on forwarded queries: `rules` from the store, addresses written
+    /// through `learner`.
+    pub fn with_fqdn(mut self, rules: CurrentRules, learner: Arc<Learner>) -> Responder {
+        self.fqdn = Some((rules, learner));
+        self
+    }
+
+    /// What FQDNPolicy says of `query` (a name outside the zone) from `client`.
+    fn gate(&self, query: &Message, client: IpAddr) -> Gate {
+        let (Some((rules, learner)), IpAddr::V4(pod)) = (&self.fqdn, client) else {
+            return Gate::Open;
+        };
+        let rules = rules.borrow();
+        if !rules.selects(pod) {
+            return Gate::Open;
+        }
+        let Some(q) = query.queries.first() else {
+            return Gate::Open;
+        };
+        let name = q
+            .name()
+            .to_ascii()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        match rules.verdict(pod, &name) {
+            Verdict::NotSelected => Gate::Open,
+            Verdict::Denied => {
+                learner.denied(pod, &name);
+                Gate::Refuse(error_reply(query, ResponseCode::NXDomain))
+            }
+            Verdict::Allowed { any_port, ports } => Gate::Learn {
+                pod,
+                name,
+                any_port,
+                ports,
+            },
+        }
+    }
+
+    /// `reply` to `query` once its addresses are learned (SERVFAIL when they cannot be).
+    fn learned(&self, gate: &Gate, query: &Message, reply: Message) -> Message {
+        let (
+            Gate::Learn {
+                pod,
+                name,
+                any_port,
+                ports,
+            },
+            Some((_, learner)),
+        ) = (gate, &self.fqdn)
+        else {
+            return reply;
+        };
+        match learner.learn(*pod, name, &reply, *any_port, ports) {
+            Learned::Written(_) => reply,
+            Learned::Failed(_) => servfail(query),
         }
     }
 
@@ -73,7 +155,7 @@ impl Responder {
 
     /// What can be answered at once, without waiting: from the zone, or a fresh cache
     /// entry. [`Now::Later`] when the query must go upstream ([`Self::respond`]).
-    pub fn respond_now(&self, query: &[u8], transport: Transport) -> Now {
+    pub fn respond_now(&self, query: &[u8], transport: Transport, client: IpAddr) -> Now {
         let zone = self.zone.borrow().clone();
         let Some(zone) = zone else {
             return Now::Later;
@@ -97,9 +179,14 @@ impl Responder {
                 let Ok(message) = Message::from_vec(query) else {
                     return Now::Later;
                 };
-                let Some(mut reply) = self.forwarder.cached(&message) else {
+                let gate = self.gate(&message, client);
+                if let Gate::Refuse(reply) = &gate {
+                    return reply.to_vec().map_or(Now::Nothing, Now::Send);
+                }
+                let Some(reply) = self.forwarder.cached(&message) else {
                     return Now::Later;
                 };
+                let mut reply = self.learned(&gate, &message, reply);
                 reply.metadata.id = message.metadata.id;
                 let limit = match transport {
                     Transport::Udp => zone.udp_limit(&message),
@@ -116,7 +203,12 @@ impl Responder {
     /// The response to the message `query` that came over `transport`, encoded within that
     /// transport's size limit; `None` when nothing is to be sent. Before the first zone is
     /// in, every query gets SERVFAIL (the client retries, and caches nothing).
-    pub async fn respond(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    pub async fn respond(
+        &self,
+        query: &[u8],
+        transport: Transport,
+        client: IpAddr,
+    ) -> Option<Vec<u8>> {
         let zone = self.zone.borrow().clone();
         let Some(zone) = zone else {
             let message = Message::from_vec(query).ok()?;
@@ -131,7 +223,12 @@ impl Responder {
             WireOutcome::Forward => {
                 // answer_bytes parsed it already, so this cannot fail.
                 let message = Message::from_vec(query).ok()?;
-                let mut reply = self.forwarder.resolve(&message).await;
+                let gate = self.gate(&message, client);
+                if let Gate::Refuse(reply) = &gate {
+                    return reply.to_vec().ok();
+                }
+                let reply = self.forwarder.resolve(&message).await;
+                let mut reply = self.learned(&gate, &message, reply);
                 reply.metadata.id = message.metadata.id;
                 let limit = match transport {
                     Transport::Udp => zone.udp_limit(&message),
@@ -244,7 +341,7 @@ async fn serve_udp(
         };
         // Zone answers and cache hits are sent from here, without a task; only what goes
         // upstream waits in one.
-        match responder.respond_now(&buffer[..length], Transport::Udp) {
+        match responder.respond_now(&buffer[..length], Transport::Udp, peer.ip()) {
             Now::Send(response) => {
                 let sent = match socket.try_send_to(&response, peer) {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -269,7 +366,7 @@ async fn serve_udp(
         let responder = Arc::clone(&responder);
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some(response) = responder.respond(&query, Transport::Udp).await
+            if let Some(response) = responder.respond(&query, Transport::Udp, peer.ip()).await
                 && let Err(e) = socket.send_to(&response, peer).await
             {
                 debug!("udp answer to {peer}: {e}");
@@ -311,7 +408,7 @@ async fn serve_tcp(
         let responder = Arc::clone(&responder);
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = tcp_connection(stream, responder, idle_timeout).await {
+            if let Err(e) = tcp_connection(stream, peer.ip(), responder, idle_timeout).await {
                 debug!("tcp connection from {peer}: {e:#}");
             }
         });
@@ -322,6 +419,7 @@ async fn serve_tcp(
 /// `idle_timeout`; writes each answer when it is ready.
 async fn tcp_connection(
     stream: TcpStream,
+    client: IpAddr,
     responder: Arc<Responder>,
     idle_timeout: Duration,
 ) -> anyhow::Result<()> {
@@ -366,7 +464,7 @@ async fn tcp_connection(
         let answers = answers.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some(response) = responder.respond(&query, Transport::Tcp).await {
+            if let Some(response) = responder.respond(&query, Transport::Tcp, client).await {
                 // The writer is gone when the connection failed; nothing to do then.
                 let _ = answers.send(response).await;
             }

@@ -20,7 +20,7 @@ use twill_k8s::{
     endpoints::{PodPlacement, backends},
 };
 
-use crate::config::Config;
+use crate::{config::Config, fqdn::FqdnRules};
 
 pub use twill_store::{Entry, parse};
 
@@ -56,7 +56,7 @@ pub fn snapshot(store: &Store, serial: u32) -> ClusterSnapshot {
                     .entry((s.namespace.as_str(), s.service.as_str()))
                     .or_default()
                     .push(s),
-                Object::NetworkPolicy(_) => {}
+                Object::NetworkPolicy(_) | Object::FqdnPolicy(_) => {}
             },
             Entry::Pod(record) => {
                 records.insert((record.namespace.as_str(), record.name.as_str()), record);
@@ -249,7 +249,7 @@ pub type ZoneSender = watch::Sender<Option<Arc<Zone>>>;
 /// Follows the store forever, publishing a new zone on `tx` after each change. The zone
 /// is built off the follower (a large cluster takes tens of milliseconds): the follower
 /// hands each new snapshot to a builder task, which always builds the latest one.
-pub async fn follow(config: &Config, tx: ZoneSender) {
+pub async fn follow(config: &Config, tx: ZoneSender, rules: watch::Sender<Arc<FqdnRules>>) {
     let etcd = twill_store::Etcd {
         endpoints: config.etcd_endpoints.clone(),
         tls: config.etcd_tls.clone(),
@@ -266,6 +266,16 @@ pub async fn follow(config: &Config, tx: ZoneSender) {
         }
     });
     twill_store::follow(&etcd, "dns", None, parse, |store, _, revision| {
+        // FQDNPolicy rules first: a pod they newly select must not get an answer the
+        // datapath will not let it use.
+        let new_rules = FqdnRules::from_store(store);
+        rules.send_if_modified(|current| {
+            if **current == new_rules {
+                return false;
+            }
+            *current = Arc::new(new_rules);
+            true
+        });
         snap_tx.send_replace(Some((snapshot(store, serial_of(revision)), revision)));
     })
     .await;

@@ -10,8 +10,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -20,35 +19,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use twill_lab::{Host, Lab, LabSpec};
+use twill_lab::{Lab, LabSpec};
 use twill_netns::NetNs;
 use twill_tests::{cni, daemon::Twilld, require_root};
 
-const DNSD: &str = env!("CARGO_BIN_EXE_twill-dnsd");
+mod common;
+use common::{Dnsd, Guard, require_tools, sibling, within};
+
 const TWILLD_CONFIG: &str = "[network]\nresync_seconds = 1\n[lease]\nttl_seconds = 5\n";
 const DNS_VIP: &str = "10.96.0.10";
 const WEB_VIP: &str = "10.96.0.80";
 const WEB_NAME: &str = "web.default.svc.cluster.local";
-
-fn sibling(name: &str) -> PathBuf {
-    let path = Path::new(DNSD).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build` at the workspace root first \
-         (`cargo test -p twill-dnsd` builds only twill-dnsd)",
-        path.display()
-    );
-    path
-}
-
-fn require_tools() {
-    for (tool, arg) in [("dig", "-v"), ("dnsmasq", "--version")] {
-        assert!(
-            Command::new(tool).arg(arg).output().is_ok(),
-            "{tool} is missing: apt-get install bind9-dnsutils dnsmasq (scripts/setup installs them)"
-        );
-    }
-}
 
 fn objects() -> String {
     format!(
@@ -99,104 +80,6 @@ fn is_fallback(answer: &str) -> bool {
     answer == "\"fallback\""
 }
 
-/// twill-dnsd in the node's namespace; killed when dropped, its log shown on failure.
-struct Dnsd {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Dnsd {
-    fn start(node: &Host, config: &Path) -> Dnsd {
-        let log = node.state_dir.join("dnsd.log");
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open the dnsd log");
-        let mut cmd = Command::new(DNSD);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup the log"))
-            .stderr(out);
-        // Host::output would do for dig; twill-dnsd is spawned like any host process.
-        let child = node.spawn(cmd).expect("start twill-dnsd");
-        Dnsd { child, log }
-    }
-
-    /// Until it answers the cluster zone on its own address.
-    fn wait_serving(&mut self, node: &Host) {
-        let ip = node.plan.underlay_ip.to_string();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let out = node
-                .output(
-                    "dig",
-                    &[&format!("@{ip}"), "+time=1", "+tries=1", "+short", WEB_NAME],
-                )
-                .expect("dig");
-            if String::from_utf8_lossy(&out.stdout).trim() == WEB_VIP {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("twill-dnsd exited ({status}):\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "twill-dnsd not serving after 20 s:\n{}",
-                self.log_text()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&mut self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} failed");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Dnsd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("twill-dnsd log:\n{}", self.log_text());
-        }
-    }
-}
-
-/// A process killed (and reaped) when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Polls every 100 ms until `done` holds; the time it took. Panics after `bound`.
-fn within(what: &str, bound: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if done() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < bound, "{what}: not within {bound:?}");
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// `(start, end, answered)` of each whoami.test query a background loop sends.
 type Probes = Arc<std::sync::Mutex<Vec<(Instant, Instant, bool)>>>;
 
@@ -225,7 +108,7 @@ fn longest_outage(probes: &[(Instant, Instant, bool)]) -> Duration {
 #[test]
 fn pods_queries_to_the_dns_service_go_to_twill_dnsd_and_fall_back_when_it_dies() {
     require_root();
-    require_tools();
+    require_tools(&[("dig", "-v"), ("dnsmasq", "--version")]);
     let twilld = sibling("twilld");
     let (twill, netctl) = (sibling("twill"), sibling("netctl"));
     let mut lab = Lab::up(&LabSpec::for_test(1, 0)).expect("lab up");
@@ -302,7 +185,7 @@ fn pods_queries_to_the_dns_service_go_to_twill_dnsd_and_fall_back_when_it_dies()
     )
     .expect("write the dnsd config");
     let mut dnsd = Dnsd::start(&node, &config);
-    dnsd.wait_serving(&node);
+    dnsd.wait_serving(&node, WEB_NAME, WEB_VIP);
 
     // 1. Intercepted: a name only twill-dnsd knows, from 10.96.0.10 (dig checks the
     // reply's source), over UDP and TCP.
@@ -426,7 +309,7 @@ fn pods_queries_to_the_dns_service_go_to_twill_dnsd_and_fall_back_when_it_dies()
     // 3. Back: intercepted again as soon as it serves.
     let restarted = Instant::now();
     let mut dnsd = Dnsd::start(&node, &config);
-    dnsd.wait_serving(&node);
+    dnsd.wait_serving(&node, WEB_NAME, WEB_VIP);
     let took = within(
         "intercepted after a restart",
         Duration::from_secs(1),

@@ -5,7 +5,7 @@
 //! so each `#[map(name = ...)]` stays as it is. New maps (policy, DNS) are declared here too.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -17,9 +17,9 @@ use twill_abi::{
     },
     metrics::{METRICS_ENTRIES, MetricValue},
     policy::{
-        DEFAULT_PEER_ENTRIES, DEFAULT_PORT_ENTRIES, MAX_ENDPOINTS, MAX_POLICY_FLOWS,
-        MAX_RULE_SLOTS, POLICY_COUNTERS, PeerPrefix, PolicyEndpoint, PolicyFlow, PolicyFlowKey,
-        PortPrefix, RuleSlotKey,
+        DEFAULT_PEER_ENTRIES, DEFAULT_PORT_ENTRIES, FqdnAllow, FqdnName, MAX_ENDPOINTS,
+        MAX_FQDN_ALLOWS, MAX_FQDN_NAMES, MAX_POLICY_FLOWS, MAX_RULE_SLOTS, POLICY_COUNTERS,
+        PeerPrefix, PolicyEndpoint, PolicyFlow, PolicyFlowKey, PortPrefix, RuleSlotKey,
     },
 };
 
@@ -74,6 +74,16 @@ pub(crate) static TWILL_POL_COUNT: PerCpuArray<u64> = PerCpuArray::pinned(POLICY
 /// maps whose table ids it keeps unique.
 #[map(name = "TWILL_POL_STATE")]
 pub(crate) static TWILL_POL_STATE: Array<u32> = Array::pinned(1, 0);
+/// Learned FQDN addresses, keyed by `FqdnKey` (written by `twill-dnsd` only). Not
+/// preallocated: a node without FQDNPolicies pays no memory for it.
+#[map(name = "TWILL_FQDN")]
+pub(crate) static TWILL_FQDN: HashMap<twill_abi::policy::FqdnKey, FqdnAllow> =
+    HashMap::pinned(MAX_FQDN_ALLOWS, BPF_F_NO_PREALLOC);
+/// The names behind `TWILL_FQDN`'s entries; read by `netctl why` only, declared here so
+/// it is pinned with the map it explains.
+#[map(name = "TWILL_FQDN_NAME")]
+pub(crate) static TWILL_FQDN_NAME: HashMap<u64, FqdnName> =
+    HashMap::pinned(MAX_FQDN_NAMES, BPF_F_NO_PREALLOC);
 
 /// The service CIDR, set at load time (wire order): destinations outside it skip the
 /// Service lookups, so pod-to-pod traffic pays for none. A mask of 0 means "every
@@ -95,6 +105,20 @@ pub(crate) fn maybe_service(dst: u32) -> bool {
         )
     };
     dst & mask == net
+}
+
+/// Whether `dst` is in the service CIDR; false when none was set (unlike
+/// [`maybe_service`], which then says every destination may be one).
+#[inline(always)]
+pub(crate) fn in_service_cidr(dst: u32) -> bool {
+    // SAFETY: as in `maybe_service`.
+    let (net, mask) = unsafe {
+        (
+            core::ptr::read_volatile(&SERVICE_NET),
+            core::ptr::read_volatile(&SERVICE_MASK),
+        )
+    };
+    mask != 0 && dst & mask == net
 }
 
 #[inline(always)]

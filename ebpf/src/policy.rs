@@ -18,15 +18,15 @@ use twill_abi::{
     lb::{IPPROTO_TCP, IPPROTO_UDP},
     metrics::{Direction, Reason},
     policy::{
-        DIR_EGRESS, DIR_INGRESS, MODE_AUDIT, MODE_OPEN, PEER_LOOKUP_LEN, PORT_LOOKUP_LEN,
+        DIR_EGRESS, DIR_INGRESS, FqdnKey, MODE_AUDIT, MODE_OPEN, PEER_LOOKUP_LEN, PORT_LOOKUP_LEN,
         PeerPrefix, PolicyEndpoint, PolicyFlow, PolicyFlowKey, PortPrefix, RuleSlotKey, scope,
     },
 };
 
 use crate::{
     maps::{
-        TWILL_POL_COUNT, TWILL_POL_CT, TWILL_POL_EP, TWILL_POL_PEER, TWILL_POL_PORT,
-        TWILL_POL_RULE, lookup, node_config,
+        TWILL_FQDN, TWILL_POL_COUNT, TWILL_POL_CT, TWILL_POL_EP, TWILL_POL_PEER, TWILL_POL_PORT,
+        TWILL_POL_RULE, in_service_cidr, lookup, node_config,
     },
     metrics::count,
     parse::L4,
@@ -161,6 +161,24 @@ fn check(key: &PolicyFlowKey, dir: u32, opens: bool, direction: Direction) -> Re
     } else {
         ep.modes[1]
     };
+    // An FQDNPolicy selects the pod, and this packet goes outside the cluster: a flow
+    // not known yet also needs an address learned from an allowed name.
+    let fqdn = dir == DIR_EGRESS && ep.fqdn != 0 && outside_cluster(key.peer_ip);
+    if mode == MODE_OPEN && fqdn {
+        if opens || lookup!(TWILL_POL_CT, key).is_none() {
+            if !fqdn_allows(key) {
+                bump(ep.deny_counter[1]);
+                return Reason::DropPolicyFqdn;
+            }
+            let flow = PolicyFlow {
+                table: ep.table,
+                origin: dir as u8,
+                _pad: [0; 3],
+            };
+            let _ = TWILL_POL_CT.insert(key, flow, 0);
+        }
+        return Reason::Forwarded;
+    }
     if mode == MODE_OPEN {
         // Nothing to decide, but the flow is remembered with who opened it, so that a
         // policy isolating the pod later still lets this flow's replies through.
@@ -186,7 +204,13 @@ fn check(key: &PolicyFlowKey, dir: u32, opens: bool, direction: Direction) -> Re
     let origin = match known {
         Some(flow) if flow.table == ep.table => return Reason::Forwarded,
         // Allowed under an older table: decided again, in the direction it was opened.
+        // (Its FQDN check is not made again: a learned address holds for as long as a
+        // connection to it is open.)
         Some(flow) => u32::from(flow.origin),
+        None if fqdn && !fqdn_allows(key) => {
+            bump(ep.deny_counter[1]);
+            return Reason::DropPolicyFqdn;
+        }
         None => dir,
     };
     // The destination port of the flow's opening packet.
@@ -270,6 +294,38 @@ fn decide(
         return true;
     }
     false
+}
+
+/// Whether a new egress flow of a pod is to an address learned for it, unexpired, at a
+/// port the allowing rule names.
+#[inline(always)]
+fn fqdn_allows(key: &PolicyFlowKey) -> bool {
+    let learned = FqdnKey {
+        pod_ip: key.pod_ip,
+        peer_ip: key.peer_ip,
+    };
+    let Some(allow) = lookup!(TWILL_FQDN, &learned) else {
+        return false;
+    };
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    if now >= allow.expires_ns {
+        return false;
+    }
+    allow.allows_port(key.protocol, u16::from_be(key.peer_port))
+}
+
+/// Outside the cluster: not a pod address (the cluster CIDR), not a Service address, not
+/// this node. Without the node's configuration every address is outside (fails closed).
+#[inline(always)]
+fn outside_cluster(ip: u32) -> bool {
+    if from_own_node(ip) || in_service_cidr(ip) {
+        return false;
+    }
+    match node_config() {
+        Some(node) => node.cluster_mask == 0 || ip & node.cluster_mask != node.cluster_net,
+        None => true,
+    }
 }
 
 /// The node's own addresses: its underlay address, its VTEP address, the pods' gateway.

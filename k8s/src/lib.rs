@@ -1,6 +1,7 @@
 //! The Kubernetes objects twill understands: `Namespace`, `Pod`, `Service` (v1),
-//! `EndpointSlice` (discovery.k8s.io/v1) and `NetworkPolicy` (networking.k8s.io/v1), parsed
-//! strictly from (multi-document) YAML and validated into a normalized model.
+//! `EndpointSlice` (discovery.k8s.io/v1), `NetworkPolicy` (networking.k8s.io/v1) and twill's
+//! own `FQDNPolicy` (policy.twill.io/v1alpha1), parsed strictly from (multi-document) YAML
+//! and validated into a normalized model.
 //!
 //! Every problem is reported with the file, the document's position in it and the field,
 //! and [`parse`] reports all of them, so a caller can store all of a file or nothing.
@@ -10,11 +11,14 @@
 #![forbid(unsafe_code)]
 
 pub mod endpoints;
+pub mod fqdn;
+mod fqdn_parse;
 pub mod names;
 pub mod policy;
 mod policy_parse;
 mod wire;
 
+pub use fqdn::*;
 pub use policy::*;
 
 use std::{
@@ -181,6 +185,8 @@ pub enum Object {
     Service(Service),
     EndpointSlice(EndpointSlice),
     NetworkPolicy(NetworkPolicy),
+    #[serde(rename = "FQDNPolicy")]
+    FqdnPolicy(FqdnPolicy),
 }
 
 impl Object {
@@ -191,6 +197,7 @@ impl Object {
             Object::Service(_) => "Service",
             Object::EndpointSlice(_) => "EndpointSlice",
             Object::NetworkPolicy(_) => "NetworkPolicy",
+            Object::FqdnPolicy(_) => "FQDNPolicy",
         }
     }
 
@@ -202,6 +209,7 @@ impl Object {
             Object::Service(_) => "services",
             Object::EndpointSlice(_) => "endpointslices",
             Object::NetworkPolicy(_) => "networkpolicies",
+            Object::FqdnPolicy(_) => "fqdnpolicies",
         }
     }
 
@@ -213,6 +221,7 @@ impl Object {
             Object::Service(s) => Some(&s.namespace),
             Object::EndpointSlice(e) => Some(&e.namespace),
             Object::NetworkPolicy(n) => Some(&n.namespace),
+            Object::FqdnPolicy(f) => Some(&f.namespace),
         }
     }
 
@@ -223,6 +232,7 @@ impl Object {
             Object::Service(s) => &s.name,
             Object::EndpointSlice(e) => &e.name,
             Object::NetworkPolicy(n) => &n.name,
+            Object::FqdnPolicy(f) => &f.name,
         }
     }
 
@@ -379,11 +389,12 @@ fn object(
         "Namespace" | "Pod" | "Service" => "v1",
         "EndpointSlice" => "discovery.k8s.io/v1",
         "NetworkPolicy" => "networking.k8s.io/v1",
+        "FQDNPolicy" => "policy.twill.io/v1alpha1",
         other => {
             p.add(
                 "kind",
                 format!(
-                    "{other} is not a kind twill handles (Namespace, Pod, Service, EndpointSlice, NetworkPolicy)"
+                    "{other} is not a kind twill handles (Namespace, Pod, Service, EndpointSlice, NetworkPolicy, FQDNPolicy)"
                 ),
             );
             return Err(p.found);
@@ -418,8 +429,11 @@ fn object(
         "EndpointSlice" => {
             typed::<wire::EndpointSlice>(&mut p, value).map(|w| slice_obj(&mut p, w))
         }
-        _ => typed::<wire::NetworkPolicy>(&mut p, value)
+        "NetworkPolicy" => typed::<wire::NetworkPolicy>(&mut p, value)
             .map(|w| Object::NetworkPolicy(policy_parse::policy_obj(&mut p, w))),
+        // FQDNPolicy: the kinds were checked above.
+        _ => typed::<wire::FqdnPolicy>(&mut p, value)
+            .map(|w| Object::FqdnPolicy(fqdn_parse::fqdn_policy_obj(&mut p, w))),
     };
     match result {
         Some(o) if p.found.is_empty() => Ok(o),
@@ -927,3 +941,6 @@ mod tests;
 
 #[cfg(test)]
 mod policy_tests;
+
+#[cfg(test)]
+mod fqdn_tests;

@@ -274,7 +274,11 @@ fn port(p: &mut Problems<'_>, field: &str, w: &wire::PolicyPort) -> PolicyPort {
 
 const OPERATORS: &str = "In, NotIn, Exists, DoesNotExist";
 
-fn selector(p: &mut Problems<'_>, field: &str, w: &wire::LabelSelector) -> LabelSelector {
+pub(crate) fn selector(
+    p: &mut Problems<'_>,
+    field: &str,
+    w: &wire::LabelSelector,
+) -> LabelSelector {
     let match_labels: BTreeMap<String, String> = w.match_labels.clone().unwrap_or_default();
     crate::labels(p, &format!("{field}.matchLabels"), &match_labels);
     let mut match_expressions = Vec::new();

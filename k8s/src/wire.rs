@@ -258,3 +258,48 @@ pub struct NetworkPolicy {
     #[serde(default)]
     pub status: Option<Value>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FqdnSelector {
+    pub match_name: Option<String>,
+    pub match_pattern: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FqdnPort {
+    pub protocol: Option<String>,
+    /// A number; a string (a named port) is read so that it can be refused by name.
+    pub port: Option<IntOrString>,
+    pub end_port: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FqdnRule {
+    /// Required; `None` is reported as missing.
+    #[serde(rename = "toFQDNs")]
+    pub to_fqdns: Option<Vec<FqdnSelector>>,
+    pub ports: Option<Vec<FqdnPort>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FqdnPolicySpec {
+    /// Required; `None` is reported as missing.
+    pub pod_selector: Option<LabelSelector>,
+    pub egress: Option<Vec<FqdnRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FqdnPolicy {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: FqdnPolicySpec,
+    #[serde(default)]
+    pub status: Option<Value>,
+}

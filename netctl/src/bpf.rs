@@ -21,6 +21,9 @@ pub enum BpfCommand {
     /// NetworkPolicy: each local pod's table and modes, denials, per-rule counters and
     /// map fill (names and counters from the node's daemon).
     Policy(Target),
+    /// FQDNPolicy: the addresses twill-dnsd learned for each pod, the names behind them,
+    /// and how long they hold for new flows.
+    Fqdn(Target),
 }
 
 #[derive(Args)]
@@ -78,6 +81,49 @@ fn proto(p: u8) -> &'static str {
 pub fn run(cmd: BpfCommand) -> anyhow::Result<()> {
     match cmd {
         BpfCommand::Policy(t) => policy(&t)?,
+        BpfCommand::Fqdn(t) => {
+            let dir = t.pin_dir()?;
+            let mut learned = twill_bpf::read_fqdn(&dir)?;
+            learned.sort_by_key(|l| (u32::from_be(l.key.pod_ip), u32::from_be(l.key.peer_ip)));
+            let now = twill_bpf::monotonic_ns() as f64 / 1e9;
+            println!(
+                "{:<16} {:<16} {:<32} {:>6} {:>9} PORTS",
+                "POD", "ADDRESS", "NAME", "TTL", "HOLDS"
+            );
+            for l in learned {
+                let a = &l.allow;
+                let holds = a.expires_ns as f64 / 1e9 - now;
+                let ports = if a.any_port != 0 {
+                    "any".to_owned()
+                } else {
+                    a.ports[..usize::from(a.port_count)]
+                        .iter()
+                        .map(|p| {
+                            let range = if p.lo == p.hi {
+                                p.lo.to_string()
+                            } else {
+                                format!("{}-{}", p.lo, p.hi)
+                            };
+                            format!("{range}/{}", twill_policy::protocol_name(p.protocol))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                println!(
+                    "{:<16} {:<16} {:<32} {:>5}s {:>9} {}",
+                    ip(l.key.pod_ip),
+                    ip(l.key.peer_ip),
+                    l.name.as_deref().unwrap_or("?"),
+                    a.ttl,
+                    if holds > 0.0 {
+                        format!("{holds:.0}s")
+                    } else {
+                        "expired".to_owned()
+                    },
+                    ports
+                );
+            }
+        }
         BpfCommand::Services(t) => {
             let dir = t.pin_dir()?;
             let entries = twill_bpf::read_services(&dir)?;

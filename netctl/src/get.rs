@@ -1,4 +1,5 @@
-//! `netctl get`: what the cluster's etcd says about nodes, pods, services and policies.
+//! `netctl get`: what the cluster's etcd says about nodes, pods, services and policies
+//! (NetworkPolicies and FQDNPolicies).
 
 use std::collections::BTreeMap;
 
@@ -40,6 +41,14 @@ pub enum GetCommand {
     /// NetworkPolicies: whom they select now, which directions they isolate, their mode.
     #[command(name = "networkpolicies", visible_alias = "netpol")]
     NetworkPolicies {
+        #[command(flatten)]
+        args: GetArgs,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// FQDNPolicies: whom they select and which outside names they let them resolve.
+    #[command(name = "fqdnpolicies", visible_alias = "fqdnpol")]
+    FqdnPolicies {
         #[command(flatten)]
         args: GetArgs,
         #[arg(short = 'n', long)]
@@ -100,6 +109,77 @@ fn policies_of(
         },
         |p| (&p.namespace, &p.name),
     )
+}
+
+fn fqdn_policies_of(
+    entries: &[(String, Vec<u8>)],
+    namespace: Option<&String>,
+) -> Vec<twill_k8s::FqdnPolicy> {
+    namespaced(
+        entries,
+        namespace,
+        |o| match o {
+            twill_k8s::Object::FqdnPolicy(p) => Some(p),
+            _ => None,
+        },
+        |p| (&p.namespace, &p.name),
+    )
+}
+
+/// The `matchName` / `matchPattern` values of every rule, each once, in order: up to
+/// three, then how many more; `<none>` for a policy that allows no name.
+fn fqdn_names(p: &twill_k8s::FqdnPolicy) -> String {
+    const SHOWN: usize = 3;
+    let mut names: Vec<&str> = Vec::new();
+    for s in p.egress.iter().flat_map(|r| &r.to_fqdns) {
+        if !names.contains(&s.as_str()) {
+            names.push(s.as_str());
+        }
+    }
+    match names.len() {
+        0 => "<none>".into(),
+        n if n <= SHOWN => names.join(","),
+        n => format!("{} +{}", names[..SHOWN].join(","), n - SHOWN),
+    }
+}
+
+/// The ports of every rule, each once: `any` when a rule allows every port.
+fn fqdn_ports(p: &twill_k8s::FqdnPolicy) -> String {
+    if p.egress.is_empty() {
+        return "<none>".into();
+    }
+    if p.egress.iter().any(twill_k8s::FqdnRule::any_port) {
+        return "any".into();
+    }
+    let mut ports: Vec<String> = Vec::new();
+    for port in p.egress.iter().flat_map(|r| &r.ports) {
+        let text = port.to_string();
+        if !ports.contains(&text) {
+            ports.push(text);
+        }
+    }
+    ports.join(",")
+}
+
+/// The stored pods a policy with `selector` in `namespace` selects now: up to three
+/// names, then how many more.
+fn selected(
+    namespace: &str,
+    selector: &twill_k8s::LabelSelector,
+    pods: &[twill_k8s::Pod],
+) -> String {
+    const SHOWN: usize = 3;
+    let mut names: Vec<&str> = pods
+        .iter()
+        .filter(|pod| pod.namespace == namespace && selector.matches(&pod.labels))
+        .map(|pod| pod.name.as_str())
+        .collect();
+    names.sort_unstable();
+    match names.len() {
+        0 => "<none>".into(),
+        n if n <= SHOWN => names.join(","),
+        n => format!("{} +{}", names[..SHOWN].join(","), n - SHOWN),
+    }
 }
 
 /// Per-policy counters summed over the nodes whose daemons answered.
@@ -186,18 +266,7 @@ fn policy_types(p: &twill_k8s::NetworkPolicy) -> String {
 /// The stored pods a policy selects now (its namespace, its pod selector): up to three
 /// names, then how many more.
 fn selected_pods(p: &twill_k8s::NetworkPolicy, pods: &[twill_k8s::Pod]) -> String {
-    const SHOWN: usize = 3;
-    let mut names: Vec<&str> = pods
-        .iter()
-        .filter(|pod| pod.namespace == p.namespace && p.pod_selector.matches(&pod.labels))
-        .map(|pod| pod.name.as_str())
-        .collect();
-    names.sort_unstable();
-    match names.len() {
-        0 => "<none>".into(),
-        n if n <= SHOWN => names.join(","),
-        n => format!("{} +{}", names[..SHOWN].join(","), n - SHOWN),
-    }
+    selected(&p.namespace, &p.pod_selector, pods)
 }
 
 #[derive(Serialize)]
@@ -479,6 +548,49 @@ pub fn run(cmd: GetCommand) -> anyhow::Result<()> {
                 (header, lines)
             })
         }
+        GetCommand::FqdnPolicies { args, namespace } => {
+            let mut got = fetch(
+                &args,
+                &[
+                    &cluster::objects_prefix("fqdnpolicies"),
+                    &cluster::objects_prefix("pods"),
+                ],
+            )?;
+            let pods: Vec<twill_k8s::Pod> = objects(&got.pop().unwrap_or_default())
+                .into_iter()
+                .filter_map(|o| match o {
+                    twill_k8s::Object::Pod(p) => Some(p),
+                    _ => None,
+                })
+                .collect();
+            let rows = fqdn_policies_of(&got.pop().unwrap_or_default(), namespace.as_ref());
+            print(args.output, &rows, |wide| {
+                let mut header = vec!["NAMESPACE", "NAME", "POD-SELECTOR", "NAMES"];
+                if wide {
+                    header.extend(["RULES", "PORTS", "PODS"]);
+                }
+                let lines = rows
+                    .iter()
+                    .map(|p| {
+                        let mut l = vec![
+                            p.namespace.clone(),
+                            p.name.clone(),
+                            p.pod_selector.to_string(),
+                            fqdn_names(p),
+                        ];
+                        if wide {
+                            l.extend([
+                                p.egress.len().to_string(),
+                                fqdn_ports(p),
+                                selected(&p.namespace, &p.pod_selector, &pods),
+                            ]);
+                        }
+                        l
+                    })
+                    .collect();
+                (header, lines)
+            })
+        }
         GetCommand::Nodes(args) => {
             let mut got = fetch(&args, &[cluster::NODES, cluster::SUBNETS])?;
             let subnets = got.pop().unwrap_or_default();
@@ -678,6 +790,39 @@ mod tests {
         );
         assert_eq!(selected_pods(&none, &pods), "<none>");
         assert_eq!(policy_types(&none), "Egress");
+    }
+
+    #[test]
+    fn an_fqdn_policy_row_names_its_names_once_and_its_ports() {
+        let policy = |spec: &str| {
+            let yaml = format!(
+                "apiVersion: policy.twill.io/v1alpha1\nkind: FQDNPolicy\nmetadata: {{name: f, namespace: shop}}\nspec:\n  podSelector: {{matchLabels: {{app: web}}}}\n{spec}"
+            );
+            let (parsed, errors) = twill_k8s::parse("f.yaml", &yaml);
+            assert_eq!(errors, []);
+            match &parsed[0].object {
+                twill_k8s::Object::FqdnPolicy(p) => p.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let two = policy(
+            "  egress:\n  - toFQDNs: [{matchName: A.example.}, {matchPattern: \"*.example.org\"}]\n    ports: [{port: 443}, {port: 8000, endPort: 8080}]\n  - toFQDNs: [{matchName: a.example}]\n    ports: [{port: 443}, {port: 53, protocol: UDP}]\n",
+        );
+        assert_eq!(fqdn_names(&two), "a.example,*.example.org");
+        assert_eq!(fqdn_ports(&two), "443/TCP,8000-8080/TCP,53/UDP");
+        let many = policy(
+            "  egress:\n  - toFQDNs: [{matchName: a.example}, {matchName: b.example}]\n  - toFQDNs: [{matchName: c.example}, {matchName: d.example}, {matchName: e.example}]\n    ports: [{port: 443}]\n",
+        );
+        assert_eq!(fqdn_names(&many), "a.example,b.example,c.example +2");
+        assert_eq!(fqdn_ports(&many), "any");
+        let none = policy("  egress: []\n");
+        assert_eq!(fqdn_names(&none), "<none>");
+        assert_eq!(fqdn_ports(&none), "<none>");
+        let pods = [pod("shop", "web-0", "web"), pod("other", "web-1", "web")];
+        assert_eq!(
+            selected(&none.namespace, &none.pod_selector, &pods),
+            "web-0"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod lab;
 mod nodes;
 mod store;
 mod why;
+mod why_fqdn;
 
 use clap::{Parser, Subcommand};
 
@@ -23,11 +24,13 @@ enum Command {
     /// A local multi-node cluster on network namespaces, with its own etcd.
     #[command(subcommand)]
     Lab(lab::LabCommand),
-    /// Store Kubernetes objects (Namespace, Pod, Service, EndpointSlice, NetworkPolicy) from YAML.
+    /// Store Kubernetes objects (Namespace, Pod, Service, EndpointSlice, NetworkPolicy,
+    /// FQDNPolicy) from YAML.
     Apply(apply::ApplyArgs),
     /// Remove the objects named in YAML files from the store.
     Delete(apply::DeleteArgs),
-    /// Show what the cluster's store says: nodes, pods, services, endpoints, networkpolicies.
+    /// Show what the cluster's store says: nodes, pods, services, endpoints, networkpolicies,
+    /// fqdnpolicies.
     #[command(subcommand)]
     Get(get::GetCommand),
     /// Show what a node's eBPF maps hold: services, conntrack, metrics, policy.

@@ -95,6 +95,7 @@ fn read_cluster(store: &StoreArgs) -> anyhow::Result<Cluster> {
     let mut services = Vec::new();
     let mut slices = Vec::new();
     let mut pod_objects = Vec::new();
+    let mut fqdn_policies = Vec::new();
     for o in objects {
         match o {
             Object::Namespace(n) => namespaces.push(n),
@@ -102,6 +103,7 @@ fn read_cluster(store: &StoreArgs) -> anyhow::Result<Cluster> {
             Object::Service(s) => services.push(s),
             Object::EndpointSlice(s) => slices.push(s),
             Object::Pod(p) => pod_objects.push(p),
+            Object::FqdnPolicy(p) => fqdn_policies.push(p),
         }
     }
     let by_name: BTreeMap<(&str, &str), &twill_k8s::Pod> = pod_objects
@@ -123,7 +125,7 @@ fn read_cluster(store: &StoreArgs) -> anyhow::Result<Cluster> {
         })
         .collect();
     Ok(Cluster {
-        view: ClusterView::new(namespaces, pods, policies),
+        view: ClusterView::new(namespaces, pods, policies).with_fqdn_policies(fqdn_policies),
         services,
         slices,
         pod_objects,
@@ -180,6 +182,10 @@ struct Verdict {
     live: Vec<LiveCheck>,
     /// Counters from the nodes' daemons.
     counted: Vec<String>,
+    /// FQDNPolicy, when one selects the client and the destination is outside the
+    /// cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fqdn: Option<crate::why_fqdn::FqdnCheck>,
 }
 
 #[derive(Serialize)]
@@ -306,11 +312,24 @@ pub fn run(args: WhyArgs) -> anyhow::Result<()> {
                 counted.extend(counters(r, side));
             }
         }
+        let fqdn = crate::why_fqdn::check(
+            &c.view,
+            &compiled,
+            &c.nodes,
+            &c.services,
+            &nodes,
+            (from, ip, protocol, port),
+        );
+        let mut why = why;
+        if fqdn.as_ref().is_some_and(|f| !f.allowed) {
+            why.allowed = false;
+        }
         verdicts.push(Verdict {
             service,
             why,
             live,
             counted,
+            fqdn,
         });
     }
     if args.output.as_deref() == Some("json") {
@@ -529,6 +548,9 @@ fn print_verdict(v: &Verdict) {
             println!("    {n}");
         }
     }
+    if let Some(f) = &v.fqdn {
+        crate::why_fqdn::print(f);
+    }
     for c in &v.counted {
         println!("  counted on {c}");
     }
@@ -545,7 +567,7 @@ fn print_side(label: &str, s: &Side) {
             .join(", ")
     };
     let verdict = match &s.decision {
-        Decision::Open => format!("open: no policy selects {pod} for {}", s.direction),
+        Decision::Open => format!("open: no NetworkPolicy selects {pod} for {}", s.direction),
         Decision::Allowed { .. } => format!("allowed (enforced by {})", policies()),
         Decision::Denied => format!(
             "denied: isolated for {} by {}, and no rule matches",

@@ -1,5 +1,5 @@
-//! `netctl apply|delete|get services|endpoints|networkpolicies` against a lab's etcd,
-//! through the binary.
+//! `netctl apply|delete|get services|endpoints|networkpolicies|fqdnpolicies` against a
+//! lab's etcd, through the binary.
 
 use std::{
     io::Write as _,
@@ -414,6 +414,174 @@ spec:
     assert_eq!(services(&lab), serde_json::json!([]));
     let json = netctl(&["get", "netpol", "--lab", &lab, "-o", "json"]);
     assert!(json.status.success(), "{}", text(&json));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&json.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn table_rows(out: &Output) -> Vec<Vec<String>> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            l.split("   ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn an_fqdn_policy_is_stored_and_listed_and_a_named_port_stores_nothing() {
+    require_root();
+    let lab = random_name();
+    let _down = lab_up(&lab);
+    let dir = std::env::temp_dir().join(format!("twill-fqdnpol-{lab}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = write(
+        &dir,
+        "fqdn.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: client-0, namespace: shop, labels: {app: client}}
+spec: {containers: [{name: c}]}
+---
+apiVersion: policy.twill.io/v1alpha1
+kind: FQDNPolicy
+metadata:
+  name: allow-example
+  namespace: shop
+spec:
+  podSelector:
+    matchLabels: {app: client}
+  egress:
+  - toFQDNs:
+    - matchName: Allowed.Example.
+    - matchPattern: "*.example.org"
+    ports:
+    - {port: 443, endPort: 445, protocol: TCP}
+  - toFQDNs: [{matchName: api.example.net}, {matchName: cdn.example.net}]
+---
+apiVersion: policy.twill.io/v1alpha1
+kind: FQDNPolicy
+metadata: {name: deny-outside, namespace: shop}
+spec:
+  podSelector: {}
+  egress: []
+"#,
+    );
+    let out = netctl(&["apply", "-f", &good, "--lab", &lab]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("fqdnpolicy/shop/allow-example created")
+            && said.contains("fqdnpolicy/shop/deny-outside created"),
+        "{said}"
+    );
+
+    let table = netctl(&["get", "fqdnpolicies", "-n", "shop", "--lab", &lab]);
+    assert!(table.status.success(), "{}", text(&table));
+    assert_eq!(
+        table_rows(&table),
+        [
+            vec!["NAMESPACE", "NAME", "POD-SELECTOR", "NAMES"],
+            vec![
+                "shop",
+                "allow-example",
+                "app=client",
+                "allowed.example,*.example.org,api.example.net +1"
+            ],
+            vec!["shop", "deny-outside", "<all>", "<none>"],
+        ],
+        "{}",
+        text(&table)
+    );
+    let wide = netctl(&["get", "fqdnpol", "-n", "shop", "--lab", &lab, "-o", "wide"]);
+    assert_eq!(
+        table_rows(&wide)[1][4..],
+        ["2", "any", "client-0"],
+        "{}",
+        text(&wide)
+    );
+    let other = netctl(&["get", "fqdnpol", "-n", "elsewhere", "--lab", &lab]);
+    assert_eq!(text(&other).lines().count(), 1, "{}", text(&other));
+
+    // The stored objects, as validated and normalized.
+    let json = netctl(&["get", "fqdnpol", "--lab", &lab, "-o", "json"]);
+    assert!(json.status.success(), "{}", text(&json));
+    let stored: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let allow = &stored[0];
+    assert_eq!(allow["name"], "allow-example");
+    assert_eq!(
+        allow["egress"][0]["to_fqdns"],
+        serde_json::json!([{"name": "allowed.example"}, {"pattern": "*.example.org"}])
+    );
+    assert_eq!(
+        allow["egress"][0]["ports"],
+        serde_json::json!([{"protocol": "TCP", "port": 443, "end_port": 445}])
+    );
+    assert_eq!(stored[1]["egress"], serde_json::json!([]));
+
+    // A named port is refused, naming the field; nothing of that file is stored.
+    let bad = write(
+        &dir,
+        "bad.yaml",
+        r#"
+apiVersion: policy.twill.io/v1alpha1
+kind: FQDNPolicy
+metadata: {name: fine, namespace: shop}
+spec: {podSelector: {}, egress: [{toFQDNs: [{matchName: fine.example}]}]}
+---
+apiVersion: policy.twill.io/v1alpha1
+kind: FQDNPolicy
+metadata: {name: named-port, namespace: shop}
+spec:
+  podSelector: {}
+  egress:
+  - toFQDNs: [{matchPattern: "*.example.com"}]
+    ports: [{port: 443}, {port: https}]
+"#,
+    );
+    let out = netctl(&["apply", "-f", &bad, "--lab", &lab]);
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains(&format!(
+            "{bad}: document 2 (FQDNPolicy shop/named-port): spec.egress[0].ports[1].port: named ports are not allowed in an FQDNPolicy: an outside host has no pod ports"
+        )),
+        "{said}"
+    );
+    assert!(said.contains("nothing was stored (1 problem(s))"), "{said}");
+    let json = netctl(&["get", "fqdnpol", "--lab", &lab, "-o", "json"]);
+    let names: Vec<serde_json::Value> = serde_json::from_slice::<serde_json::Value>(&json.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].clone())
+        .collect();
+    assert_eq!(names, ["allow-example", "deny-outside"]);
+
+    // Applying again changes nothing; delete removes exactly what the file names.
+    let out = netctl(&["apply", "-f", &good, "--lab", &lab]);
+    assert_eq!(
+        text(&out).matches(" unchanged").count(),
+        3,
+        "{}",
+        text(&out)
+    );
+    let out = netctl(&["delete", "-f", &good, "--lab", &lab]);
+    assert!(
+        text(&out).contains("fqdnpolicy/shop/allow-example deleted")
+            && text(&out).contains("fqdnpolicy/shop/deny-outside deleted"),
+        "{}",
+        text(&out)
+    );
+    let json = netctl(&["get", "fqdnpolicies", "--lab", &lab, "-o", "json"]);
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&json.stdout).unwrap(),
         serde_json::json!([])

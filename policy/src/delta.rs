@@ -87,6 +87,24 @@ pub fn affected(
             }
         }
     }
+    // An FQDNPolicy changed (or came, or went): the pods of its namespace are affected
+    // (its selector, old or new, reads only their labels).
+    let fqdn_namespaces: BTreeSet<&str> = old
+        .fqdn_policies
+        .iter()
+        .filter(|p| !new.fqdn_policies.contains(p))
+        .chain(
+            new.fqdn_policies
+                .iter()
+                .filter(|p| !old.fqdn_policies.contains(p)),
+        )
+        .map(|p| p.namespace.as_str())
+        .collect();
+    let in_fqdn_namespace = |view: &ClusterView, ip: Ipv4Addr| {
+        view.pods
+            .iter()
+            .any(|p| p.ip == ip && fqdn_namespaces.contains(p.namespace.as_str()))
+    };
     let changed_ips: BTreeSet<Ipv4Addr> = changed.iter().map(|(_, p)| p.ip).collect();
     let selected_by_touched = |view: &ClusterView, ip: Ipv4Addr| {
         view.pods.iter().filter(|p| p.ip == ip).any(|pod| {
@@ -99,6 +117,8 @@ pub fn affected(
         .copied()
         .filter(|ip| {
             changed_ips.contains(ip)
+                || in_fqdn_namespace(old, *ip)
+                || in_fqdn_namespace(new, *ip)
                 || selected_by_touched(old, *ip)
                 || selected_by_touched(new, *ip)
         })

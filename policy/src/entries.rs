@@ -62,7 +62,8 @@ pub fn endpoint_entry(
             mode_code(policy.ingress.mode),
             mode_code(policy.egress.mode),
         ],
-        _pad: [0; 2],
+        fqdn: u8::from(policy.fqdn),
+        _pad: 0,
         any_ports: [any_ports(&policy.ingress), any_ports(&policy.egress)],
         deny_counter,
     }

@@ -31,8 +31,8 @@ use std::{
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 use twill_k8s::{
-    Enforcement, LabelSelector, NamedPort, Namespace, NetworkPolicy, PolicyPeer, PolicyPort,
-    PolicyPortNumber, PolicyRule, Protocol,
+    Enforcement, FqdnPolicy, LabelSelector, NamedPort, Namespace, NetworkPolicy, PolicyPeer,
+    PolicyPort, PolicyPortNumber, PolicyRule, Protocol,
 };
 
 use crate::lpm::{Matcher, Prefix};
@@ -115,6 +115,9 @@ pub struct ClusterView {
     by_namespace: BTreeMap<String, Vec<usize>>,
     /// Indexes into `policies`, by namespace (policies are not changed after `new`).
     policies_by_namespace: BTreeMap<String, Vec<usize>>,
+    /// FQDNPolicies ([`ClusterView::with_fqdn_policies`]): they set
+    /// [`EndpointPolicy::fqdn`] of the pods they select.
+    pub fqdn_policies: Vec<FqdnPolicy>,
 }
 
 impl ClusterView {
@@ -154,7 +157,21 @@ impl ClusterView {
             policies,
             by_namespace,
             policies_by_namespace,
+            fqdn_policies: Vec::new(),
         }
+    }
+
+    /// The same view with `fqdn` as its FQDNPolicies.
+    pub fn with_fqdn_policies(mut self, fqdn: Vec<FqdnPolicy>) -> ClusterView {
+        self.fqdn_policies = fqdn;
+        self
+    }
+
+    /// The FQDNPolicies that select `pod`.
+    pub fn fqdn_selecting<'a>(&'a self, pod: &'a PodView) -> impl Iterator<Item = &'a FqdnPolicy> {
+        self.fqdn_policies
+            .iter()
+            .filter(move |p| p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels))
     }
 
     /// The pods (indexes) a selector peer of a policy in `policy_ns` selects.
@@ -357,6 +374,9 @@ impl DirectionTable {
 pub struct EndpointPolicy {
     pub ingress: DirectionTable,
     pub egress: DirectionTable,
+    /// An FQDNPolicy selects the pod: its egress outside the cluster is limited to the
+    /// addresses the node's DNS server learned for it (on top of `egress`).
+    pub fqdn: bool,
 }
 
 impl EndpointPolicy {
@@ -367,9 +387,9 @@ impl EndpointPolicy {
         }
     }
 
-    /// Open both ways: a pod no policy selects.
+    /// Open both ways: a pod no policy (NetworkPolicy or FQDNPolicy) selects.
     pub fn is_open(&self) -> bool {
-        self.ingress.mode == Mode::Open && self.egress.mode == Mode::Open
+        self.ingress.mode == Mode::Open && self.egress.mode == Mode::Open && !self.fqdn
     }
 }
 
@@ -396,6 +416,7 @@ pub fn compile(view: &ClusterView, wanted: impl Fn(&PodView) -> bool) -> Compile
         let policy = EndpointPolicy {
             ingress: direction_table(view, &mut peers, pod, Direction::Ingress),
             egress: direction_table(view, &mut peers, pod, Direction::Egress),
+            fqdn: view.fqdn_selecting(pod).next().is_some(),
         };
         out.endpoints.insert(
             pod.ip,

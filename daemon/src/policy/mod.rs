@@ -48,6 +48,7 @@ use crate::{
 pub struct Inputs {
     namespaces: Vec<twill_k8s::Namespace>,
     policies: Vec<twill_k8s::NetworkPolicy>,
+    fqdn_policies: Vec<twill_k8s::FqdnPolicy>,
     /// Pod objects (labels, named ports) by namespace and name.
     objects: BTreeMap<(String, String), twill_k8s::Pod>,
     /// Other nodes' pod records.
@@ -61,6 +62,7 @@ impl Inputs {
             match entry {
                 Entry::Object(o) => match o.as_ref() {
                     Object::NetworkPolicy(p) => inputs.policies.push(p.clone()),
+                    Object::FqdnPolicy(p) => inputs.fqdn_policies.push(p.clone()),
                     Object::Namespace(n) => inputs.namespaces.push(n.clone()),
                     Object::Pod(p) => {
                         inputs
@@ -99,6 +101,7 @@ impl Inputs {
             Some(pod(ns, name, me, l.ip))
         }));
         ClusterView::new(self.namespaces.clone(), pods, self.policies.clone())
+            .with_fqdn_policies(self.fqdn_policies.clone())
     }
 }
 
@@ -205,7 +208,9 @@ pub struct PolicyState {
 const DENY_ALL: PolicyEndpoint = PolicyEndpoint {
     table: 0,
     modes: [MODE_ENFORCE, MODE_ENFORCE],
-    _pad: [0; 2],
+    // Egress is denied whole already.
+    fqdn: 0,
+    _pad: 0,
     any_ports: [0; 2],
     deny_counter: [0; 2],
 };
@@ -691,6 +696,7 @@ fn placeholder(id: u32) -> EndpointPolicy {
     let mut p = EndpointPolicy {
         ingress: open_table(),
         egress: open_table(),
+        fqdn: false,
     };
     p.ingress.error = Some(format!("table {id} of an earlier run"));
     p

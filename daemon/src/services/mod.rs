@@ -40,7 +40,7 @@ fn decode(store: &Store) -> Decoded<'_> {
                 Object::Service(s) => services.push(s),
                 Object::Pod(p) => pod_objects.push(p),
                 Object::EndpointSlice(s) => slices.push(s),
-                Object::Namespace(_) | Object::NetworkPolicy(_) => {}
+                Object::Namespace(_) | Object::NetworkPolicy(_) | Object::FqdnPolicy(_) => {}
             },
             Entry::Pod(r) => {
                 placements.insert(
