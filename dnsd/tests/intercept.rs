@@ -1,7 +1,7 @@
 //! Interception of pods' DNS queries end to end: a one-node lab with twilld, a fallback
 //! DNS pod (dnsmasq) behind the kube-system/kube-dns Service at 10.96.0.10, and twill-dnsd
 //! on the node with `[intercept]`. A client pod asks 10.96.0.10 and gets twill-dnsd's
-//! answer while it runs, and dnsmasq's within a second of it dying.
+//! answer while it runs, and dnsmasq's as soon as it dies (its sockets are gone) or stops.
 //!
 //! Needs root, `dig` and `dnsmasq` (scripts/setup installs both) and the workspace's
 //! binaries built: `cargo test -p twill-dnsd` alone builds only twill-dnsd, so run
@@ -264,10 +264,11 @@ fn pods_queries_to_the_dns_service_go_to_twill_dnsd_and_fall_back_when_it_dies()
     };
     thread::sleep(Duration::from_millis(500));
 
-    // 2. SIGKILL: no cleanup; the entries expire within 1 s and dnsmasq answers. A
-    // query goes out every 100 ms, each on its own (one sent into the stale window waits
-    // out dig's 1 s timeout: the node's ICMP refusal names the node's address, which the
-    // pod's socket does not match); the first answered one says when the fallback began.
+    // 2. SIGKILL: no cleanup, but the process's sockets go with it, and the programs
+    // send a new flow to the local server only while a socket takes its address: the
+    // next query already reaches dnsmasq, well before the entries expire (1 s). A query
+    // goes out every 100 ms, each on its own; the first answered one says when the
+    // fallback began.
     dnsd.signal("KILL");
     let killed = Instant::now();
     let queries: Vec<_> = (0..20u32)
@@ -291,17 +292,18 @@ fn pods_queries_to_the_dns_service_go_to_twill_dnsd_and_fall_back_when_it_dies()
         .find(|(_, fallback)| *fallback)
         .map(|(sent, _)| *sent)
         .unwrap_or_else(|| panic!("no fallback after SIGKILL: {results:?}"));
+    // One datagram lost on a loaded machine (dig tries once) is not the fallback failing.
+    let failed_after = results
+        .iter()
+        .filter(|(sent, fallback)| !*fallback && *sent > took)
+        .count();
     assert!(
-        results
-            .iter()
-            .all(|(sent, fallback)| *fallback || *sent < took),
-        "a query failed after the fallback began: {results:?}"
+        failed_after <= 1,
+        "queries failed after the fallback began: {results:?}"
     );
-    // The entries expire at most 1 s after the last renewal; the margin is the probes'
-    // spacing and a loaded machine's scheduling.
     assert!(
-        took <= Duration::from_millis(1200),
-        "fallback {took:?} after SIGKILL"
+        took <= Duration::from_millis(150),
+        "fallback {took:?} after SIGKILL: {results:?}"
     );
     eprintln!("fallback {took:?} after SIGKILL");
     thread::sleep(Duration::from_millis(500));
@@ -357,11 +359,12 @@ fn pods_queries_to_the_dns_service_go_to_twill_dnsd_and_fall_back_when_it_dies()
         probes.len()
     );
     assert!(
-        lost_window <= Duration::from_millis(1200),
+        lost_window <= Duration::from_millis(150),
         "queries sent over {lost_window:?} went unanswered"
     );
     assert!(
-        outage <= Duration::from_millis(2200),
+        // At most one lost datagram: dig's 1 s timeout and the spacing.
+        outage <= Duration::from_millis(1200),
         "queries went unanswered for {outage:?}"
     );
     drop(daemons);

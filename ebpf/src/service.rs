@@ -2,7 +2,15 @@
 //! frontend goes to a backend, chosen by the flow's hash or the client's affinity, and a
 //! backend's reply comes back from the frontend.
 
-use aya_ebpf::programs::{SockAddrContext, TcContext};
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_F_CURRENT_NETNS, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+    },
+    cty::c_void,
+    programs::{SockAddrContext, TcContext},
+};
 use twill_abi::{
     lb::{
         Affinity, AffinityKey, Backend, BackendKey, FLOW_HAIRPIN, FLOW_NODE_PORT,
@@ -51,7 +59,7 @@ pub(crate) fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
             };
             // No backend: the node's stack refuses it (unreachable route over the service
             // CIDR), so the client learns at once instead of timing out.
-            let backend = match local_backend(&frontend_key) {
+            let backend = match local_backend(ctx.as_ptr(), &frontend_key) {
                 Some(local) => Some(local),
                 None => choose_backend(&l4.flow, l4.flow.src_ip, &frontend),
             };
@@ -97,17 +105,56 @@ pub(crate) fn from_backend(ctx: &TcContext, l4: &L4) -> Reason {
 }
 
 /// The node-local server that takes the frontend's new flows, while its entry is fresh
-/// (the server renews it while it serves). None: the frontend's own backends take them.
+/// (the server renews it while it serves) and a socket of the node takes its address and
+/// port (a server that died has none: its kernel sockets go with the process, so the
+/// fallback is at once, not when the entry expires). None: the frontend's own backends
+/// take them. `ctx` is the program's context (a packet or a socket call).
 #[inline(always)]
-fn local_backend(key: &FrontendKey) -> Option<Backend> {
+fn local_backend(ctx: *mut c_void, key: &FrontendKey) -> Option<Backend> {
     let local = lookup!(TWILL_DNS_LOCAL, key)?;
     // SAFETY: a helper without arguments or side effects.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    (now < local.alive_until_ns).then_some(Backend {
+    if now >= local.alive_until_ns || !bound(ctx, key.protocol, local.ip, local.port) {
+        return None;
+    }
+    Some(Backend {
         ip: local.ip,
         port: local.port,
         _pad: 0,
     })
+}
+
+/// Whether a socket in the node's network namespace receives `protocol` to `ip:port`
+/// (wire order): a bound UDP socket, a listening TCP one.
+#[inline(always)]
+fn bound(ctx: *mut c_void, protocol: u8, ip: u32, port: u16) -> bool {
+    let mut tuple = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: 0,
+                daddr: ip,
+                sport: 0,
+                dport: port,
+            },
+        },
+    };
+    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    let netns = BPF_F_CURRENT_NETNS as u64;
+    // SAFETY: `ctx` is this program's context, `tuple` a valid IPv4 tuple of `size` bytes
+    // on the stack; a socket found holds a reference, released right below.
+    let sk = unsafe {
+        if protocol == IPPROTO_TCP {
+            aya_ebpf::helpers::bpf_sk_lookup_tcp(ctx, &mut tuple, size, netns, 0)
+        } else {
+            aya_ebpf::helpers::bpf_sk_lookup_udp(ctx, &mut tuple, size, netns, 0)
+        }
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: `sk` is the non-null socket the lookup returned, released once.
+    unsafe { aya_ebpf::helpers::bpf_sk_release(sk.cast()) };
+    true
 }
 
 /// The backend for a new flow: the client's remembered one under session affinity, while
@@ -218,7 +265,7 @@ pub(crate) fn socket_to_backend(ctx: &SockAddrContext) -> Reason {
     } else {
         0
     };
-    let backend = match local_backend(&frontend_key) {
+    let backend = match local_backend(ctx.as_ptr(), &frontend_key) {
         Some(local) => Some(local),
         None => choose_backend(&flow, client_ip, &frontend),
     };

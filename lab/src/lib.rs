@@ -10,7 +10,8 @@
 //! [`STATE_ROOT`] *before* it is made, so teardown, `netctl lab down` and
 //! `netctl lab cleanup` can always find it again, also after the process that made it was
 //! killed. A [`Lab`] value tears its lab down when dropped (also during a panic's unwind)
-//! unless it was made persistent.
+//! unless it was made persistent. A namespace's files under [`NETNS_ETC_ROOT`] (what
+//! `ip netns exec` mounts over `/etc`, such as a pod's `resolv.conf`) go with it.
 
 pub mod plan;
 pub mod process;
@@ -40,6 +41,10 @@ pub const STATE_ROOT: &str = "/run/twill/labs";
 const MANIFEST: &str = "manifest.json";
 /// How long processes of a lab get to exit after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(3);
+/// Where `ip netns exec NAME` finds files it bind-mounts over `/etc` (`resolv.conf`, say)
+/// for the namespace `NAME`. A lab's directories here are named after its namespaces and
+/// removed with them.
+pub const NETNS_ETC_ROOT: &str = "/etc/netns";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -294,6 +299,25 @@ impl Host {
     }
 }
 
+/// `/etc/netns/<name>`: the files `ip netns exec <name>` puts over `/etc`. `None` for a
+/// name that is no plain file name (it would point elsewhere).
+pub fn netns_etc_dir(name: &str) -> Option<PathBuf> {
+    let plain = !name.is_empty() && name != "." && name != ".." && !name.contains('/');
+    plain.then(|| Path::new(NETNS_ETC_ROOT).join(name))
+}
+
+/// Removes `/etc/netns/<netns>` and what is in it; one that is not there is no error.
+fn remove_netns_etc_dir(netns: &str) -> Result<(), String> {
+    let Some(dir) = netns_etc_dir(netns) else {
+        return Ok(());
+    };
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("removing {}: {e}", dir.display())),
+    }
+}
+
 /// What to build.
 #[derive(Clone, Debug)]
 pub struct LabSpec {
@@ -501,6 +525,29 @@ impl Lab {
         Ok(NetNs::create(&name)?)
     }
 
+    /// Writes `/etc/netns/<netns>/<file>`, which `ip netns exec <netns>` mounts over
+    /// `/etc/<file>` (a pod's `resolv.conf`, say). `netns` must be one of the lab's
+    /// namespaces: teardown and cleanup remove the directory with it.
+    pub fn write_netns_etc(&self, netns: &str, file: &str, contents: &str) -> Result<(), LabError> {
+        let resource = |action: &str, path: &Path, message: String| LabError::Resource {
+            action: action.to_owned(),
+            path: path.to_owned(),
+            message,
+        };
+        let dir = netns_etc_dir(netns)
+            .filter(|_| self.manifest.namespaces().contains(&netns))
+            .ok_or_else(|| {
+                resource(
+                    "writing into",
+                    &Path::new(NETNS_ETC_ROOT).join(netns),
+                    format!("{netns} is no namespace of lab {}", self.name()),
+                )
+            })?;
+        fs::create_dir_all(&dir).map_err(|e| resource("creating", &dir, e.to_string()))?;
+        let path = dir.join(file);
+        fs::write(&path, contents).map_err(|e| resource("writing", &path, e.to_string()))
+    }
+
     /// Records a pod wired into the lab.
     pub fn record_pod(&mut self, pod: LabPod) -> Result<(), LabError> {
         self.manifest
@@ -601,6 +648,9 @@ pub fn teardown(manifest: &Manifest) -> Result<(), LabError> {
         if let Err(e) = NetNs::delete(name) {
             problems.push(e.to_string());
         }
+        if let Err(e) = remove_netns_etc_dir(name) {
+            problems.push(e);
+        }
     }
     if let Err(e) = resources::remove_cgroup(&manifest.cgroup_dir) {
         problems.push(e.to_string());
@@ -658,6 +708,10 @@ pub fn cleanup(all: bool) -> CleanupReport {
             .map(|e| e.path())
             .collect()
     };
+    let etc_dirs: Vec<String> = list_dir(Some(PathBuf::from(NETNS_ETC_ROOT)))
+        .into_iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+        .collect();
     let cgroups = list_dir(resources::cgroup2_root().ok());
     let pin_dirs = list_dir(Some(PathBuf::from(resources::BPFFS_ROOT)));
 
@@ -685,6 +739,13 @@ pub fn cleanup(all: bool) -> CleanupReport {
             Err(e) => report.problems.push(e.to_string()),
         }
     }
+    // Also those whose namespace is gone already (a run killed between the two removals).
+    for name in etc_dirs.iter().filter(|n| !claimed_ns(n)) {
+        match remove_netns_etc_dir(name) {
+            Ok(()) => report.orphans.push(format!("{NETNS_ETC_ROOT}/{name}")),
+            Err(e) => report.problems.push(e),
+        }
+    }
     for dir in cgroups
         .iter()
         .filter(|d| !kept.iter().any(|m| &m.cgroup_dir == *d))
@@ -705,4 +766,20 @@ pub fn cleanup(all: bool) -> CleanupReport {
         }
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netns_etc_dirs_stay_directly_under_etc_netns() {
+        assert_eq!(
+            netns_etc_dir("twl-a-pod-default-web"),
+            Some(PathBuf::from("/etc/netns/twl-a-pod-default-web"))
+        );
+        for bad in ["", ".", "..", "../etc", "a/b", "/"] {
+            assert_eq!(netns_etc_dir(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     io::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     os::unix::process::ExitStatusExt as _,
     path::PathBuf,
     process::{Command, Stdio},
@@ -264,15 +264,7 @@ fn up(o: UpOptions) -> anyhow::Result<()> {
     }
     print_lab(lab.manifest());
     if !o.bare {
-        println!(
-            "\ncluster DNS: {LAB_DNS_IP} (kube-system/kube-dns), answered by twill-dnsd on \
-             each node; try: netctl lab exec {} -- dig @{LAB_DNS_IP} \
-             kube-dns.kube-system.svc.cluster.local",
-            lab.manifest()
-                .pods
-                .first()
-                .map_or("node1", |p| p.name.as_str()),
-        );
+        print_dns(&lab);
     }
     if !lab.manifest().pods.is_empty() && !print_connectivity(&lab.manifest().pods) {
         print_daemon_warnings(&lab);
@@ -341,6 +333,150 @@ fn populate(lab: &mut Lab, pods_per_node: u8) -> anyhow::Result<()> {
 
 /// The cluster DNS Service's address in a lab: what pods' `nameserver` is.
 pub const LAB_DNS_IP: &str = "10.96.0.10";
+/// The cluster domain: twill-dnsd's default zone.
+const LAB_CLUSTER_DOMAIN: &str = "cluster.local";
+/// The zone the lab's upstream resolver (dnsmasq on the first external host) serves.
+pub const LAB_UPSTREAM_ZONE: &str = "lab.example";
+/// TTL of every record of [`LAB_UPSTREAM_ZONE`], and of its negative answers: short, so
+/// that cache expiry and serve-stale show within seconds.
+pub const LAB_UPSTREAM_TTL: u32 = 3;
+
+/// A pod's resolv.conf, as the kubelet writes it for `dnsPolicy: ClusterFirst`.
+fn pod_resolv_conf(namespace: &str) -> String {
+    let d = LAB_CLUSTER_DOMAIN;
+    format!(
+        "# written by netctl lab\n\
+         search {namespace}.svc.{d} svc.{d} {d}\n\
+         nameserver {LAB_DNS_IP}\n\
+         options ndots:5\n"
+    )
+}
+
+/// Where the upstream resolver of a lab's external host keeps its files.
+fn upstream_paths(host: &Host) -> DaemonPaths {
+    let dir = host.state_dir.join("dnsmasq");
+    DaemonPaths {
+        config: dir.join("dnsmasq.conf"),
+        socket: dir.join("unused.sock"),
+        state_dir: dir.clone(),
+        log: dir.join("dnsmasq.log"),
+        dir,
+    }
+}
+
+/// The pid file of the upstream resolver on `host` (`hosts/ext1/dnsmasq/dnsmasq.pid` in
+/// the lab's state directory), written once it serves.
+fn upstream_pid_file(host: &Host) -> PathBuf {
+    upstream_paths(host).dir.join("dnsmasq.pid")
+}
+
+/// The lab's upstream resolver, if `up` started one: the external host and its address.
+fn upstream_of(lab: &Lab) -> Option<(Host, SocketAddrV4)> {
+    let host = lab.externals().into_iter().next()?;
+    let addr = SocketAddrV4::new(host.plan.underlay_ip, 53);
+    upstream_pid_file(&host).exists().then_some((host, addr))
+}
+
+/// `program` in one of `PATH`'s directories, or in /usr/sbin or /sbin (not always in the
+/// `PATH` of a root shell reached through sudo).
+fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// An upstream resolver for names outside the cluster: dnsmasq on the first external host,
+/// authoritative for [`LAB_UPSTREAM_ZONE`] (every lab host as `<host>.lab.example`, and
+/// `whoami.lab.example` TXT "upstream"; NXDOMAIN and NODATA with an SOA, as a real
+/// resolver gives them) and REFUSED for every other name (the lab has no way out).
+/// Returns its address once it runs; `None` when the lab has no external host or dnsmasq
+/// is not installed (then the lab has no upstream, as before).
+fn start_upstream(lab: &Lab) -> anyhow::Result<Option<SocketAddrV4>> {
+    let Some(host) = lab.externals().into_iter().next() else {
+        return Ok(None);
+    };
+    let Some(dnsmasq) = find_program("dnsmasq") else {
+        eprintln!(
+            "warning: dnsmasq not found (apt-get install dnsmasq-base): no upstream resolver \
+             on {}; names outside the cluster get SERVFAIL",
+            host.name()
+        );
+        return Ok(None);
+    };
+    let ip = host.plan.underlay_ip;
+    let paths = upstream_paths(&host);
+    let pid_file = upstream_pid_file(&host);
+    let zone = LAB_UPSTREAM_ZONE;
+    let mut config = format!(
+        "# written by netctl lab up\n\
+         keep-in-foreground\nno-resolv\nno-hosts\nbind-interfaces\n\
+         listen-address={ip}\nport=53\nuser=root\n\
+         pid-file={}\nlog-facility=-\nlog-queries\n\
+         auth-zone={zone}\nauth-server=ns.{zone},{ip}\nauth-ttl={LAB_UPSTREAM_TTL}\n\
+         auth-soa=1,hostmaster.{zone},1200,120,604800\n\
+         host-record=ns.{zone},{ip}\n\
+         txt-record=whoami.{zone},upstream\n",
+        pid_file.display()
+    );
+    for h in lab.manifest().hosts() {
+        config.push_str(&format!(
+            "host-record={}.{zone},{}\n",
+            h.name(),
+            h.plan.underlay_ip
+        ));
+    }
+    let args = vec![format!("--conf-file={}", paths.config.display())];
+    let mut child = spawn_daemon(&dnsmasq, &host, &paths, &config, &args)?;
+    // dnsmasq writes its pid file once its sockets are bound.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+        if pid.trim() == child.id().to_string() {
+            return Ok(Some(SocketAddrV4::new(ip, 53)));
+        }
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || Instant::now() > deadline {
+            let log = std::fs::read_to_string(&paths.log).unwrap_or_default();
+            bail!(
+                "dnsmasq on {} {}: {}",
+                host.name(),
+                exited.map_or("did not start within 5s".to_owned(), |s| format!(
+                    "exited ({s})"
+                )),
+                log.trim()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How pods find names, and something to try.
+fn print_dns(lab: &Lab) {
+    let d = LAB_CLUSTER_DOMAIN;
+    println!(
+        "\ncluster DNS: {LAB_DNS_IP} (kube-system/kube-dns), answered by twill-dnsd on each \
+         node; every pod's resolv.conf has it, with search <namespace>.svc.{d} svc.{d} {d} \
+         and ndots:5"
+    );
+    match upstream_of(lab) {
+        Some((host, addr)) => println!(
+            "names outside the cluster: forwarded to dnsmasq on {} ({addr}, zone \
+             {LAB_UPSTREAM_ZONE}, TTL {LAB_UPSTREAM_TTL}s), cached, and served stale while \
+             it does not answer",
+            host.name()
+        ),
+        None => println!("names outside the cluster: no upstream resolver, SERVFAIL"),
+    }
+    println!(
+        "try: netctl lab exec {} -- getent hosts kube-dns.kube-system",
+        lab.manifest()
+            .pods
+            .first()
+            .map_or("<pod>", |p| p.name.as_str()),
+    );
+}
 
 /// The cluster DNS Service (kube-system/kube-dns, no backends of its own: a query finds the
 /// node's twill-dnsd, or is refused), and a twill-dnsd on every node, listening on the
@@ -348,6 +484,10 @@ pub const LAB_DNS_IP: &str = "10.96.0.10";
 /// node's server has taken it over.
 fn start_dns(lab: &Lab) -> anyhow::Result<()> {
     let dnsd = sibling("twill-dnsd")?;
+    let upstreams = match start_upstream(lab)? {
+        Some(addr) => format!("\"{addr}\""),
+        None => String::new(),
+    };
     let objects = lab.manifest().state_dir.join("cluster-dns.yaml");
     std::fs::write(
         &objects,
@@ -395,9 +535,9 @@ fn start_dns(lab: &Lab) -> anyhow::Result<()> {
                 tls.key_file.display()
             ));
         }
-        // The lab has no way out: names outside the cluster get SERVFAIL at once.
+        // Without an upstream, names outside the cluster get SERVFAIL at once.
         config.push_str(&format!(
-            "[forward]\nupstreams = []\n\
+            "[forward]\nupstreams = [{upstreams}]\n\
              [intercept]\nservice_ip = \"{LAB_DNS_IP}\"\npin_dir = \"{}\"\n",
             node.bpffs_dir.display()
         ));
@@ -574,6 +714,11 @@ fn add_pod(
         })?;
     let twill = sibling("twill")?;
     let netns = lab.create_netns(&format!("pod-{namespace}-{name}"))?;
+    let netns_name = netns
+        .name()
+        .expect("the lab names its namespaces")
+        .to_owned();
+    lab.write_netns_etc(&netns_name, "resolv.conf", &pod_resolv_conf(namespace))?;
     let netns_path = netns.path().display().to_string();
     let container_id = format!("lab-{namespace}-{name}");
     let args = format!("K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}");
@@ -619,6 +764,8 @@ fn add_pod(
         name: name.to_owned(),
         labels: pod.labels.clone(),
         named_ports,
+        hostname: None,
+        subdomain: None,
     });
     let key = twill_api::cluster::object_key(object.resource(), object.namespace(), object.name());
     let value = serde_json::to_string(&object).expect("plain data");
@@ -830,9 +977,24 @@ fn exec(lab: &str, target: &str, command: &[String]) -> anyhow::Result<()> {
     let mut child = if let Some(host) = manifest.host(target) {
         host.spawn(cmd)?
     } else if let Some(pod) = manifest.pods.iter().find(|p| p.name == target) {
-        NetNs::from_path(&pod.netns)?
-            .run(move || cmd.spawn())?
-            .with_context(|| format!("starting {program} in pod {target}"))?
+        let netns = NetNs::from_path(&pod.netns)?;
+        match netns.name() {
+            // `ip netns exec` gives the command a mount namespace of its own with the
+            // pod's /etc/netns/<name> files (its resolv.conf) over /etc.
+            Some(name) => {
+                let mut ip = Command::new("ip");
+                ip.args(["netns", "exec", name, program])
+                    .args(args)
+                    .stdin(Stdio::inherit())
+                    .stdout(Stdio::inherit())
+                    .stderr(Stdio::inherit());
+                ip.spawn()
+                    .with_context(|| format!("starting ip netns exec {name} {program}"))?
+            }
+            None => netns
+                .run(move || cmd.spawn())?
+                .with_context(|| format!("starting {program} in pod {target}"))?,
+        }
     } else {
         let mut names: Vec<String> = manifest.plan.hosts.iter().map(|h| h.name.clone()).collect();
         names.extend(manifest.pods.iter().map(|p| p.name.clone()));

@@ -25,6 +25,11 @@ pub fn leftovers(manifest: &Manifest) -> Vec<String> {
         if namespaces.iter().any(|n| n == ns) {
             found.push(format!("netns {ns}"));
         }
+        if let Some(etc) = twill_lab::netns_etc_dir(ns)
+            && etc.exists()
+        {
+            found.push(format!("directory {}", etc.display()));
+        }
     }
     if let Some(etcd) = manifest.etcd
         && etcd.is_alive()
