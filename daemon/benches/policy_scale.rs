@@ -263,6 +263,8 @@ fn pod_object(p: &ClusterPod) -> Object {
         name: p.name.clone(),
         labels: p.labels.clone(),
         named_ports: Vec::new(),
+        hostname: None,
+        subdomain: None,
     })
 }
 
@@ -1251,6 +1253,8 @@ fn main() {
             name: pods[subject].name.clone(),
             labels: labels.clone(),
             named_ports: Vec::new(),
+            hostname: None,
+            subdomain: None,
         });
         let (key, value) = stored(&object);
         let log_mark = daemon.log_text().len();

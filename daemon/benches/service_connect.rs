@@ -86,6 +86,7 @@ fn objects(from: u32, to: u32, backend: Ipv4Addr) -> Vec<(String, String)> {
                     serving: true,
                     terminating: false,
                     node: None,
+                    hostname: None,
                 }],
                 ports: vec![SlicePort {
                     name: String::new(),

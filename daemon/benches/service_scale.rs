@@ -75,6 +75,7 @@ fn objects(services: u32) -> Vec<Object> {
                     serving: true,
                     terminating: false,
                     node: None,
+                    hostname: None,
                 })
                 .collect(),
             ports: vec![SlicePort {

@@ -36,8 +36,10 @@ pub type Store = twill_store::Store<Entry>;
 ///   for a Service with a selector, the selected Pods that have a pod record (address), as
 ///   `twill_k8s::endpoints::backends` finds them (the same as `netctl get endpoints`), all
 ///   ready, each with the target ports it resolves; for a Service without a selector, the
-///   addresses of its EndpointSlices with their ready flags and the slices' ports. Neither
-///   source has endpoint hostnames, so endpoints are named by their dashed address.
+///   addresses of its EndpointSlices with their ready flags and the slices' ports. An
+///   endpoint's hostname is the selected Pod's `spec.hostname` when its `spec.subdomain` is
+///   the Service's name, or the slice endpoint's `hostname`; the zone names an endpoint
+///   without one by its dashed address.
 /// - Pods: the pod records (namespace, name, address), for `pods = "verified"`.
 /// - Namespaces: the Namespace objects.
 pub fn snapshot(store: &Store, serial: u32) -> ClusterSnapshot {
@@ -137,27 +139,32 @@ fn service_port(p: &twill_k8s::ServicePort) -> ServicePort {
     }
 }
 
-/// A headless Service's endpoints, one per address, ports merged.
+/// A headless Service's endpoints, one per address and hostname, ports merged.
 fn endpoints_of(
     service: &twill_k8s::Service,
     pods: &[(&twill_k8s::Pod, PodPlacement)],
     slices: &[&EndpointSlice],
 ) -> Vec<Endpoint> {
-    let mut by_ip: BTreeMap<Ipv4Addr, Endpoint> = BTreeMap::new();
-    let mut add = |ip: Ipv4Addr, ready: bool, port: Option<ServicePort>| {
-        let endpoint = by_ip.entry(ip).or_insert_with(|| Endpoint {
-            ip,
-            hostname: None,
-            ready,
-            ports: Vec::new(),
-        });
-        endpoint.ready |= ready;
-        if let Some(port) = port
-            && !endpoint.ports.contains(&port)
-        {
-            endpoint.ports.push(port);
-        }
-    };
+    // Keyed by hostname too: two slice endpoints may give one address two names, and
+    // the zone answers both.
+    let mut by_ip: BTreeMap<(Ipv4Addr, Option<String>), Endpoint> = BTreeMap::new();
+    let mut add =
+        |ip: Ipv4Addr, hostname: &Option<String>, ready: bool, port: Option<ServicePort>| {
+            let endpoint = by_ip
+                .entry((ip, hostname.clone()))
+                .or_insert_with(|| Endpoint {
+                    ip,
+                    hostname: hostname.clone(),
+                    ready,
+                    ports: Vec::new(),
+                });
+            endpoint.ready |= ready;
+            if let Some(port) = port
+                && !endpoint.ports.contains(&port)
+            {
+                endpoint.ports.push(port);
+            }
+        };
     if service.selector.as_ref().is_some_and(|s| !s.is_empty()) {
         if service.ports.is_empty() {
             // A headless Service may have no ports; its addresses are still its selected
@@ -171,7 +178,7 @@ fn endpoints_of(
                 node_port: None,
             }];
             for backend in backends(&probe, pods, &[]).into_iter().flatten() {
-                add(backend.ip, backend.ready, None);
+                add(backend.ip, &backend.hostname, backend.ready, None);
             }
         } else {
             for (port, found) in service.ports.iter().zip(backends(service, pods, &[])) {
@@ -181,7 +188,7 @@ fn endpoints_of(
                         protocol: protocol(port.protocol),
                         port: backend.port,
                     };
-                    add(backend.ip, backend.ready, Some(port));
+                    add(backend.ip, &backend.hostname, backend.ready, Some(port));
                 }
             }
         }
@@ -189,10 +196,11 @@ fn endpoints_of(
         for slice in slices {
             for endpoint in &slice.endpoints {
                 for ip in &endpoint.addresses {
-                    add(*ip, endpoint.ready, None);
+                    add(*ip, &endpoint.hostname, endpoint.ready, None);
                     for port in &slice.ports {
                         add(
                             *ip,
+                            &endpoint.hostname,
                             endpoint.ready,
                             Some(ServicePort {
                                 name: port.name.clone(),
@@ -488,6 +496,77 @@ spec: {containers: [{name: c}]}
                 ("default", "db-2", "10.244.3.3".into()),
                 ("prod", "lone", "10.244.1.9".into()),
             ]
+        );
+    }
+
+    #[test]
+    fn a_statefulset_pod_is_named_by_its_hostname_only_under_its_subdomain() {
+        let mut store = objects(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: nginx}
+spec:
+  clusterIP: None
+  selector: {app: nginx}
+  ports: [{name: web, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: other}
+spec: {clusterIP: None, selector: {app: nginx}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, labels: {app: nginx}}
+spec: {hostname: web-0, subdomain: nginx, containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, labels: {app: nginx}}
+spec: {hostname: web-1, subdomain: elsewhere, containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec: {clusterIP: None, ports: [{name: web, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ext-1, labels: {kubernetes.io/service-name: ext}}
+addressType: IPv4
+ports: [{name: web, port: 8080}]
+endpoints: [{addresses: [192.0.2.1], hostname: db-0}]
+"#,
+        );
+        record(&mut store, "default", "web-0", "10.244.1.10");
+        record(&mut store, "default", "web-1", "10.244.1.11");
+        let snap = snapshot(&store, 1);
+        let endpoint = |ip: &str, hostname: Option<&str>, ports: Vec<ServicePort>| Endpoint {
+            ip: ip.parse().unwrap(),
+            hostname: hostname.map(str::to_owned),
+            ready: true,
+            ports,
+        };
+        // web-1's subdomain names no Service it is an endpoint of: no hostname.
+        assert_eq!(
+            service(&snap, "nginx").endpoints,
+            [
+                endpoint("10.244.1.10", Some("web-0"), vec![tcp("web", 80)]),
+                endpoint("10.244.1.11", None, vec![tcp("web", 80)]),
+            ]
+        );
+        // Another Service selecting web-0 (no ports): web-0's subdomain is not its name.
+        assert_eq!(
+            service(&snap, "other").endpoints,
+            [
+                endpoint("10.244.1.10", None, vec![]),
+                endpoint("10.244.1.11", None, vec![]),
+            ]
+        );
+        assert_eq!(
+            service(&snap, "ext").endpoints,
+            [endpoint("192.0.2.1", Some("db-0"), vec![tcp("web", 8080)])]
         );
     }
 

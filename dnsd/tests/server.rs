@@ -93,16 +93,21 @@ spec: {containers: [{name: c, ports: [{name: peer, containerPort: 7001}]}]}
 
 /// The pod record (address) the CNI path would write for `prod/sts-0`.
 fn pod_record() -> (String, String) {
+    record_of("sts-0", "10.244.1.20")
+}
+
+/// The pod record (address) the CNI path would write for `prod/<name>`.
+fn record_of(name: &str, ip: &str) -> (String, String) {
     let record = twill_api::cluster::PodRecord {
         namespace: "prod".into(),
-        name: "sts-0".into(),
+        name: name.into(),
         node: "node1".into(),
-        ip: "10.244.1.20".parse().expect("an address"),
-        container_id: "c0".into(),
+        ip: ip.parse().expect("an address"),
+        container_id: format!("c-{name}"),
         ifname: "eth0".into(),
     };
     (
-        twill_api::cluster::pod_key("prod", "sts-0"),
+        twill_api::cluster::pod_key("prod", name),
         serde_json::to_string(&record).expect("a pod record as json"),
     )
 }
@@ -514,6 +519,131 @@ fn a_new_service_is_answered_within_a_second() {
     eprintln!(
         "deleted Service gone {} ms after the write",
         stored.elapsed().as_millis()
+    );
+}
+
+/// A StatefulSet's pods as its controller makes them (`spec.hostname` the pod's name,
+/// `spec.subdomain` the governing headless Service), one pod whose subdomain is not the
+/// Service, and a selector-less Service whose EndpointSlice names its endpoint.
+const STATEFULSET: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: nginx, namespace: prod}
+spec:
+  clusterIP: None
+  selector: {app: nginx}
+  ports: [{name: web, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: prod, labels: {app: nginx}}
+spec: {hostname: web-0, subdomain: nginx, containers: [{name: nginx}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: prod, labels: {app: nginx}}
+spec: {hostname: web-1, subdomain: nginx, containers: [{name: nginx}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stray, namespace: prod, labels: {app: nginx}}
+spec: {hostname: stray, subdomain: elsewhere, containers: [{name: nginx}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cache, namespace: prod}
+spec: {clusterIP: None, ports: [{name: memcache, port: 11211}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: cache-1, namespace: prod, labels: {kubernetes.io/service-name: cache}}
+addressType: IPv4
+ports: [{name: memcache, port: 11211, protocol: TCP}]
+endpoints:
+- {addresses: [192.0.2.40], hostname: cache-0, conditions: {ready: true}}
+"#;
+
+#[test]
+fn an_endpoint_hostname_names_the_pod_under_its_headless_service() {
+    let (lab, node, dnsd) = lab_with_dnsd();
+    netctl(&lab, &["apply", "-f", "-"], STATEFULSET);
+    twill_tests::bench::put_all(
+        &lab,
+        &[
+            record_of("web-0", "10.244.1.30"),
+            record_of("web-1", "10.244.1.31"),
+            record_of("stray", "10.244.1.32"),
+        ],
+    );
+    let ask = |args: &[&str]| dig(&node, dnsd.ip, args);
+    // The writes are in etcd; the zone follows within a second (tested above).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let web_0 = loop {
+        let answer = ask(&["web-0.nginx.prod.svc.cluster.local", "A"]);
+        if answer.status == "NOERROR" && answer.data().len() == 1 {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer 5 s after the write: {}",
+            answer.raw
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(web_0.data(), ["10.244.1.30"], "{}", web_0.raw);
+    assert!(web_0.flags.contains(&"aa".to_owned()), "{}", web_0.raw);
+    let web_1 = ask(&["web-1.nginx.prod.svc.cluster.local", "A"]);
+    assert_eq!(web_1.data(), ["10.244.1.31"], "{}", web_1.raw);
+    // The Service's own name still has every endpoint.
+    let all = ask(&["nginx.prod.svc.cluster.local", "A"]);
+    assert_eq!(
+        all.data(),
+        ["10.244.1.30", "10.244.1.31", "10.244.1.32"],
+        "{}",
+        all.raw
+    );
+
+    // SRV targets are the hostnames; the stray pod (subdomain not this Service) keeps
+    // its dashed name, and its hostname is no name here.
+    let srv = ask(&["_web._tcp.nginx.prod.svc.cluster.local", "SRV"]);
+    assert_eq!(
+        srv.data(),
+        [
+            "0 33 8080 10-244-1-32.nginx.prod.svc.cluster.local.",
+            "0 33 8080 web-0.nginx.prod.svc.cluster.local.",
+            "0 33 8080 web-1.nginx.prod.svc.cluster.local.",
+        ],
+        "{}",
+        srv.raw
+    );
+    let stray = ask(&["stray.nginx.prod.svc.cluster.local", "A"]);
+    assert_eq!(stray.status, "NXDOMAIN", "{}", stray.raw);
+    let dashed = ask(&["10-244-1-32.nginx.prod.svc.cluster.local", "A"]);
+    assert_eq!(dashed.data(), ["10.244.1.32"], "{}", dashed.raw);
+    // With a hostname, the dashed address is no name of the endpoint.
+    let not_dashed = ask(&["10-244-1-30.nginx.prod.svc.cluster.local", "A"]);
+    assert_eq!(not_dashed.status, "NXDOMAIN", "{}", not_dashed.raw);
+
+    // The reverse record names the pod by its hostname.
+    let ptr = ask(&["-x", "10.244.1.30"]);
+    assert_eq!(
+        ptr.data(),
+        ["web-0.nginx.prod.svc.cluster.local."],
+        "{}",
+        ptr.raw
+    );
+
+    // A hostname written in an EndpointSlice, over TCP too.
+    for transport in ["+notcp", "+tcp"] {
+        let cache = ask(&[transport, "cache-0.cache.prod.svc.cluster.local", "A"]);
+        assert_eq!(cache.data(), ["192.0.2.40"], "{}", cache.raw);
+    }
+    let srv = ask(&["_memcache._tcp.cache.prod.svc.cluster.local", "SRV"]);
+    assert_eq!(
+        srv.data(),
+        ["0 100 11211 cache-0.cache.prod.svc.cluster.local."],
+        "{}",
+        srv.raw
     );
 }
 

@@ -3,6 +3,10 @@
 //! address, with a named `targetPort` resolved in each pod (a pod without that port is not
 //! a backend for it); for a Service without a selector, the addresses of its
 //! EndpointSlices, matched to its ports by name and protocol.
+//!
+//! A backend carries the endpoint's hostname as the endpoints controller sets it: a
+//! selected pod's `spec.hostname` when its `spec.subdomain` is the Service's name (how
+//! StatefulSet pods get `web-0.nginx.<ns>.svc.<zone>`), or a slice endpoint's `hostname`.
 
 use std::net::Ipv4Addr;
 
@@ -24,6 +28,19 @@ pub struct Backend {
     pub node: Option<String>,
     /// Not-ready backends are listed but get no new connections.
     pub ready: bool,
+    /// The endpoint's hostname, for DNS (`<hostname>.<svc>.<ns>.svc.<zone>` of a headless
+    /// Service); the dataplane does not use it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+/// The hostname the endpoints controller gives `pod` as an endpoint of `service`: its
+/// `spec.hostname`, only when its `spec.subdomain` is the Service's name (Kubernetes'
+/// `ShouldSetHostname`; the namespace is checked by the caller).
+fn pod_hostname(pod: &Pod, service: &Service) -> Option<String> {
+    pod.hostname
+        .clone()
+        .filter(|_| pod.subdomain.as_deref() == Some(service.name.as_str()))
 }
 
 /// The backends of each of `service`'s ports, in port order.
@@ -59,6 +76,7 @@ pub fn backends(
                             port,
                             node: Some(placement.node.clone()),
                             ready: true,
+                            hostname: pod_hostname(pod, service),
                         })
                     })
                     .collect(),
@@ -78,6 +96,7 @@ pub fn backends(
                                     port,
                                     node: e.node.clone(),
                                     ready: e.ready,
+                                    hostname: e.hostname.clone(),
                                 })
                             })
                         })
@@ -211,5 +230,79 @@ ports: [{name: https, port: 8443}]
             (Ipv4Addr::new(192, 0, 2, 1), 8443, true)
         );
         assert!(!b[0][1].ready);
+    }
+
+    #[test]
+    fn a_backend_has_the_pods_hostname_only_when_its_subdomain_is_the_service() {
+        let objs = objects(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: nginx}
+spec: {clusterIP: None, selector: {app: nginx}, ports: [{name: web, port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, labels: {app: nginx}}
+spec: {hostname: web-0, subdomain: nginx, containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, labels: {app: nginx}}
+spec: {hostname: web-1, subdomain: other, containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-2, labels: {app: nginx}}
+spec: {subdomain: nginx, containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec: {clusterIP: None, ports: [{name: web, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ext-1, labels: {kubernetes.io/service-name: ext}}
+addressType: IPv4
+endpoints:
+- {addresses: ["192.0.2.1"], hostname: db-0}
+- {addresses: ["192.0.2.2"]}
+ports: [{name: web, port: 8080}]
+"#,
+        );
+        let services: Vec<&Service> = objs
+            .iter()
+            .filter_map(|o| match o {
+                Object::Service(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        let slices: Vec<&EndpointSlice> = objs
+            .iter()
+            .filter_map(|o| match o {
+                Object::EndpointSlice(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        let names = |b: Vec<Vec<Backend>>| -> Vec<(Ipv4Addr, Option<String>)> {
+            b[0].iter().map(|x| (x.ip, x.hostname.clone())).collect()
+        };
+        // web-1's subdomain is another Service's, web-2 has no hostname: no name for them.
+        assert_eq!(
+            names(backends(services[0], &placements(&objs), &[])),
+            [
+                (Ipv4Addr::new(10, 244, 0, 11), Some("web-0".into())),
+                (Ipv4Addr::new(10, 244, 0, 12), None),
+                (Ipv4Addr::new(10, 244, 0, 13), None),
+            ]
+        );
+        assert_eq!(
+            names(backends(services[1], &[], &slices)),
+            [
+                (Ipv4Addr::new(192, 0, 2, 1), Some("db-0".into())),
+                (Ipv4Addr::new(192, 0, 2, 2), None),
+            ]
+        );
     }
 }

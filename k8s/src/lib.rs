@@ -78,6 +78,14 @@ pub struct Pod {
     pub labels: BTreeMap<String, String>,
     /// Container ports that have a name (what a Service's named `targetPort` resolves to).
     pub named_ports: Vec<NamedPort>,
+    /// `spec.hostname` (a DNS-1123 label; empty is `None`). With `subdomain` naming a
+    /// headless Service that selects the pod, the pod's DNS name is
+    /// `<hostname>.<subdomain>.<namespace>.svc.<zone>`, as for StatefulSet pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// `spec.subdomain` (a DNS-1123 label; empty is `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdomain: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +165,10 @@ pub struct SliceEndpoint {
     pub serving: bool,
     pub terminating: bool,
     pub node: Option<String>,
+    /// `endpoints[].hostname` (a DNS-1123 label): the endpoint's name under a headless
+    /// Service (`<hostname>.<service>.<namespace>.svc.<zone>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -575,11 +587,21 @@ fn pod_obj(p: &mut Problems<'_>, w: wire::Pod) -> Object {
             }
         }
     }
+    // As the API server: both optional, each a DNS-1123 label when not empty.
+    let mut label_field = |field: &str, value: Option<String>| {
+        let value = value.filter(|v| !v.is_empty())?;
+        p.check(field, names::dns1123_label(&value));
+        Some(value)
+    };
+    let hostname = label_field("spec.hostname", w.spec.hostname);
+    let subdomain = label_field("spec.subdomain", w.spec.subdomain);
     Object::Pod(Pod {
         namespace,
         name,
         labels: w.metadata.labels,
         named_ports,
+        hostname,
+        subdomain,
     })
 }
 
@@ -893,6 +915,9 @@ fn slice_obj(p: &mut Problems<'_>, w: wire::EndpointSlice) -> Object {
         if addresses.is_empty() {
             p.add(format!("endpoints[{i}].addresses"), "needs an address");
         }
+        if let Some(h) = &e.hostname {
+            p.check(format!("endpoints[{i}].hostname"), names::dns1123_label(h));
+        }
         let c = e.conditions.as_ref();
         // As Kubernetes: an unknown `ready` counts as ready.
         let ready = c.and_then(|c| c.ready).unwrap_or(true);
@@ -902,6 +927,7 @@ fn slice_obj(p: &mut Problems<'_>, w: wire::EndpointSlice) -> Object {
             serving: c.and_then(|c| c.serving).unwrap_or(ready),
             terminating: c.and_then(|c| c.terminating).unwrap_or(false),
             node: e.node_name.clone(),
+            hostname: e.hostname.clone(),
         });
     }
     let mut ports = Vec::new();

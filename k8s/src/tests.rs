@@ -183,6 +183,14 @@ fn every_problem_names_the_file_the_document_and_the_field() {
          "addressType: IPv6 is not supported (IPv4)"),
         ("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, labels: {kubernetes.io/service-name: x}}\naddressType: IPv4\nendpoints: [{addresses: [\"10.0.0.999\"]}]\n".into(),
          "endpoints[0].addresses[0]: \"10.0.0.999\" is not an IPv4 address"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {hostname: Web-0, containers: [{name: c}]}\n".into(),
+         "(Pod default/p): spec.hostname: \"Web-0\" is not a DNS label"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {hostname: web-0, subdomain: nginx.prod, containers: [{name: c}]}\n".into(),
+         "(Pod default/p): spec.subdomain: \"nginx.prod\" is not a DNS label"),
+        ("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, labels: {kubernetes.io/service-name: x}}\naddressType: IPv4\nendpoints: [{addresses: [\"10.0.0.1\"]}, {addresses: [\"10.0.0.2\"], hostname: db_1}]\n".into(),
+         "(EndpointSlice default/s): endpoints[1].hostname: \"db_1\" is not a DNS label"),
+        ("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, labels: {kubernetes.io/service-name: x}}\naddressType: IPv4\nendpoints: [{addresses: [\"10.0.0.1\"], hostname: \"\"}]\n".into(),
+         "endpoints[0].hostname: \"\" is not a DNS label"),
         ("apiVersion: v1\nkind: Service\nmetadata: {name: web\n".into(), "document 1: not valid YAML"),
     ];
     for (text, expected) in cases {
@@ -249,4 +257,75 @@ fn an_external_name_service_is_an_alias_without_a_cluster_ip() {
     assert_eq!(s.service_type, ServiceType::ExternalName);
     assert_eq!(s.external_name.as_deref(), Some("www.example.com"));
     assert_eq!(s.cluster_ip, ClusterIp::Headless);
+}
+
+#[test]
+fn pod_hostname_and_subdomain_and_slice_endpoint_hostnames_are_kept() {
+    let text = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, labels: {app: nginx}}
+spec: {hostname: web-0, subdomain: nginx, containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: plain}
+spec: {hostname: "", subdomain: "", containers: [{name: c}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-1, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+endpoints:
+- {addresses: ["10.0.0.1"], hostname: db-0}
+- {addresses: ["10.0.0.2"]}
+"#;
+    let (objects, errors) = parse("f.yaml", text);
+    assert_eq!(errors, []);
+    let objects: Vec<Object> = objects.into_iter().map(|p| p.object).collect();
+    let Object::Pod(web) = &objects[0] else {
+        panic!("{objects:?}")
+    };
+    assert_eq!(
+        (web.hostname.as_deref(), web.subdomain.as_deref()),
+        (Some("web-0"), Some("nginx"))
+    );
+    // Empty is unset, as the API server reads it.
+    let Object::Pod(plain) = &objects[1] else {
+        panic!("{objects:?}")
+    };
+    assert_eq!((&plain.hostname, &plain.subdomain), (&None, &None));
+    let Object::EndpointSlice(slice) = &objects[2] else {
+        panic!("{objects:?}")
+    };
+    let hostnames: Vec<Option<&str>> = slice
+        .endpoints
+        .iter()
+        .map(|e| e.hostname.as_deref())
+        .collect();
+    assert_eq!(hostnames, [Some("db-0"), None]);
+    for o in &objects {
+        let stored = serde_json::to_string(o).unwrap();
+        assert_eq!(&serde_json::from_str::<Object>(&stored).unwrap(), o);
+    }
+}
+
+#[test]
+fn objects_stored_before_hostnames_still_parse_and_unset_hostnames_are_not_written() {
+    // As twill stored them before Pods and slice endpoints had hostnames.
+    let pod = r#"{"kind":"Pod","namespace":"default","name":"a","labels":{},"named_ports":[]}"#;
+    let Object::Pod(p) = serde_json::from_str::<Object>(pod).unwrap() else {
+        panic!()
+    };
+    assert_eq!((&p.hostname, &p.subdomain), (&None, &None));
+    assert_eq!(serde_json::to_string(&Object::Pod(p)).unwrap(), pod);
+    let slice = r#"{"kind":"EndpointSlice","namespace":"default","name":"s","service":"x","endpoints":[{"addresses":["10.0.0.1"],"ready":true,"serving":true,"terminating":false,"node":null}],"ports":[]}"#;
+    let Object::EndpointSlice(s) = serde_json::from_str::<Object>(slice).unwrap() else {
+        panic!()
+    };
+    assert_eq!(s.endpoints[0].hostname, None);
+    assert_eq!(
+        serde_json::to_string(&Object::EndpointSlice(s)).unwrap(),
+        slice
+    );
 }

@@ -129,6 +129,8 @@ pub struct PodSpec {
     #[serde(default)]
     pub containers: Vec<Container>,
     pub node_name: Option<String>,
+    pub hostname: Option<String>,
+    pub subdomain: Option<String>,
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
 }

@@ -758,6 +758,8 @@ mod tests {
             name: name.into(),
             labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
             named_ports: Vec::new(),
+            hostname: None,
+            subdomain: None,
         }
     }
 

@@ -67,6 +67,8 @@ impl BenchPod {
             name: self.name.into(),
             labels: self.labels(),
             named_ports: Vec::new(),
+            hostname: None,
+            subdomain: None,
         })
     }
 
