@@ -6,6 +6,7 @@
 //! defined here once; the kernel side and userspace import it from here.
 #![no_std]
 
+pub mod flow;
 pub mod lb;
 pub mod metrics;
 pub mod policy;
@@ -57,6 +58,14 @@ pub mod maps {
     pub const FQDN_ALLOWS: &str = "TWILL_FQDN";
     /// The names behind learned FQDN addresses.
     pub const FQDN_NAMES: &str = "TWILL_FQDN_NAME";
+    /// Flow records (ring buffer).
+    pub const FLOWS: &str = "TWILL_FLOWS";
+    /// The flow record mode (array, one slot).
+    pub const FLOWS_CONF: &str = "TWILL_FLOW_CONF";
+    /// Flow records the ring had no room for (per-CPU, one slot).
+    pub const FLOWS_LOST: &str = "TWILL_FLOW_LOST";
+    /// When each flow's last drop or refusal record went out (rate limit).
+    pub const FLOWS_SEEN: &str = "TWILL_FLOW_SEEN";
 }
 
 /// Return codes of tc (`sched_cls`) programs, from `include/uapi/linux/pkt_cls.h`.

@@ -123,6 +123,8 @@ mod local;
 pub use local::{
     local_backend_pin, monotonic_ns, read_local_backends, remove_local_backend, set_local_backend,
 };
+mod flows;
+pub use flows::{FlowRing, open_flow_ring, read_flows_lost};
 mod fqdn;
 pub use fqdn::{FqdnMaps, LearnedAddress, fqdn_name, fqdn_name_id, fqdn_name_text, read_fqdn};
 mod policy;
@@ -135,6 +137,8 @@ pub struct MapSizes {
     pub policy_peers: u32,
     /// `TWILL_POL_PORT`: port prefixes of every table on the node.
     pub policy_ports: u32,
+    /// `TWILL_FLOWS`: the flow record ring, in bytes (a power of two, at least a page).
+    pub flow_ring_bytes: u32,
 }
 
 impl Default for MapSizes {
@@ -142,15 +146,17 @@ impl Default for MapSizes {
         MapSizes {
             policy_peers: twill_abi::policy::DEFAULT_PEER_ENTRIES,
             policy_ports: twill_abi::policy::DEFAULT_PORT_ENTRIES,
+            flow_ring_bytes: twill_abi::flow::DEFAULT_RING_BYTES,
         }
     }
 }
 
 impl MapSizes {
-    fn entries(&self) -> [(&'static str, u32); 2] {
+    fn entries(&self) -> [(&'static str, u32); 3] {
         [
             (maps::POLICY_PEERS, self.policy_peers),
             (maps::POLICY_PORTS, self.policy_ports),
+            (maps::FLOWS, self.flow_ring_bytes),
         ]
     }
 }
@@ -960,4 +966,72 @@ pub fn read_affinity(pin_dir: &Path) -> Result<Vec<(AffinityKey, Affinity)>> {
 /// Reads a node's pinned conntrack entries: client flow -> backend.
 pub fn read_conntrack(pin_dir: &Path) -> Result<Vec<(FlowKey, Flow)>> {
     read_pinned(pin_dir, maps::CONNTRACK)
+}
+
+/// The maps [`count_pinned`] counts: the hash and LRU maps that the programs or another
+/// writer (`twill-dnsd`) fill, so no userspace bookkeeping knows how full they are.
+pub const COUNTED_MAPS: [&str; 10] = [
+    maps::CONNTRACK,
+    maps::REVNAT,
+    maps::AFFINITY,
+    maps::SOCK_NAT,
+    maps::POLICY_FLOWS,
+    maps::LOCAL_PODS,
+    maps::POD_NETNS,
+    maps::DNS_LOCAL,
+    maps::FQDN_ALLOWS,
+    maps::FQDN_NAMES,
+];
+
+/// How many entries one of [`COUNTED_MAPS`] pinned under `pin_dir` holds, and its
+/// capacity. Walks the keys, one syscall per entry, so callers bound how often they ask.
+/// Under churn the count is approximate: a key deleted while the walk stands on it
+/// restarts the kernel's walk, so the count is capped at the capacity.
+pub fn count_pinned(pin_dir: &Path, name: &'static str) -> Result<(u64, u32)> {
+    use twill_abi::{
+        lb::{LocalBackend, SockKey},
+        policy::{FqdnAllow, FqdnKey, FqdnName, PolicyFlow, PolicyFlowKey},
+    };
+    match name {
+        maps::CONNTRACK => count_keys::<FlowKey, Flow>(pin_dir, maps::CONNTRACK),
+        maps::REVNAT => count_keys::<FlowKey, RevNat>(pin_dir, maps::REVNAT),
+        maps::AFFINITY => count_keys::<AffinityKey, Affinity>(pin_dir, maps::AFFINITY),
+        maps::SOCK_NAT => count_keys::<SockKey, RevNat>(pin_dir, maps::SOCK_NAT),
+        maps::POLICY_FLOWS => count_keys::<PolicyFlowKey, PolicyFlow>(pin_dir, maps::POLICY_FLOWS),
+        maps::LOCAL_PODS => count_keys::<u32, LocalPod>(pin_dir, maps::LOCAL_PODS),
+        maps::POD_NETNS => count_keys::<u64, PodSocket>(pin_dir, maps::POD_NETNS),
+        maps::DNS_LOCAL => count_keys::<FrontendKey, LocalBackend>(pin_dir, maps::DNS_LOCAL),
+        maps::FQDN_ALLOWS => count_keys::<FqdnKey, FqdnAllow>(pin_dir, maps::FQDN_ALLOWS),
+        maps::FQDN_NAMES => count_keys::<u64, FqdnName>(pin_dir, maps::FQDN_NAMES),
+        _ => Err(DatapathError::Map {
+            name,
+            path: pin_dir.join(name),
+            source: Box::new(aya::maps::MapError::InvalidName {
+                name: name.to_owned(),
+            }),
+        }),
+    }
+}
+
+fn count_keys<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &'static str) -> Result<(u64, u32)> {
+    let path = pin_dir.join(name);
+    let map_err = |source| DatapathError::Map {
+        name,
+        path: path.clone(),
+        source: Box::new(source),
+    };
+    let data = MapData::from_pin(&path).map_err(map_err)?;
+    let info = data.info().map_err(map_err)?;
+    let capacity = info.max_entries();
+    let map = match info.map_type().map_err(map_err)? {
+        aya::maps::MapType::LruHash => Map::LruHashMap(data),
+        _ => Map::HashMap(data),
+    };
+    let map: HashMap<MapData, K, V> = HashMap::try_from(map).map_err(map_err)?;
+    let entries = map
+        .keys()
+        .take(capacity as usize)
+        .take_while(std::result::Result::is_ok)
+        .count();
+    Ok((entries as u64, capacity))
 }

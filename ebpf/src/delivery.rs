@@ -14,6 +14,7 @@ use twill_abi::{
 };
 
 use crate::{
+    flow::Event,
     maps::{TWILL_LOCAL_PODS, lookup, node_config},
     metrics::count,
     parse::{IP_CSUM_OFF, IP_TTL_OFF, L4},
@@ -26,19 +27,19 @@ use crate::{
 /// have done to it (a backend's reply comes from the frontend) and what a router does (one
 /// hop off the TTL, the next hop's Ethernet addresses).
 #[inline(always)]
-pub(crate) fn to_local_pod(ctx: &TcContext, l4: &L4) -> Reason {
+pub(crate) fn to_local_pod(ctx: &TcContext, l4: &L4, ev: &mut Event) -> Reason {
     match lookup!(TWILL_LOCAL_PODS, &l4.flow.dst_ip) {
-        Some(pod) => deliver(ctx, l4, &pod),
+        Some(pod) => deliver(ctx, l4, &pod, ev),
         None => Reason::Forwarded,
     }
 }
 
 /// [`to_local_pod`]'s work, for a pod found in `TWILL_LOCAL_PODS`.
 #[inline(always)]
-fn deliver(ctx: &TcContext, l4: &L4, pod: &LocalPod) -> Reason {
+fn deliver(ctx: &TcContext, l4: &L4, pod: &LocalPod, ev: &mut Event) -> Reason {
     // Policy first, on the addresses as they are (a backend's reply not yet translated
     // back to the frontend): counted as the pod's `to_pod` program would have.
-    match policy::ingress(&Packet::of(ctx, l4), Direction::ToPod) {
+    match policy::ingress(&Packet::of(ctx, l4), Direction::ToPod, ev) {
         Reason::Forwarded => {}
         denied => return denied,
     }
@@ -71,7 +72,7 @@ fn deliver(ctx: &TcContext, l4: &L4, pod: &LocalPod) -> Reason {
 /// node's forwarding. Anything else (the node's own addresses, the world) goes on through
 /// the node's stack.
 #[inline(always)]
-pub(crate) fn pod_to_pod(ctx: &TcContext, l4: &L4) -> Reason {
+pub(crate) fn pod_to_pod(ctx: &TcContext, l4: &L4, ev: &mut Event) -> Reason {
     let Some(node) = node_config() else {
         return Reason::Forwarded;
     };
@@ -81,7 +82,7 @@ pub(crate) fn pod_to_pod(ctx: &TcContext, l4: &L4) -> Reason {
         return Reason::Forwarded;
     }
     if let Some(pod) = lookup!(TWILL_LOCAL_PODS, &dst) {
-        return deliver(ctx, l4, &pod);
+        return deliver(ctx, l4, &pod, ev);
     }
     // The TTL comes off only once the packet will go: one the node must answer (no
     // route, too big for the overlay: ICMP from its stack) goes on untouched.

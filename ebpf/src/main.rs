@@ -19,6 +19,7 @@
 #![no_main]
 
 // Shared by every program: the maps, the counters, the packet's headers.
+mod flow;
 mod maps;
 mod metrics;
 mod parse;
@@ -42,6 +43,7 @@ use twill_abi::{
 
 use crate::{
     delivery::{pod_to_pod, to_local_pod},
+    flow::Event,
     metrics::count,
     nat::forget_stale_reverse,
     nodeport::{node_port_reply, node_port_request},
@@ -72,12 +74,20 @@ pub fn twill_from_overlay(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn verdict(ctx: &TcContext, direction: Direction) -> i32 {
-    let reason = match parse(ctx) {
+    let mut ev = Event::default();
+    let parsed = parse(ctx);
+    // The packet as it came in, for its flow record.
+    let seen = match &parsed {
+        Ok(Some(l4)) => Some(Packet::bare(l4)),
+        Ok(None) => Packet::read(ctx),
+        Err(_) => None,
+    };
+    let reason = match parsed {
         Err(reason) => reason,
         // Not TCP or UDP (ICMP, SCTP, a later fragment): only policy has a say.
-        Ok(None) => match (direction, Packet::read(ctx)) {
-            (Direction::FromPod, Some(p)) => policy::egress(&p, direction),
-            (Direction::ToPod, Some(p)) => policy::ingress(&p, direction),
+        Ok(None) => match (direction, &seen) {
+            (Direction::FromPod, Some(p)) => policy::egress(p, direction, &mut ev),
+            (Direction::ToPod, Some(p)) => policy::ingress(p, direction, &mut ev),
             (Direction::FromPod | Direction::ToPod, None) => Reason::DropMalformed,
             _ => Reason::Forwarded,
         },
@@ -86,22 +96,24 @@ fn verdict(ctx: &TcContext, direction: Direction) -> i32 {
             // sees the pod's own addresses: after a Service request is translated to its
             // backend, before a reply is translated back.
             Direction::FromPod => match to_backend(ctx, &l4) {
-                Reason::Forwarded => match policy::egress(&Packet::of(ctx, &l4), direction) {
-                    Reason::Forwarded => {
-                        forget_stale_reverse(ctx, &l4);
-                        match node_port_reply(ctx, &l4) {
-                            Reason::Forwarded => pod_to_pod(ctx, &l4),
-                            other => other,
+                Reason::Forwarded => {
+                    match policy::egress(&Packet::of(ctx, &l4), direction, &mut ev) {
+                        Reason::Forwarded => {
+                            forget_stale_reverse(ctx, &l4);
+                            match node_port_reply(ctx, &l4) {
+                                Reason::Forwarded => pod_to_pod(ctx, &l4, &mut ev),
+                                other => other,
+                            }
                         }
+                        denied => denied,
                     }
-                    denied => denied,
-                },
+                }
                 // Now to a backend, which is a pod: delivered the same way as pod-to-pod
                 // traffic, and counted as translated.
                 Reason::ServiceTranslated => match parse(ctx) {
                     Ok(Some(translated)) => {
-                        match policy::egress(&Packet::of(ctx, &translated), direction) {
-                            Reason::Forwarded => match pod_to_pod(ctx, &translated) {
+                        match policy::egress(&Packet::of(ctx, &translated), direction, &mut ev) {
+                            Reason::Forwarded => match pod_to_pod(ctx, &translated, &mut ev) {
                                 Reason::Forwarded => Reason::ServiceTranslated,
                                 delivered => {
                                     count(direction, Reason::ServiceTranslated, ctx.len());
@@ -117,11 +129,11 @@ fn verdict(ctx: &TcContext, direction: Direction) -> i32 {
                 other => other,
             },
             Direction::FromOverlay => match node_port_reply(ctx, &l4) {
-                Reason::Forwarded => to_local_pod(ctx, &l4),
+                Reason::Forwarded => to_local_pod(ctx, &l4, &mut ev),
                 other => other,
             },
-            Direction::FromWorld => node_port_request(ctx, &l4),
-            Direction::ToPod => match policy::ingress(&Packet::of(ctx, &l4), direction) {
+            Direction::FromWorld => node_port_request(ctx, &l4, &mut ev),
+            Direction::ToPod => match policy::ingress(&Packet::of(ctx, &l4), direction, &mut ev) {
                 Reason::Forwarded => from_backend(ctx, &l4),
                 denied => denied,
             },
@@ -129,6 +141,7 @@ fn verdict(ctx: &TcContext, direction: Direction) -> i32 {
         },
     };
     count(direction, reason, ctx.len());
+    flow::record(ctx, direction, reason, &ev, seen.as_ref());
     match reason {
         // The packet already went where it was redirected to.
         Reason::NodePortRedirected | Reason::HairpinRedirected | Reason::PodRedirected => {

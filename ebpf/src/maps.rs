@@ -7,9 +7,10 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use twill_abi::{
+    flow::{DEFAULT_RING_BYTES, FlowSeen, FlowSeenKey, MAX_FLOW_SEEN},
     lb::{
         Affinity, AffinityKey, Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey,
         LocalBackend, LocalPod, MAX_BACKENDS, MAX_FLOWS, MAX_FRONTENDS, MAX_LOCAL_BACKENDS,
@@ -84,6 +85,19 @@ pub(crate) static TWILL_FQDN: HashMap<twill_abi::policy::FqdnKey, FqdnAllow> =
 #[map(name = "TWILL_FQDN_NAME")]
 pub(crate) static TWILL_FQDN_NAME: HashMap<u64, FqdnName> =
     HashMap::pinned(MAX_FQDN_NAMES, BPF_F_NO_PREALLOC);
+
+// Flow records (see `twill_abi::flow`). The ring is pinned, so records written while
+// twilld restarts wait for the next reader.
+#[map(name = "TWILL_FLOWS")]
+pub(crate) static TWILL_FLOWS: RingBuf = RingBuf::pinned(DEFAULT_RING_BYTES, 0);
+/// Slot 0: the record mode (`FLOW_MODE_*`), written by `twilld`.
+#[map(name = "TWILL_FLOW_CONF")]
+pub(crate) static TWILL_FLOW_CONF: Array<u32> = Array::pinned(1, 0);
+#[map(name = "TWILL_FLOW_LOST")]
+pub(crate) static TWILL_FLOW_LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+#[map(name = "TWILL_FLOW_SEEN")]
+pub(crate) static TWILL_FLOW_SEEN: LruHashMap<FlowSeenKey, FlowSeen> =
+    LruHashMap::pinned(MAX_FLOW_SEEN, 0);
 
 /// The service CIDR, set at load time (wire order): destinations outside it skip the
 /// Service lookups, so pod-to-pod traffic pays for none. A mask of 0 means "every

@@ -13,6 +13,7 @@ use twill_abi::{
 
 use crate::{
     delivery::{hairpin, redirect},
+    flow::Event,
     maps::{TWILL_CT, TWILL_REVNAT, TWILL_SVC, lookup, node_config},
     nat::{record_flow, translate_reply, translate_request},
     parse::L4,
@@ -25,7 +26,7 @@ use crate::{
 /// node's VTEP address (so the reply comes back here) and the program sends it on itself:
 /// the stack would drop a packet arriving with one of its own addresses as the source.
 #[inline(always)]
-pub(crate) fn node_port_request(ctx: &TcContext, l4: &L4) -> Reason {
+pub(crate) fn node_port_request(ctx: &TcContext, l4: &L4, ev: &mut Event) -> Reason {
     let port = u16::from_be(l4.flow.dst_port);
     if !(NODE_PORT_MIN..=NODE_PORT_MAX).contains(&port) {
         return Reason::Forwarded;
@@ -63,6 +64,7 @@ pub(crate) fn node_port_request(ctx: &TcContext, l4: &L4) -> Reason {
                 };
                 (FLOW_NODE_PORT | FLOW_SNAT, (node.vtep_ip, port))
             };
+            ev.new_flow = true;
             match record_flow(l4, backend, flags, snat) {
                 Ok(flow) => flow,
                 Err(()) => return Reason::DropRewriteFailed,

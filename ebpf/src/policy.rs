@@ -15,6 +15,10 @@
 
 use aya_ebpf::programs::TcContext;
 use twill_abi::{
+    flow::{
+        PolicyVerdict, VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED, VERDICT_EXEMPT,
+        VERDICT_FQDN_DENIED, VERDICT_KNOWN, VERDICT_OPEN,
+    },
     lb::{IPPROTO_TCP, IPPROTO_UDP},
     metrics::{Direction, Reason},
     policy::{
@@ -24,6 +28,7 @@ use twill_abi::{
 };
 
 use crate::{
+    flow::Event,
     maps::{
         TWILL_FQDN, TWILL_POL_COUNT, TWILL_POL_CT, TWILL_POL_EP, TWILL_POL_PEER, TWILL_POL_PORT,
         TWILL_POL_RULE, in_service_cidr, lookup, node_config,
@@ -67,6 +72,20 @@ impl Packet {
             dst_port: l4.flow.dst_port,
             protocol: l4.flow.protocol,
             opens: l4.opens_tcp(ctx),
+        }
+    }
+
+    /// The packet of an already parsed TCP or UDP header, without reading its flags
+    /// (`opens` false): for the flow record.
+    #[inline(always)]
+    pub(crate) fn bare(l4: &L4) -> Packet {
+        Packet {
+            src: l4.flow.src_ip,
+            dst: l4.flow.dst_ip,
+            src_port: l4.flow.src_port,
+            dst_port: l4.flow.dst_port,
+            protocol: l4.flow.protocol,
+            opens: false,
         }
     }
 
@@ -124,7 +143,7 @@ impl Packet {
 /// A packet leaving a local pod (its source). `Forwarded` when it may go on, else the
 /// drop reason; `direction` is where the caller counts.
 #[inline(always)]
-pub(crate) fn egress(p: &Packet, direction: Direction) -> Reason {
+pub(crate) fn egress(p: &Packet, direction: Direction, ev: &mut Event) -> Reason {
     let key = PolicyFlowKey {
         pod_ip: p.src,
         peer_ip: p.dst,
@@ -133,12 +152,19 @@ pub(crate) fn egress(p: &Packet, direction: Direction) -> Reason {
         protocol: p.protocol,
         _pad: [0; 3],
     };
-    check(&key, DIR_EGRESS, p.opens, direction)
+    check(
+        &key,
+        DIR_EGRESS,
+        p.opens,
+        direction,
+        &mut ev.egress,
+        &mut ev.new_flow,
+    )
 }
 
 /// A packet entering a local pod (its destination).
 #[inline(always)]
-pub(crate) fn ingress(p: &Packet, direction: Direction) -> Reason {
+pub(crate) fn ingress(p: &Packet, direction: Direction, ev: &mut Event) -> Reason {
     let key = PolicyFlowKey {
         pod_ip: p.dst,
         peer_ip: p.src,
@@ -147,15 +173,32 @@ pub(crate) fn ingress(p: &Packet, direction: Direction) -> Reason {
         protocol: p.protocol,
         _pad: [0; 3],
     };
-    check(&key, DIR_INGRESS, p.opens, direction)
+    check(
+        &key,
+        DIR_INGRESS,
+        p.opens,
+        direction,
+        &mut ev.ingress,
+        &mut ev.new_flow,
+    )
 }
 
-/// `dir` is the way this packet travels relative to the pod.
+/// `dir` is the way this packet travels relative to the pod. The verdict goes to `v` (for
+/// the flow record), and `new` is set when the packet starts a flow.
 #[inline(always)]
-fn check(key: &PolicyFlowKey, dir: u32, opens: bool, direction: Direction) -> Reason {
+fn check(
+    key: &PolicyFlowKey,
+    dir: u32,
+    opens: bool,
+    direction: Direction,
+    v: &mut PolicyVerdict,
+    new: &mut bool,
+) -> Reason {
     let Some(ep) = lookup!(TWILL_POL_EP, &key.pod_ip) else {
+        v.verdict = VERDICT_DENIED;
         return Reason::DropPolicyNoEndpoint;
     };
+    v.table = ep.table;
     let mode = if dir == DIR_INGRESS {
         ep.modes[0]
     } else {
@@ -165,8 +208,11 @@ fn check(key: &PolicyFlowKey, dir: u32, opens: bool, direction: Direction) -> Re
     // not known yet also needs an address learned from an allowed name.
     let fqdn = dir == DIR_EGRESS && ep.fqdn != 0 && outside_cluster(key.peer_ip);
     if mode == MODE_OPEN && fqdn {
+        v.verdict = VERDICT_OPEN;
         if opens || lookup!(TWILL_POL_CT, key).is_none() {
+            *new = true;
             if !fqdn_allows(key) {
+                v.verdict = VERDICT_FQDN_DENIED;
                 bump(ep.deny_counter[1]);
                 return Reason::DropPolicyFqdn;
             }
@@ -180,12 +226,14 @@ fn check(key: &PolicyFlowKey, dir: u32, opens: bool, direction: Direction) -> Re
         return Reason::Forwarded;
     }
     if mode == MODE_OPEN {
+        v.verdict = VERDICT_OPEN;
         // Nothing to decide, but the flow is remembered with who opened it, so that a
         // policy isolating the pod later still lets this flow's replies through.
         // A lookup first for what is not a SYN: an LRU insert takes a free element (maybe
         // evicting one) even when the key is there, so it is made only for a new flow,
         // and the first packet seen decides the origin.
         if opens || (key.protocol != IPPROTO_TCP && lookup!(TWILL_POL_CT, key).is_none()) {
+            *new = true;
             let flow = PolicyFlow {
                 table: ep.table,
                 origin: dir as u8,
@@ -202,16 +250,24 @@ fn check(key: &PolicyFlowKey, dir: u32, opens: bool, direction: Direction) -> Re
         lookup!(TWILL_POL_CT, key)
     };
     let origin = match known {
-        Some(flow) if flow.table == ep.table => return Reason::Forwarded,
+        Some(flow) if flow.table == ep.table => {
+            v.verdict = VERDICT_KNOWN;
+            return Reason::Forwarded;
+        }
         // Allowed under an older table: decided again, in the direction it was opened.
         // (Its FQDN check is not made again: a learned address holds for as long as a
         // connection to it is open.)
         Some(flow) => u32::from(flow.origin),
         None if fqdn && !fqdn_allows(key) => {
+            *new = true;
+            v.verdict = VERDICT_FQDN_DENIED;
             bump(ep.deny_counter[1]);
             return Reason::DropPolicyFqdn;
         }
-        None => dir,
+        None => {
+            *new = true;
+            dir
+        }
     };
     // The destination port of the flow's opening packet.
     let port = if origin == DIR_INGRESS {
@@ -219,22 +275,22 @@ fn check(key: &PolicyFlowKey, dir: u32, opens: bool, direction: Direction) -> Re
     } else {
         key.peer_port
     };
-    if decide(&ep, key, origin, port, direction) {
-        let flow = PolicyFlow {
-            table: ep.table,
-            origin: origin as u8,
-            _pad: [0; 3],
-        };
-        // A flow that cannot be remembered is decided again on its next packet.
-        let _ = TWILL_POL_CT.insert(key, flow, 0);
-        Reason::Forwarded
-    } else {
-        Reason::DropPolicyDenied
+    decide(&ep, key, origin, port, direction, v);
+    if v.verdict == VERDICT_DENIED {
+        return Reason::DropPolicyDenied;
     }
+    let flow = PolicyFlow {
+        table: ep.table,
+        origin: origin as u8,
+        _pad: [0; 3],
+    };
+    // A flow that cannot be remembered is decided again on its next packet.
+    let _ = TWILL_POL_CT.insert(key, flow, 0);
+    Reason::Forwarded
 }
 
 /// Whether the pod's table allows a flow opened in direction `origin` with the peer, to
-/// `port` (the opening packet's destination port). Counts the verdict.
+/// `port` (the opening packet's destination port), as a `VERDICT_*` in `v`. Counts it.
 #[inline(always)]
 fn decide(
     ep: &PolicyEndpoint,
@@ -242,14 +298,20 @@ fn decide(
     origin: u32,
     port: u16,
     direction: Direction,
-) -> bool {
+    v: &mut PolicyVerdict,
+) {
     let (mode, any_ports, deny_slot) = if origin == DIR_INGRESS {
         (ep.modes[0], ep.any_ports[0], ep.deny_counter[0])
     } else {
         (ep.modes[1], ep.any_ports[1], ep.deny_counter[1])
     };
-    if mode == MODE_OPEN || key.peer_ip == key.pod_ip || from_own_node(key.peer_ip) {
-        return true;
+    if mode == MODE_OPEN {
+        v.verdict = VERDICT_OPEN;
+        return;
+    }
+    if key.peer_ip == key.pod_ip || from_own_node(key.peer_ip) {
+        v.verdict = VERDICT_EXEMPT;
+        return;
     }
     let scope = scope(ep.table, origin);
     let peer = aya_ebpf::maps::lpm_trie::Key::new(
@@ -286,14 +348,17 @@ fn decide(
         if let Some(counter) = lookup!(TWILL_POL_RULE, &slot) {
             bump(counter);
         }
-        return true;
+        v.verdict = VERDICT_ALLOWED;
+        v.bit = bits.trailing_zeros() as u8;
+        return;
     }
     bump(deny_slot);
     if mode == MODE_AUDIT {
         count(direction, Reason::PolicyAuditDenied, 0);
-        return true;
+        v.verdict = VERDICT_AUDIT;
+        return;
     }
-    false
+    v.verdict = VERDICT_DENIED;
 }
 
 /// Whether a new egress flow of a pod is to an address learned for it, unexpired, at a
