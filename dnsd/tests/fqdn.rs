@@ -165,6 +165,18 @@ fn fqdn_drops(node: &Host) -> u64 {
         .packets
 }
 
+/// `netctl why` from the client pod to `to`.
+fn ask_why(netctl: &std::path::Path, lab: &Lab, to: SocketAddr) -> String {
+    let why = twill_tests::netctl(
+        netctl,
+        lab,
+        &["why", "--from", "default/client", "--to", &to.to_string()],
+        "",
+    );
+    eprintln!("{why}");
+    why
+}
+
 #[test]
 fn an_fqdn_policy_opens_only_addresses_its_names_resolved_to() {
     require_root();
@@ -195,28 +207,16 @@ fn an_fqdn_policy_opens_only_addresses_its_names_resolved_to() {
     );
 
     // The outside world: an upstream resolver (TTL 1 s) and echo servers on both hosts.
-    let mut dnsmasq = Command::new("dnsmasq");
-    dnsmasq
-        .args([
-            "-k",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--port=53",
-            "--user=root",
-            "--bind-interfaces",
-            "--local-ttl=1",
-        ])
-        .arg(format!("--listen-address={ip1}"))
-        .arg(format!("--address=/allowed.example/{ip1}"))
-        .arg(format!("--address=/denied.example/{ip2}"))
-        .arg(format!("--address=/a.wild.example/{ip2}"))
-        .arg(format!(
-            "--pid-file={}",
-            ext1.state_dir.join("dnsmasq.pid").display()
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let dnsmasq = common::dnsmasq(
+        &ext1.state_dir,
+        &[
+            "--local-ttl=1".to_owned(),
+            format!("--listen-address={ip1}"),
+            format!("--address=/allowed.example/{ip1}"),
+            format!("--address=/denied.example/{ip2}"),
+            format!("--address=/a.wild.example/{ip2}"),
+        ],
+    );
     let _dnsmasq = Guard(ext1.spawn(dnsmasq).expect("start dnsmasq"));
     let _echo1 = echo_server(&ext1);
     let _echo2 = echo_server(&ext2);
@@ -299,35 +299,12 @@ fn an_fqdn_policy_opens_only_addresses_its_names_resolved_to() {
     );
 
     // `netctl why` names the name, and the closed host.
-    let why = twill_tests::netctl(
-        &netctl,
-        &lab,
-        &[
-            "why",
-            "--from",
-            "default/client",
-            "--to",
-            &format!("{ip1}:8080"),
-        ],
-        "",
-    );
-    eprintln!("{why}");
+    let why = ask_why(&netctl, &lab, web1);
     assert!(
         why.contains("ALLOWED") && why.contains(&format!("allowed.example resolved to {ip1}")),
         "{why}"
     );
-    let why = twill_tests::netctl(
-        &netctl,
-        &lab,
-        &[
-            "why",
-            "--from",
-            "default/client",
-            "--to",
-            &format!("{ip2}:8080"),
-        ],
-        "",
-    );
+    let why = ask_why(&netctl, &lab, web2);
     assert!(
         why.contains("DENIED") && why.contains("default/client-egress"),
         "{why}"
@@ -367,19 +344,7 @@ fn an_fqdn_policy_opens_only_addresses_its_names_resolved_to() {
         echoes(&mut open),
         "the open connection goes on past the expiry"
     );
-    let why = twill_tests::netctl(
-        &netctl,
-        &lab,
-        &[
-            "why",
-            "--from",
-            "default/client",
-            "--to",
-            &format!("{ip1}:8080"),
-        ],
-        "",
-    );
-    eprintln!("{why}");
+    let why = ask_why(&netctl, &lab, web1);
     assert!(why.contains("DENIED") && why.contains("expired"), "{why}");
 
     // Restarts: the learned addresses are pinned, so neither twilld nor twill-dnsd going

@@ -131,25 +131,13 @@ fn pods_queries_to_the_dns_service_go_to_twill_dnsd_and_fall_back_when_it_dies()
         "client",
         "K8S_POD_NAMESPACE=default;K8S_POD_NAME=client",
     );
-    let mut dnsmasq = Command::new("dnsmasq");
-    dnsmasq
-        .args([
-            "-k",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--port=53",
-            "--user=root",
-            "--bind-interfaces",
-            "--txt-record=whoami.test,fallback",
-        ])
-        .arg(format!("--listen-address={dns_ip}"))
-        .arg(format!(
-            "--pid-file={}",
-            node.state_dir.join("dnsmasq.pid").display()
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut dnsmasq = common::dnsmasq(
+        &node.state_dir,
+        &[
+            "--txt-record=whoami.test,fallback".to_owned(),
+            format!("--listen-address={dns_ip}"),
+        ],
+    );
     let ns = NetNs::from_path(&dns_netns).expect("the dns pod's namespace");
     let _dnsmasq = Guard(
         ns.run(move || dnsmasq.spawn())

@@ -113,6 +113,29 @@ impl Drop for Dnsd {
     }
 }
 
+/// dnsmasq in the foreground, with no configuration but `options` (records, listen
+/// addresses), its pid file in `state_dir`.
+pub fn dnsmasq(state_dir: &Path, options: &[String]) -> Command {
+    let mut cmd = Command::new("dnsmasq");
+    cmd.args([
+        "-k",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--port=53",
+        "--user=root",
+        "--bind-interfaces",
+    ])
+    .args(options)
+    .arg(format!(
+        "--pid-file={}",
+        state_dir.join("dnsmasq.pid").display()
+    ))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    cmd
+}
+
 /// A process killed (and reaped) when dropped.
 pub struct Guard(pub Child);
 
