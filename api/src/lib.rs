@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod flow;
 
 use std::{
     io::{self, BufRead as _, BufReader, Write as _},
@@ -125,7 +126,17 @@ pub enum Request {
     },
     /// What the node's NetworkPolicy maps hold and have counted, with names.
     Policy,
+    /// The node's flow records numbered above `after`, at most `max` of them (the daemon
+    /// caps it at [`MAX_FLOWS`]); when there are none yet, waits up to `wait_ms` (capped at
+    /// [`MAX_FLOWS_WAIT_MS`]) for one. An `after` beyond the newest record means the
+    /// daemon restarted since: its records are then sent from the oldest.
+    Flows { after: u64, max: u32, wait_ms: u32 },
 }
+
+/// The most records one [`Request::Flows`] answer carries.
+pub const MAX_FLOWS: u32 = 5000;
+/// The longest a [`Request::Flows`] waits (well inside the daemon's 10 s per connection).
+pub const MAX_FLOWS_WAIT_MS: u32 = 5000;
 
 /// How full one of the node's BPF maps is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +265,9 @@ pub struct NodeStatus {
     /// NetworkPolicy: problems and map fill.
     #[serde(default)]
     pub policy: PolicyStatus,
+    /// Flow records: kept, lost, problems.
+    #[serde(default)]
+    pub flows: flow::FlowStatus,
 }
 
 /// The node's background pod work: attaches queued by ADD, pairs queued by DEL.
@@ -320,6 +334,21 @@ pub enum Response {
     },
     Policy {
         report: PolicyReport,
+    },
+    /// [`Request::Flows`]: records in `seq` order.
+    Flows {
+        records: Vec<flow::FlowEvent>,
+        /// Pass this as `after` to go on.
+        next: u64,
+        /// The oldest record kept (0: none): those between `after` and it were dropped
+        /// from memory before this reader asked (it was too slow for `flows.keep`).
+        oldest: u64,
+        /// The newest record (0: none).
+        newest: u64,
+        /// Records between `after` and `oldest` that this reader missed.
+        missed: u64,
+        /// Records the datapath's ring had no room for, since the ring was created.
+        lost: u64,
     },
     Error {
         kind: ErrorKind,
@@ -519,6 +548,39 @@ mod tests {
             r#"{"api":1,"op":"allocate","container_id":"c1","ifname":"eth0","pod":"default/web"}"#
         );
         assert_eq!(decode_request(&line).unwrap(), req);
+    }
+
+    #[test]
+    fn a_flows_poll_and_its_answer_are_as_documented() {
+        let req = Request::Flows {
+            after: 7,
+            max: 100,
+            wait_ms: 1000,
+        };
+        let line = serde_json::to_string(&Envelope {
+            api: API_VERSION,
+            body: &req,
+        })
+        .unwrap();
+        assert_eq!(
+            line,
+            r#"{"api":1,"op":"flows","after":7,"max":100,"wait_ms":1000}"#
+        );
+        assert_eq!(decode_request(&line).unwrap(), req);
+        let resp = Response::Flows {
+            records: vec![flow::FlowEvent::default()],
+            next: 8,
+            oldest: 1,
+            newest: 8,
+            missed: 0,
+            lost: 3,
+        };
+        let line = encode_response(&resp);
+        assert!(
+            line.starts_with(r#"{"api":1,"result":"flows","records":[{"seq":0,"#),
+            "{line}"
+        );
+        assert_eq!(decode_response(&line).unwrap(), resp);
     }
 
     #[test]

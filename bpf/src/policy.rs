@@ -68,6 +68,21 @@ impl Datapath {
             .collect())
     }
 
+    /// The policy counters of `slots` only, summed over CPUs, in that order: one lookup
+    /// each, where [`Self::policy_counters`] reads all of them.
+    pub fn policy_counters_of(&mut self, slots: &[u32]) -> Result<Vec<u64>> {
+        let counters = self.typed_map::<PerCpuArray<&mut MapData, u64>>(maps::POLICY_COUNTERS)?;
+        Ok(slots
+            .iter()
+            .map(|slot| {
+                counters
+                    .get(slot, 0)
+                    .map(|per_cpu| per_cpu.iter().sum::<u64>())
+                    .unwrap_or(0)
+            })
+            .collect())
+    }
+
     /// A loaded map by name, as the map type `M` (an LPM trie, an array, ...).
     fn typed_map<'a, M>(&'a mut self, name: &'static str) -> Result<M>
     where

@@ -59,6 +59,17 @@ struct FileConfig {
     paths: FilePaths,
     #[serde(default)]
     policy: FilePolicy,
+    #[serde(default)]
+    metrics: FileMetrics,
+    #[serde(default)]
+    flows: crate::flows::config::FileFlows,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    listen: Option<String>,
+    map_walk_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,7 +180,23 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     /// Capacities of the NetworkPolicy tries.
     pub map_sizes: twill_bpf::MapSizes,
+    /// Prometheus `/metrics`; `None`: not served.
+    pub metrics: Option<MetricsConfig>,
+    /// Flow records (`[flows]`); the ring's size is in `map_sizes`.
+    pub flows: crate::flows::config::FlowsConfig,
 }
+
+/// Where `/metrics` is served, and how often maps nothing keeps a count of are walked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub listen: std::net::SocketAddr,
+    /// At most one walk of the counted maps per this long (see `metrics`).
+    pub map_walk: Duration,
+}
+
+/// The port `/metrics` is usually served on (Cilium's agent's, too: one CNI agent a node).
+pub const DEFAULT_METRICS_PORT: u16 = 9962;
+pub const DEFAULT_MAP_WALK_SECONDS: u64 = 60;
 
 /// Bounds of a configurable map's capacity.
 pub const MAP_ENTRIES: std::ops::RangeInclusive<u32> = 1024..=16_777_216;
@@ -321,6 +348,9 @@ impl Config {
             }
         }
 
+        let flows = file.flows.check().map_err(|(key, m)| invalid(key, m))?;
+        map_sizes.flow_ring_bytes = flows.ring_bytes;
+
         let service_text = file
             .network
             .service_cidr
@@ -368,6 +398,40 @@ impl Config {
                 format!("{quarantine} is more than a week"),
             ));
         }
+
+        let map_walk = file
+            .metrics
+            .map_walk_seconds
+            .unwrap_or(DEFAULT_MAP_WALK_SECONDS);
+        if !(1..=3600).contains(&map_walk) {
+            return Err(invalid(
+                "metrics.map_walk_seconds",
+                format!("{map_walk} is outside 1..=3600"),
+            ));
+        }
+        let metrics = match file.metrics.listen.as_deref() {
+            None | Some("") => None,
+            Some(text) => {
+                let listen: std::net::SocketAddr = text.parse().map_err(|_| {
+                    invalid(
+                        "metrics.listen",
+                        format!(
+                            "{text:?} is not an address and port (\"IP:PORT\", e.g. \"0.0.0.0:{DEFAULT_METRICS_PORT}\")"
+                        ),
+                    )
+                })?;
+                if listen.port() == 0 {
+                    return Err(invalid(
+                        "metrics.listen",
+                        format!("{text:?}: the port must not be 0"),
+                    ));
+                }
+                Some(MetricsConfig {
+                    listen,
+                    map_walk: Duration::from_secs(map_walk),
+                })
+            }
+        };
 
         let absolute = |key: &'static str, path: PathBuf| {
             if path.is_absolute() {
@@ -433,6 +497,8 @@ impl Config {
             bpffs_root,
             cgroup_root,
             map_sizes,
+            metrics,
+            flows,
         })
     }
 }
@@ -476,6 +542,24 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/twill"));
         assert_eq!(c.underlay_interface, None);
         assert_eq!(c.mtu, None);
+        assert_eq!(c.metrics, None);
+    }
+
+    #[test]
+    fn metrics_are_served_where_listen_says() {
+        let c = parse("[metrics]\nlisten = \"172.30.0.11:9962\"\n").unwrap();
+        assert_eq!(
+            c.metrics,
+            Some(MetricsConfig {
+                listen: "172.30.0.11:9962".parse().unwrap(),
+                map_walk: Duration::from_secs(60),
+            })
+        );
+        let c = parse("[metrics]\nlisten = \"[::]:9962\"\nmap_walk_seconds = 5\n").unwrap();
+        let m = c.metrics.unwrap();
+        assert_eq!(m.listen.port(), 9962);
+        assert!(m.listen.is_ipv6());
+        assert_eq!(m.map_walk, Duration::from_secs(5));
     }
 
     #[test]
@@ -577,6 +661,23 @@ mod tests {
                 "node_name: \"Node_1\" is not a valid node name",
             ),
             ("[lease]\nttl_seconds = \"ten\"", "invalid type"),
+            (
+                "[metrics]\nlisten = \"9962\"",
+                "metrics.listen: \"9962\" is not an address and port",
+            ),
+            (
+                "[metrics]\nlisten = \"localhost:9962\"",
+                "metrics.listen: \"localhost:9962\" is not an address and port",
+            ),
+            (
+                "[metrics]\nlisten = \"0.0.0.0:0\"",
+                "metrics.listen: \"0.0.0.0:0\": the port must not be 0",
+            ),
+            (
+                "[metrics]\nmap_walk_seconds = 0",
+                "metrics.map_walk_seconds: 0 is outside 1..=3600",
+            ),
+            ("[metrics]\nport = 9962", "unknown field `port`"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err().to_string();

@@ -6,6 +6,7 @@
 // The daemon's core, which every capability shares.
 mod config;
 mod lease;
+mod metrics;
 mod node;
 mod policy;
 mod server;
@@ -13,6 +14,7 @@ mod state;
 mod watch;
 
 // Capabilities, a folder each (`policy` joins them), and outbound NAT, one file.
+mod flows;
 mod masquerade;
 mod overlay;
 mod pods;
@@ -184,6 +186,12 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     // Pods are routed through the node: forwarding must be on.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .context("enabling IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")?;
+    // Bound before anything else is set up: a taken port stops the start at once.
+    let metrics_listener = match &config.metrics {
+        Some(m) => Some(metrics::http::bind(m.listen).await?),
+        None => None,
+    };
+    let instruments = metrics::Instruments::default();
 
     let (connection, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
     tokio::spawn(connection);
@@ -211,6 +219,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         device,
         config.cluster,
         config.node_name.clone(),
+        instruments.clone(),
     ));
     tokio::spawn(overlay::run(config.clone(), overlay.clone(), config.resync));
 
@@ -245,6 +254,10 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
             },
         )?;
     for map in resized {
+        if map.starts_with(twill_abi::maps::FLOWS) {
+            warn!("resized {map} (flows.ring_bytes): records the old ring held are gone");
+            continue;
+        }
         // The new map starts empty; the first policy pass rewrites every table into it.
         warn!("resized {map}: pods a policy isolates are denied until the first policy pass");
     }
@@ -279,6 +292,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
                     )
                 })?,
         ),
+        instruments,
     )?);
     let _ = node.overlay.set(overlay.clone());
     // Pods wired before this start (a restart): their pinned links get this run's programs
@@ -296,6 +310,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         info!(interfaces = ?gone, "released the programs of pods gone while stopped");
     }
     node.forget_deleted_pods();
+    flows::start(&config, &node, handle.clone());
     let listener = server::bind(&config.socket)?;
     info!(socket = %config.socket.display(), "listening");
     tokio::spawn(server::serve(listener, node.clone()));
@@ -303,6 +318,12 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     tokio::spawn(services::run(config.clone(), node.clone()));
     tokio::spawn(policy::run(config.clone(), node.clone()));
     tokio::spawn(podwork::run(node.clone(), handle.clone()));
+    if let (Some(listener), Some(m)) = (metrics_listener, &config.metrics) {
+        let scraper =
+            metrics::scrape::Scraper::new(node.clone(), config.bpffs_root.clone(), m.map_walk);
+        info!(listen = %m.listen, "serving Prometheus metrics at /metrics");
+        tokio::spawn(metrics::http::serve(listener, Arc::new(scraper)));
+    }
 
     let spec = LeaseSpec {
         node: config.node_name.clone(),

@@ -152,6 +152,10 @@ pub struct Node {
     pub overlay: std::sync::OnceLock<std::sync::Arc<crate::overlay::Overlay>>,
     /// Signalled when background pod work is queued.
     pub work_wake: tokio::sync::Notify,
+    /// What the loops and the socket server record for `/metrics`.
+    pub instruments: crate::metrics::Instruments,
+    /// The flow records read from the datapath; unset in tests of the control plane.
+    pub flows: std::sync::OnceLock<std::sync::Arc<crate::flows::FlowLog>>,
 }
 
 #[derive(Default)]
@@ -173,6 +177,7 @@ impl Node {
         state: StateDir,
         etcd_grace: Duration,
         dataplane: Option<Dataplane>,
+        instruments: crate::metrics::Instruments,
     ) -> anyhow::Result<Self> {
         let allocations = state.load_allocations()?;
         if let Some(a) = &allocations {
@@ -191,6 +196,8 @@ impl Node {
             }),
             overlay: std::sync::OnceLock::new(),
             work_wake: tokio::sync::Notify::new(),
+            instruments,
+            flows: std::sync::OnceLock::new(),
         };
         Ok(node)
     }
@@ -248,6 +255,11 @@ impl Node {
         let mut inner = self.lock();
         inner.last_etcd_ok = Some(Instant::now());
         inner.etcd_problem = None;
+    }
+
+    /// When etcd last answered the lease loop (or confirmed the subnet).
+    pub fn etcd_last_ok(&self) -> Option<Instant> {
+        self.lock().last_etcd_ok
     }
 
     pub fn etcd_failed(&self, problem: String) {
@@ -602,6 +614,11 @@ impl Node {
                 }
             }
             Request::AttachPod { .. } | Request::Policy => unreachable!("answered in handle"),
+            // Long polls: the socket server answers them without a blocking thread.
+            Request::Flows { .. } => error(
+                ErrorKind::BadRequest,
+                "flow records are answered by the socket server".to_owned(),
+            ),
             Request::Status => Response::Status {
                 status: NodeStatus {
                     node: self.name.clone(),
@@ -617,6 +634,7 @@ impl Node {
                     // Filled in by `handle`, outside this lock.
                     background: twill_api::PodWorkStatus::default(),
                     policy: twill_api::PolicyStatus::default(),
+                    flows: self.flows.get().map(|f| f.status()).unwrap_or_default(),
                 },
             },
         }

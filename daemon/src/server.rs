@@ -60,13 +60,28 @@ async fn answer(stream: UnixStream, node: Arc<Node>) -> std::io::Result<()> {
         .read_line(&mut line)
         .await?;
     let response = match decode_request(&line) {
+        // A long poll: waits on the reactor, not on a blocking thread.
+        Ok(twill_api::Request::Flows {
+            after,
+            max,
+            wait_ms,
+        }) => crate::flows::answer(&node, after, max, wait_ms).await,
         // Requests are short and touch a small file; run them off the reactor threads.
-        Ok(request) => tokio::task::spawn_blocking(move || node.handle(request))
-            .await
-            .unwrap_or_else(|e| Response::Error {
-                kind: ErrorKind::Internal,
-                message: format!("request handler failed: {e}"),
-            }),
+        Ok(request) => {
+            let started = std::time::Instant::now();
+            let kind = crate::metrics::CniRequest::of(&request);
+            let instruments = node.instruments.clone();
+            let response = tokio::task::spawn_blocking(move || node.handle(request))
+                .await
+                .unwrap_or_else(|e| Response::Error {
+                    kind: ErrorKind::Internal,
+                    message: format!("request handler failed: {e}"),
+                });
+            if let Some(kind) = kind {
+                instruments.cni_request(kind, started.elapsed());
+            }
+            response
+        }
         Err(message) => Response::Error {
             kind: ErrorKind::BadRequest,
             message,

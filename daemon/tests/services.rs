@@ -111,13 +111,13 @@ fn netctl(lab: &Lab, args: &[&str], stdin: &str) -> String {
 /// The ClusterIP `netctl get services` shows for Service `name`.
 fn cluster_ip(lab: &Lab, name: &str) -> String {
     let services: serde_json::Value =
-        serde_json::from_str(&netctl(lab, &["get", "services", "-o", "json"], "")).unwrap();
-    services
+        serde_json::from_str(&netctl(lab, &["get", "services", "-A", "-o", "json"], "")).unwrap();
+    services["items"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["name"] == name)
-        .and_then(|s| s["cluster_ip"]["fixed"].as_str())
+        .find(|s| s["metadata"]["name"] == name)
+        .and_then(|s| s["spec"]["clusterIP"].as_str())
         .unwrap_or_else(|| panic!("no ClusterIP for {name}: {services}"))
         .to_owned()
 }

@@ -15,7 +15,7 @@
 //!
 //! A name with an empty label (`a..b`, `.a`) is matched by nothing but the lone `*`.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,10 @@ use crate::{LabelSelector, Protocol};
 pub struct FqdnPolicy {
     pub namespace: String,
     pub name: String,
+    /// Not used for enforcement; kept so `netctl get -l` and `-o yaml` see them (stored
+    /// policies from before they were kept have none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// The pods (in `namespace`) the policy applies to; empty selects them all.
     pub pod_selector: LabelSelector,
     /// No rules: the selected pods may resolve and reach no name outside the cluster.

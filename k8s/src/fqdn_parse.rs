@@ -34,6 +34,7 @@ pub(crate) fn fqdn_policy_obj(p: &mut Problems<'_>, w: wire::FqdnPolicy) -> Fqdn
     FqdnPolicy {
         namespace,
         name,
+        labels: w.metadata.labels,
         pod_selector,
         egress,
     }

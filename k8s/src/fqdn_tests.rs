@@ -59,6 +59,7 @@ fn a_valid_fqdn_policy_becomes_the_model() {
     let want = FqdnPolicy {
         namespace: "shop".into(),
         name: "allow-example".into(),
+        labels: BTreeMap::from([("team".into(), "web".into())]),
         pod_selector: LabelSelector {
             match_labels: BTreeMap::from([("app".into(), "client".into())]),
             match_expressions: vec![LabelExpression {
@@ -142,6 +143,7 @@ fn none_in_shop() -> FqdnPolicy {
     FqdnPolicy {
         namespace: "shop".into(),
         name: "p".into(),
+        labels: BTreeMap::new(),
         pod_selector: LabelSelector::default(),
         egress: vec![],
     }

@@ -1,7 +1,8 @@
 //! The Kubernetes objects twill understands: `Namespace`, `Pod`, `Service` (v1),
 //! `EndpointSlice` (discovery.k8s.io/v1), `NetworkPolicy` (networking.k8s.io/v1) and twill's
 //! own `FQDNPolicy` (policy.twill.io/v1alpha1), parsed strictly from (multi-document) YAML
-//! and validated into a normalized model.
+//! (a `kind: List` document counts as its items) and validated into a normalized model;
+//! [`manifest`] writes the model back as Kubernetes-shaped objects.
 //!
 //! Every problem is reported with the file, the document's position in it and the field,
 //! and [`parse`] reports all of them, so a caller can store all of a file or nothing.
@@ -13,6 +14,7 @@
 pub mod endpoints;
 pub mod fqdn;
 mod fqdn_parse;
+pub mod manifest;
 pub mod names;
 pub mod policy;
 mod policy_parse;
@@ -341,6 +343,31 @@ pub fn parse(source: &str, text: &str) -> (Vec<Parsed>, Vec<ObjectError>) {
                 break;
             }
         };
+        if value.get("kind").and_then(|k| k.as_str()) == Some("List") {
+            // What `kubectl get -o yaml` (and `netctl get`) print for several objects.
+            match list_items(source, number, value) {
+                Ok(items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        match object(source, number, item) {
+                            Ok(object) => objects.push(Parsed {
+                                document: number,
+                                object,
+                            }),
+                            Err(e) => errors.extend(e.into_iter().map(|mut e| {
+                                e.field = if e.field.is_empty() {
+                                    format!("items[{i}]")
+                                } else {
+                                    format!("items[{i}].{}", e.field)
+                                };
+                                e
+                            })),
+                        }
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+            continue;
+        }
         match object(source, number, value) {
             Ok(object) => objects.push(Parsed {
                 document: number,
@@ -372,6 +399,52 @@ pub fn parse(source: &str, text: &str) -> (Vec<Parsed>, Vec<ObjectError>) {
     (objects, errors)
 }
 
+/// The items of a `kind: List` document (`apiVersion: v1`, `items`, and `metadata` that is
+/// not read); empty items are skipped.
+fn list_items(
+    source: &str,
+    number: usize,
+    value: serde_yaml_ng::Value,
+) -> Result<Vec<serde_yaml_ng::Value>, ObjectError> {
+    let error = |field: &str, message: String| ObjectError {
+        source: source.to_owned(),
+        document: number,
+        object: None,
+        field: field.to_owned(),
+        message,
+    };
+    let serde_yaml_ng::Value::Mapping(mut map) = value else {
+        return Err(error("", "a List must be a mapping".into()));
+    };
+    match map.get("apiVersion").and_then(|v| v.as_str()) {
+        Some("v1") => {}
+        other => {
+            return Err(error(
+                "apiVersion",
+                format!("List needs apiVersion v1, not {}", other.unwrap_or("none")),
+            ));
+        }
+    }
+    for key in map.keys() {
+        match key.as_str() {
+            Some("apiVersion" | "kind" | "items" | "metadata") => {}
+            other => {
+                return Err(error(
+                    other.unwrap_or("?"),
+                    "unknown field of a List (apiVersion, kind, items, metadata)".into(),
+                ));
+            }
+        }
+    }
+    match map.remove("items") {
+        None | Some(serde_yaml_ng::Value::Null) => Ok(Vec::new()),
+        Some(serde_yaml_ng::Value::Sequence(items)) => {
+            Ok(items.into_iter().filter(|i| !i.is_null()).collect())
+        }
+        Some(_) => Err(error("items", "must be a list of objects".into())),
+    }
+}
+
 fn object(
     source: &str,
     number: usize,
@@ -397,12 +470,10 @@ fn object(
         }
         return Err(p.found);
     };
-    let expected = match kind.as_str() {
-        "Namespace" | "Pod" | "Service" => "v1",
-        "EndpointSlice" => "discovery.k8s.io/v1",
-        "NetworkPolicy" => "networking.k8s.io/v1",
-        "FQDNPolicy" => "policy.twill.io/v1alpha1",
-        other => {
+    let expected = match manifest::api_version(&kind) {
+        Some(v) if kind != "List" => v,
+        _ => {
+            let other = &kind;
             p.add(
                 "kind",
                 format!(
@@ -970,3 +1041,6 @@ mod policy_tests;
 
 #[cfg(test)]
 mod fqdn_tests;
+
+#[cfg(test)]
+mod manifest_tests;

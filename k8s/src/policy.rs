@@ -174,3 +174,103 @@ impl fmt::Display for LabelSelector {
         f.write_str(&parts.join(","))
     }
 }
+
+impl std::str::FromStr for LabelSelector {
+    type Err = String;
+
+    /// The `kubectl -l` form, the inverse of the `Display` form: requirements joined by
+    /// `,` (all must hold): `key=value` (or `==`), `key!=value` (true too when the key is
+    /// missing), `key in (a,b)`, `key notin (a,b)`, `key` (exists), `!key` (does not
+    /// exist). Empty (or `<all>`) selects everything.
+    fn from_str(text: &str) -> Result<LabelSelector, String> {
+        let mut selector = LabelSelector::default();
+        let text = text.trim();
+        if text.is_empty() || text == "<all>" {
+            return Ok(selector);
+        }
+        let check_key = |k: &str| crate::names::label_key(k).map(|()| k.to_owned());
+        let check_value = |v: &str| crate::names::label_value(v).map(|()| v.to_owned());
+        for part in split_requirements(text)? {
+            let part = part.trim();
+            if part.is_empty() {
+                return Err(format!("{text:?} has an empty requirement"));
+            }
+            let (key, operator, values) = if let Some(key) = part.strip_prefix('!') {
+                (
+                    check_key(key.trim())?,
+                    SelectorOperator::DoesNotExist,
+                    vec![],
+                )
+            } else if let Some((k, v)) = part.split_once("!=") {
+                let value = check_value(v.trim())?;
+                (check_key(k.trim())?, SelectorOperator::NotIn, vec![value])
+            } else if let Some((k, v)) = part.split_once('=') {
+                let v = v.strip_prefix('=').unwrap_or(v).trim();
+                let (key, value) = (check_key(k.trim())?, check_value(v)?);
+                match selector.match_labels.entry(key) {
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(value);
+                        continue;
+                    }
+                    // A second `key=` must hold too: as an expression.
+                    std::collections::btree_map::Entry::Occupied(e) => {
+                        (e.key().clone(), SelectorOperator::In, vec![value])
+                    }
+                }
+            } else if let Some(open) = part.find('(') {
+                let head: Vec<&str> = part[..open].split_whitespace().collect();
+                let operator = match head[..] {
+                    [_, "in"] => SelectorOperator::In,
+                    [_, "notin"] => SelectorOperator::NotIn,
+                    _ => return Err(format!("{part:?}: use KEY in (A,B) or KEY notin (A,B)")),
+                };
+                let inner = part[open + 1..]
+                    .strip_suffix(')')
+                    .ok_or_else(|| format!("{part:?}: the value list needs a closing ')'"))?;
+                let values = inner
+                    .split(',')
+                    .map(|v| check_value(v.trim()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (check_key(head[0])?, operator, values)
+            } else if part.contains(['<', '>']) {
+                return Err(format!(
+                    "{part:?}: the Gt and Lt operators are not supported"
+                ));
+            } else {
+                (check_key(part)?, SelectorOperator::Exists, vec![])
+            };
+            selector.match_expressions.push(LabelExpression {
+                key,
+                operator,
+                values,
+            });
+        }
+        Ok(selector)
+    }
+}
+
+/// `text` split at the commas outside parentheses.
+fn split_requirements(text: &str) -> Result<Vec<&str>, String> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0usize, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| format!("{text:?} has a ')' without '('"))?;
+            }
+            ',' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err(format!("{text:?} has a '(' without ')'"));
+    }
+    parts.push(&text[start..]);
+    Ok(parts)
+}

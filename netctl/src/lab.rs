@@ -31,6 +31,9 @@ const LAB_DAEMON_CONFIG: &str = "# written by netctl lab up\n\
     [lease]\nttl_seconds = 10\nquarantine_seconds = 30\n\
     [network]\nresync_seconds = 5\n";
 
+/// The port every lab node's twilld serves `/metrics` on, at its underlay address.
+pub const LAB_METRICS_PORT: u16 = 9962;
+
 #[derive(Subcommand)]
 pub enum LabCommand {
     /// Build a lab: underlay, nodes running twilld, etcd, demo pods; then check that every
@@ -306,6 +309,11 @@ fn populate(lab: &mut Lab, pods_per_node: u8) -> anyhow::Result<()> {
     for node in lab.nodes() {
         let paths = DaemonPaths::of(&node);
         let args = daemon_args(&endpoint, &node, &paths, &[]);
+        // Prometheus metrics on the node's underlay address, as on a real node.
+        let config = format!(
+            "{config}[metrics]\nlisten = \"{}:{LAB_METRICS_PORT}\"\n",
+            node.plan.underlay_ip
+        );
         spawn_daemon(&twilld, &node, &paths, &config, &args)?;
     }
     for node in lab.nodes() {

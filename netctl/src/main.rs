@@ -3,14 +3,16 @@
 
 mod apply;
 mod bpf;
+mod describe;
 mod get;
 mod lab;
+mod monitor;
 mod nodes;
 mod store;
 mod why;
 mod why_fqdn;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "netctl", version, about = "Operate a twill cluster")]
@@ -29,27 +31,64 @@ enum Command {
     Apply(apply::ApplyArgs),
     /// Remove the objects named in YAML files from the store.
     Delete(apply::DeleteArgs),
-    /// Show what the cluster's store says: nodes, pods, services, endpoints, networkpolicies,
-    /// fqdnpolicies.
-    #[command(subcommand)]
-    Get(get::GetCommand),
+    /// Show what the cluster's store says, as kubectl shows it: nodes, namespaces, pods,
+    /// services, endpoints, endpointslices, networkpolicies, fqdnpolicies.
+    Get(get::GetArgs),
+    /// A Service (endpoints per node, whether the nodes' frontends match) or a pod (node,
+    /// address, programs, Services it backs, policies selecting it) in full.
+    Describe(describe::DescribeArgs),
     /// Show what a node's eBPF maps hold: services, conntrack, metrics, policy.
     #[command(subcommand)]
     Bpf(bpf::BpfCommand),
     /// Whether a connection is allowed by NetworkPolicy, the rules behind the verdict, and
     /// whether the nodes' maps agree.
     Why(why::WhyArgs),
+    /// Flow records from the nodes' daemons: connections, drops and refusals with pod,
+    /// Service and policy names; filters, `-f` to follow, `-o json`, `--top`.
+    Monitor(monitor::MonitorArgs),
+    /// A shell completion script: `source <(netctl completion bash)`.
+    Completion { shell: clap_complete::Shell },
+    /// The man page (roff) of netctl, or of one command (`netctl man get`), generated from
+    /// this command line's definition: `netctl man | man -l -`.
+    Man {
+        /// A command, for its own page (netctl-COMMAND(1)).
+        command: Option<String>,
+    },
+}
+
+/// Writes netctl(1), or netctl-COMMAND(1), to stdout.
+fn man(command: Option<&str>) -> anyhow::Result<()> {
+    let cli = Cli::command();
+    let page = match command {
+        None => cli,
+        Some(name) => {
+            let sub = cli
+                .get_subcommands()
+                .find(|c| c.get_name() == name)
+                .ok_or_else(|| anyhow::anyhow!("no command {name:?} (see netctl --help)"))?;
+            sub.clone().name(format!("netctl-{name}"))
+        }
+    };
+    clap_mangen::Man::new(page).render(&mut std::io::stdout())?;
+    Ok(())
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lab(cmd) => lab::run(cmd),
-        Command::Get(cmd) => get::run(cmd),
+        Command::Get(args) => get::run(args),
+        Command::Describe(args) => describe::run(args),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "netctl", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { command } => man(command.as_deref()),
         Command::Bpf(cmd) => bpf::run(cmd),
         Command::Apply(args) => apply::apply(args),
         Command::Delete(args) => apply::delete(args),
         Command::Why(args) => why::run(args),
+        Command::Monitor(args) => monitor::run(args),
     };
     if let Err(e) = result {
         eprintln!("netctl: {e:#}");

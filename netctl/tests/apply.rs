@@ -51,10 +51,17 @@ impl Drop for Down {
     }
 }
 
-fn services(lab: &str) -> serde_json::Value {
-    let out = netctl(&["get", "services", "--lab", lab, "-o", "json"]);
+/// The stored objects of `kind` in every namespace, as `get -o json` lists them.
+fn items(lab: &str, kind: &str) -> serde_json::Value {
+    let out = netctl(&["get", kind, "-A", "--lab", lab, "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["kind"], "List", "{list}");
+    list["items"].clone()
+}
+
+fn services(lab: &str) -> serde_json::Value {
+    items(lab, "services")
 }
 
 fn write(dir: &std::path::Path, name: &str, body: &str) -> String {
@@ -116,12 +123,12 @@ ports: [{name: https, port: 8443}]
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["name"] == "web")
+        .find(|s| s["metadata"]["name"] == "web")
         .unwrap()
         .clone();
-    let ip = web["cluster_ip"]["fixed"].as_str().unwrap().to_owned();
+    let ip = web["spec"]["clusterIP"].as_str().unwrap().to_owned();
     assert!(ip.starts_with("10.96."), "{web}");
-    let node_port = web["ports"][0]["node_port"].as_u64().unwrap();
+    let node_port = web["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
     assert!((30000..=32767).contains(&node_port));
 
     // Again: nothing changes, the same addresses stay.
@@ -167,7 +174,7 @@ spec: {ports: [{port: 80, tragetPort: 8080}]}
             .as_array()
             .unwrap()
             .iter()
-            .any(|s| s["name"] == "fine")
+            .any(|s| s["metadata"]["name"] == "fine")
     );
 
     // A ClusterIP or NodePort that another Service holds is refused, naming the field.
@@ -325,20 +332,19 @@ spec:
     assert_eq!(text(&other).lines().count(), 1, "{}", text(&other));
 
     // The stored objects, as validated and defaulted.
-    let json = netctl(&["get", "networkpolicies", "--lab", &lab, "-o", "json"]);
-    assert!(json.status.success(), "{}", text(&json));
-    let stored: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let stored = items(&lab, "networkpolicies");
     let web = &stored[1];
-    assert_eq!(web["name"], "web-from-front");
-    assert_eq!(web["enforcement"], "audit");
+    assert_eq!(web["metadata"]["name"], "web-from-front");
     assert_eq!(
-        web["ingress"][0]["peers"][1]["ip_block"]["cidr"],
-        "10.0.0.0/8"
+        web["metadata"]["annotations"]["twill.io/enforcement"],
+        "audit"
     );
-    assert_eq!(web["ingress"][0]["ports"][0]["end_port"], 8090);
-    assert_eq!(web["ingress"][0]["ports"][0]["protocol"], "TCP");
-    assert_eq!(web["ingress"][0]["ports"][1]["protocol"], "SCTP");
-    let yaml = netctl(&["get", "netpol", "--lab", &lab, "-o", "yaml"]);
+    let ingress = &web["spec"]["ingress"][0];
+    assert_eq!(ingress["from"][1]["ipBlock"]["cidr"], "10.0.0.0/8");
+    assert_eq!(ingress["ports"][0]["endPort"], 8090);
+    assert_eq!(ingress["ports"][0]["protocol"], "TCP");
+    assert_eq!(ingress["ports"][1]["protocol"], "SCTP");
+    let yaml = netctl(&["get", "netpol", "-A", "--lab", &lab, "-o", "yaml"]);
     assert!(
         String::from_utf8_lossy(&yaml.stdout).contains("name: db-deny-all"),
         "{}",
@@ -359,11 +365,7 @@ spec:
         "{}",
         text(&out)
     );
-    let json = netctl(&["get", "netpol", "--lab", &lab, "-o", "json"]);
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&json.stdout).unwrap(),
-        serde_json::json!([])
-    );
+    assert_eq!(items(&lab, "netpol"), serde_json::json!([]));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -412,12 +414,7 @@ spec:
     );
     assert!(said.contains("nothing was stored (2 problem(s))"), "{said}");
     assert_eq!(services(&lab), serde_json::json!([]));
-    let json = netctl(&["get", "netpol", "--lab", &lab, "-o", "json"]);
-    assert!(json.status.success(), "{}", text(&json));
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&json.stdout).unwrap(),
-        serde_json::json!([])
-    );
+    assert_eq!(items(&lab, "netpol"), serde_json::json!([]));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -511,20 +508,18 @@ spec:
     assert_eq!(text(&other).lines().count(), 1, "{}", text(&other));
 
     // The stored objects, as validated and normalized.
-    let json = netctl(&["get", "fqdnpol", "--lab", &lab, "-o", "json"]);
-    assert!(json.status.success(), "{}", text(&json));
-    let stored: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let stored = items(&lab, "fqdnpol");
     let allow = &stored[0];
-    assert_eq!(allow["name"], "allow-example");
+    assert_eq!(allow["metadata"]["name"], "allow-example");
     assert_eq!(
-        allow["egress"][0]["to_fqdns"],
-        serde_json::json!([{"name": "allowed.example"}, {"pattern": "*.example.org"}])
+        allow["spec"]["egress"][0]["toFQDNs"],
+        serde_json::json!([{"matchName": "allowed.example"}, {"matchPattern": "*.example.org"}])
     );
     assert_eq!(
-        allow["egress"][0]["ports"],
-        serde_json::json!([{"protocol": "TCP", "port": 443, "end_port": 445}])
+        allow["spec"]["egress"][0]["ports"],
+        serde_json::json!([{"protocol": "TCP", "port": 443, "endPort": 445}])
     );
-    assert_eq!(stored[1]["egress"], serde_json::json!([]));
+    assert_eq!(stored[1]["spec"]["egress"], serde_json::json!([]));
 
     // A named port is refused, naming the field; nothing of that file is stored.
     let bad = write(
@@ -556,13 +551,11 @@ spec:
         "{said}"
     );
     assert!(said.contains("nothing was stored (1 problem(s))"), "{said}");
-    let json = netctl(&["get", "fqdnpol", "--lab", &lab, "-o", "json"]);
-    let names: Vec<serde_json::Value> = serde_json::from_slice::<serde_json::Value>(&json.stdout)
-        .unwrap()
+    let names: Vec<serde_json::Value> = items(&lab, "fqdnpol")
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["name"].clone())
+        .map(|p| p["metadata"]["name"].clone())
         .collect();
     assert_eq!(names, ["allow-example", "deny-outside"]);
 
@@ -581,10 +574,6 @@ spec:
         "{}",
         text(&out)
     );
-    let json = netctl(&["get", "fqdnpolicies", "--lab", &lab, "-o", "json"]);
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&json.stdout).unwrap(),
-        serde_json::json!([])
-    );
+    assert_eq!(items(&lab, "fqdnpolicies"), serde_json::json!([]));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -179,14 +179,15 @@ fn lab_up_runs_daemons_and_pods_that_reach_each_other_and_down_removes_it_all() 
     // Pod records reach etcd asynchronously, within moments of the ADD.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let (pods, web_record) = loop {
-        let out = netctl(&["get", "pods", "--lab", &name, "-o", "json"]);
+        let out = netctl(&["get", "pods", "-A", "--lab", &name, "-o", "json"]);
         assert!(out.status.success(), "{}", text(&out));
-        let pods: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let pods = list["items"].clone();
         if let Some(web) = pods
             .as_array()
             .unwrap()
             .iter()
-            .find(|p| p["name"] == "web")
+            .find(|p| p["metadata"]["name"] == "web" && p["status"]["podIP"].is_string())
             .cloned()
         {
             break (pods, web);
@@ -197,8 +198,8 @@ fn lab_up_runs_daemons_and_pods_that_reach_each_other_and_down_removes_it_all() 
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    assert_eq!(web_record["ip"], web.ip.to_string());
-    assert_eq!(web_record["node"], "node2");
+    assert_eq!(web_record["status"]["podIP"], web.ip.to_string());
+    assert_eq!(web_record["spec"]["nodeName"], "node2");
     assert_eq!(pods.as_array().unwrap().len(), 4);
 
     let status = netctl(&["lab", "status", &name]);

@@ -45,6 +45,7 @@ pub struct Overlay {
     records: Mutex<BTreeMap<String, NodeRecord>>,
     /// The outcome of the last pass, for the node's status.
     status: std::sync::Mutex<OverlayStatus>,
+    instruments: crate::metrics::Instruments,
 }
 
 impl Overlay {
@@ -53,6 +54,7 @@ impl Overlay {
         device: Device,
         cluster: ClusterCidr,
         me: String,
+        instruments: crate::metrics::Instruments,
     ) -> Self {
         Self {
             handle,
@@ -61,6 +63,7 @@ impl Overlay {
             me,
             records: Mutex::new(BTreeMap::new()),
             status: std::sync::Mutex::new(OverlayStatus::default()),
+            instruments,
         }
     }
 
@@ -95,6 +98,14 @@ impl Overlay {
     /// One pass: make the device hold what the current records say. Returns whether
     /// everything is in place; a pass that failed is retried soon, not at the next tick.
     async fn reconcile(&self) -> bool {
+        let started = std::time::Instant::now();
+        let ok = self.pass().await;
+        self.instruments
+            .pass(crate::metrics::Loop::Overlay, started.elapsed(), ok);
+        ok
+    }
+
+    async fn pass(&self) -> bool {
         let desired = {
             let records = self.records.lock().await;
             let peers = peers(&self.me, &self.cluster, records.values());

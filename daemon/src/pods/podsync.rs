@@ -69,7 +69,14 @@ pub async fn run(config: Config, node: Arc<Node>) {
             }
         };
         loop {
-            if let Err(e) = sync_once(&mut client, &node).await {
+            let started = std::time::Instant::now();
+            let synced = sync_once(&mut client, &node).await;
+            node.instruments.pass(
+                crate::metrics::Loop::PodRecords,
+                started.elapsed(),
+                synced.is_ok(),
+            );
+            if let Err(e) = synced {
                 warn!("pod records: {e}; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 break;

@@ -243,15 +243,26 @@ impl PolicyState {
     /// One full pass: every local pod's table written, pods gone removed, unused tables
     /// and slots released.
     /// `full`: compile every local pod, not only those the changes since the last pass
-    /// can affect (the periodic pass does, as a safety net).
-    pub fn reconcile(&mut self, datapath: &mut Datapath, me: &str, local: &[LocalPod], full: bool) {
+    /// can affect (the periodic pass does, as a safety net). Returns whether every write
+    /// succeeded.
+    pub fn reconcile(
+        &mut self,
+        datapath: &mut Datapath,
+        me: &str,
+        local: &[LocalPod],
+        full: bool,
+    ) -> bool {
         self.problems.clear();
         self.slots.overflowed = false;
         self.verify_endpoints(datapath);
-        if let Err(e) = self.write(datapath, me, local, None, full) {
-            let problem = format!("programming network policies: {:#}", anyhow::Error::new(e));
-            warn!("{problem}");
-            self.problems.push(problem);
+        match self.write(datapath, me, local, None, full) {
+            Ok(()) => true,
+            Err(e) => {
+                let problem = format!("programming network policies: {:#}", anyhow::Error::new(e));
+                warn!("{problem}");
+                self.problems.push(problem);
+                false
+            }
         }
     }
 
@@ -557,6 +568,30 @@ impl PolicyState {
     }
 }
 
+/// Names for flow records: which compiled table a table id or a pod stands for.
+impl PolicyState {
+    /// The compiled table written under `id` (bit `i` of a direction is the rule
+    /// `direction(d).bits[i].rule`); `None` for 0, for an id no longer in the maps, and
+    /// for an earlier run's table (its content is not known).
+    pub fn table(&self, id: u32) -> Option<&EndpointPolicy> {
+        if id == 0 {
+            return None;
+        }
+        self.tables
+            .iter()
+            .find(|(p, t)| t.id == id && **p != placeholder(id))
+            .map(|(p, _)| p)
+    }
+
+    /// The compiled table of the local pod at `ip`, as last written (also for a pod whose
+    /// entry points at no table because its table could not be written).
+    pub fn pod_table(&self, ip: Ipv4Addr) -> Option<&EndpointPolicy> {
+        self.endpoints
+            .get(&wire_ip(ip.octets()))
+            .and_then(|(_, p)| p.as_ref())
+    }
+}
+
 impl PolicyState {
     /// Problems and map fill, for STATUS: from what this daemon wrote, no map walk.
     pub fn status(&self, datapath: &Datapath) -> twill_api::PolicyStatus {
@@ -606,15 +641,48 @@ impl PolicyState {
         }
     }
 
-    /// Every local pod's entry and every rule's counter, named (`netctl`).
+    /// Every local pod's entry and every rule's counter, named (`netctl`), with the fill
+    /// of the policy conntrack (a walk of that LRU map).
     pub fn report(
         &self,
         datapath: &mut Datapath,
         me: &str,
         local: &[LocalPod],
     ) -> Result<twill_api::PolicyReport, DatapathError> {
-        let counters = datapath.policy_counters()?;
-        let count = |slot: u32| counters.get(slot as usize).copied().unwrap_or(0);
+        let mut report = self.counters(datapath, me, local)?;
+        if let Ok(flows) = datapath.policy_flow_count() {
+            report.status.maps.push(twill_api::MapFill {
+                name: twill_abi::maps::POLICY_FLOWS.to_owned(),
+                entries: flows,
+                capacity: u64::from(datapath.capacity(twill_abi::maps::POLICY_FLOWS)),
+            });
+        }
+        Ok(report)
+    }
+
+    /// [`Self::report`] without the walk of the policy conntrack: what the metrics read at
+    /// every scrape.
+    pub fn counters(
+        &self,
+        datapath: &mut Datapath,
+        me: &str,
+        local: &[LocalPod],
+    ) -> Result<twill_api::PolicyReport, DatapathError> {
+        // Only the slots in use are read (one lookup each), not the whole counter map.
+        let slots: BTreeSet<u32> = self
+            .slots
+            .by_what
+            .values()
+            .copied()
+            .chain(self.endpoints.values().flat_map(|(e, _)| e.deny_counter))
+            .collect();
+        let slots: Vec<u32> = slots.into_iter().collect();
+        let counters: HashMap<u32, u64> = slots
+            .iter()
+            .copied()
+            .zip(datapath.policy_counters_of(&slots)?)
+            .collect();
+        let count = |slot: u32| counters.get(&slot).copied().unwrap_or(0);
         let names: HashMap<Ipv4Addr, String> = local
             .iter()
             .filter_map(|l| Some((l.ip, l.pod.as_ref().map(|(ns, n)| format!("{ns}/{n}"))?)))
@@ -666,17 +734,9 @@ impl PolicyState {
         rules.sort_by(|a, b| {
             (&a.policy, &a.direction, a.rule).cmp(&(&b.policy, &b.direction, b.rule))
         });
-        let mut status = self.status(datapath);
-        if let Ok(flows) = datapath.policy_flow_count() {
-            status.maps.push(twill_api::MapFill {
-                name: twill_abi::maps::POLICY_FLOWS.to_owned(),
-                entries: flows,
-                capacity: u64::from(datapath.capacity(twill_abi::maps::POLICY_FLOWS)),
-            });
-        }
         Ok(twill_api::PolicyReport {
             node: me.to_owned(),
-            status,
+            status: self.status(datapath),
             pods,
             rules,
         })
@@ -725,15 +785,21 @@ pub async fn run(config: Config, node: Arc<Node>) {
         let started = std::time::Instant::now();
         let summary = node.with_dataplane(|d| {
             d.policy.inputs = Some(inputs.clone());
-            d.policy
+            let ok = d
+                .policy
                 .reconcile(&mut d.datapath, &me, &local, pass != Pass::Changed);
             (
+                ok,
                 d.policy.tables.len(),
                 d.policy.problems.clone(),
                 d.policy.compiled_last,
             )
         });
-        if let Some((tables, problems, compiled)) = summary
+        if let Some((ok, ..)) = summary {
+            node.instruments
+                .pass(crate::metrics::Loop::Policy, started.elapsed(), ok);
+        }
+        if let Some((_, tables, problems, compiled)) = summary
             && pass != Pass::Resync
         {
             info!(

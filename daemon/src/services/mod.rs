@@ -16,6 +16,7 @@ use twill_k8s::{Object, endpoints::PodPlacement};
 
 use crate::{
     config::Config,
+    metrics::ServiceFill,
     node::Node,
     watch::{Entry, Pass, parse},
 };
@@ -72,6 +73,7 @@ type Programmed = Option<BTreeMap<FrontendKey, (Frontend, Vec<Backend>)>>;
 
 /// One pass: compile, diff against what the maps hold, write the difference.
 fn reconcile(node: &Node, store: &Store, programmed: &mut Programmed) {
+    let started = std::time::Instant::now();
     let (services, pods, slices) = decode(store);
     let desired = lbplan::compile(node.name(), &services, &pods, &slices);
     let outcome = node.with_dataplane(|d| -> Result<usize, twill_bpf::DatapathError> {
@@ -125,6 +127,16 @@ fn reconcile(node: &Node, store: &Store, programmed: &mut Programmed) {
         }
         Ok(changed)
     });
+    if let Some(outcome) = &outcome {
+        node.instruments.pass(
+            crate::metrics::Loop::Services,
+            started.elapsed(),
+            outcome.is_ok(),
+        );
+    }
+    if let (Some(Ok(_)), Some(current)) = (&outcome, programmed.as_ref()) {
+        node.instruments.services_programmed(fill(current));
+    }
     match outcome {
         Some(Err(e)) => {
             warn!("programming services: {e:#}");
@@ -136,6 +148,19 @@ fn reconcile(node: &Node, store: &Store, programmed: &mut Programmed) {
             "services reconciled"
         ),
         _ => {}
+    }
+}
+
+/// How many entries the Service maps hold when they hold `programmed`.
+fn fill(programmed: &BTreeMap<FrontendKey, (Frontend, Vec<Backend>)>) -> ServiceFill {
+    let members: std::collections::BTreeSet<(u32, u32, u16)> = programmed
+        .values()
+        .flat_map(|(f, backends)| backends.iter().map(|b| (f.service_id, b.ip, b.port)))
+        .collect();
+    ServiceFill {
+        frontends: programmed.len() as u64,
+        backends: programmed.values().map(|(_, b)| b.len() as u64).sum(),
+        members: members.len() as u64,
     }
 }
 

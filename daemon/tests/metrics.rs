@@ -1,0 +1,458 @@
+//! Prometheus metrics end to end: twilld on two nodes serves `/metrics` on its underlay
+//! address, a real Prometheus (Debian's) on the external host scrapes both every second,
+//! and what it stores moves with traffic: a connection through a ClusterIP and a
+//! connection a NetworkPolicy denies, asked through Prometheus's query API. The text
+//! twilld serves passes `promtool check metrics`.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use twill_lab::{Host, Lab, LabSpec};
+use twill_netns::NetNs;
+use twill_tests::{
+    cni,
+    daemon::Twilld,
+    require_root,
+    scripts::{ECHO, PROBE},
+};
+
+const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
+const CONFIG: &str = "[network]\nresync_seconds = 1\n[lease]\nttl_seconds = 5\n";
+const METRICS_PORT: u16 = 9962;
+const PROMETHEUS_PORT: u16 = 9090;
+
+fn sibling(name: &str) -> PathBuf {
+    Path::new(TWILLD).with_file_name(name)
+}
+
+fn netctl(lab: &Lab, args: &[&str], stdin: &str) -> String {
+    twill_tests::netctl(&sibling("netctl"), lab, args, stdin)
+}
+
+/// An HTTP/1.0 GET from inside `host`'s namespace (so no chunked answers): the status
+/// code, the `Content-Type` and the body.
+fn get(host: &Host, to: SocketAddrV4, target: &str, accept: Option<&str>) -> (u16, String, String) {
+    let request = format!(
+        "GET {target} HTTP/1.0\r\nHost: {to}\r\n{}\r\n",
+        accept.map_or_else(String::new, |a| format!("Accept: {a}\r\n"))
+    );
+    let raw = host
+        .run(move || -> std::io::Result<Vec<u8>> {
+            let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(request.as_bytes())?;
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw)?;
+            Ok(raw)
+        })
+        .expect("enter the namespace")
+        .unwrap_or_else(|e| panic!("GET http://{to}{target}: {e}"));
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer from {to}: {text:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line from {to}: {head}"));
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
+
+/// Percent-encodes a query parameter.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Debian's Prometheus, in an external host's namespace, scraping `targets` (node name,
+/// address) every second. Killed, and its directory removed, when dropped.
+struct Prometheus {
+    child: Child,
+    host: Host,
+    api: SocketAddrV4,
+    dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(host: &Host, targets: &[(String, SocketAddrV4)]) -> Self {
+        let dir = tempfile::tempdir().expect("a directory for Prometheus");
+        let mut config = String::from(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: twilld\n    static_configs:\n",
+        );
+        for (node, addr) in targets {
+            config.push_str(&format!(
+                "      - targets: ['{addr}']\n        labels: {{node: {node}}}\n"
+            ));
+        }
+        let config_file = dir.path().join("prometheus.yml");
+        std::fs::write(&config_file, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let api = SocketAddrV4::new(host.plan.underlay_ip, PROMETHEUS_PORT);
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", config_file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={api}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = host
+            .spawn(cmd)
+            .expect("start prometheus (scripts/setup installs it)");
+        let mut prometheus = Self {
+            child,
+            host: host.clone(),
+            api,
+            dir,
+        };
+        prometheus.wait_ready();
+        prometheus
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("prometheus exited with {status}:\n{}", self.log());
+            }
+            let api = self.api;
+            let ready = self
+                .host
+                .run(move || TcpStream::connect_timeout(&api.into(), Duration::from_millis(200)))
+                .unwrap()
+                .is_ok()
+                && get(&self.host, self.api, "/-/ready", None).0 == 200;
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// An instant query: each series' labels and value.
+    fn query(&self, promql: &str) -> Vec<(Value, f64)> {
+        let (status, _, body) = get(
+            &self.host,
+            self.api,
+            &format!("/api/v1/query?query={}", encode(promql)),
+            None,
+        );
+        let answer: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{promql}: not JSON ({e}): {body}"));
+        assert_eq!(status, 200, "{promql}: {answer}");
+        answer["data"]["result"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{promql}: {answer}"))
+            .iter()
+            .map(|s| {
+                let value = s["value"][1].as_str().and_then(|v| v.parse().ok());
+                (s["metric"].clone(), value.unwrap_or(f64::NAN))
+            })
+            .collect()
+    }
+
+    /// The value of a query that yields one series or none (none: 0).
+    fn value(&self, promql: &str) -> f64 {
+        let result = self.query(promql);
+        assert!(result.len() <= 1, "{promql}: {result:?}");
+        result.first().map_or(0.0, |(_, v)| *v)
+    }
+
+    /// Polls `promql` until `done` holds for its value.
+    fn wait_for(&self, what: &str, promql: &str, done: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.value(promql);
+            if done(v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {promql} = {v}\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The TempDir removes the configuration and the time series after this.
+    }
+}
+
+/// A process in a pod, killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Pod {
+    netns: String,
+    ip: Ipv4Addr,
+}
+
+impl Pod {
+    fn spawn(&self, script: &str, args: &[&str]) -> Child {
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c")
+            .arg(script)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        NetNs::from_path(&self.netns)
+            .unwrap()
+            .run(move || cmd.spawn())
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Whether one connection to `to`:8080 gets its line back within 300 ms.
+    fn reaches(&self, to: Ipv4Addr) -> bool {
+        let out = self
+            .spawn(PROBE, &[&to.to_string(), "0.3"])
+            .wait_with_output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).starts_with("ok")
+    }
+}
+
+fn add_pod(lab: &mut Lab, host: &Host, daemon: &Twilld, name: &str) -> Pod {
+    let args = format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
+    let (netns, ip) = cni::add_pod(&sibling("twill"), lab, host, daemon, name, &args);
+    Pod { netns, ip }
+}
+
+fn until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const OBJECTS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec: {containers: [{name: c}]}\n---\n\
+apiVersion: v1\nkind: Pod\nmetadata: {name: client, labels: {app: client}}\nspec: {containers: [{name: c}]}\n---\n\
+apiVersion: v1\nkind: Pod\nmetadata: {name: other, labels: {app: other}}\nspec: {containers: [{name: c}]}\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {name: websvc}\n\
+spec: {clusterIP: 10.96.0.80, selector: {app: web}, ports: [{port: 8080, targetPort: 8080}]}\n---\n\
+apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-from-client}\n\
+spec:\n  podSelector: {matchLabels: {app: web}}\n  \
+ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{port: 8080}]\n";
+
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 80);
+
+#[test]
+fn prometheus_scrapes_every_node_and_its_series_move_with_traffic() {
+    require_root();
+    let mut lab = Lab::up(&LabSpec::for_test(2, 1)).expect("lab up");
+    let nodes = lab.nodes();
+    let daemons: Vec<Twilld> = nodes
+        .iter()
+        .map(|n| {
+            let config = format!(
+                "{CONFIG}[metrics]\nlisten = \"{}:{METRICS_PORT}\"\nmap_walk_seconds = 1\n",
+                n.plan.underlay_ip
+            );
+            Twilld::start(Path::new(TWILLD), &lab, n, &config, &[])
+        })
+        .collect();
+    for d in &daemons {
+        d.wait_status("ready", Duration::from_secs(10), |s| s.not_ready.is_none());
+    }
+    let ext = lab.externals()[0].clone();
+    let targets: Vec<(String, SocketAddrV4)> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n.name().to_owned(),
+                SocketAddrV4::new(n.plan.underlay_ip, METRICS_PORT),
+            )
+        })
+        .collect();
+    let prometheus = Prometheus::start(&ext, &targets);
+    prometheus.wait_for("both daemons scraped", "sum(up{job=\"twilld\"})", |v| {
+        v == 2.0
+    });
+    for (node, _) in &targets {
+        let held = prometheus.value(&format!("twill_lease_held{{node=\"{node}\"}}"));
+        assert_eq!(held, 1.0, "{node} holds its lease");
+        assert_eq!(
+            prometheus.value(&format!("twill_etcd_up{{node=\"{node}\"}}")),
+            1.0
+        );
+    }
+
+    // web on node2 behind a ClusterIP, open to client (node1) only.
+    netctl(&lab, &["apply", "-f", "-"], OBJECTS);
+    let web = add_pod(&mut lab, &nodes[1], &daemons[1], "web");
+    let client = add_pod(&mut lab, &nodes[0], &daemons[0], "client");
+    let other = add_pod(&mut lab, &nodes[0], &daemons[0], "other");
+    let _server = Running(web.spawn(ECHO, &[]));
+    until("client reaches web through the ClusterIP", || {
+        client.reaches(CLUSTER_IP)
+    });
+    until("the policy denies other", || !other.reaches(web.ip));
+
+    let translated =
+        "sum(twill_datapath_packets_total{node=\"node1\",reason=\"service-translated\"})";
+    let denied =
+        "sum(twill_policy_denied_total{node=\"node2\",direction=\"ingress\",mode=\"enforce\"})";
+    let dropped = "sum(twill_datapath_packets_total{node=\"node2\",reason=\"drop-policy-denied\"})";
+    let allowed = "sum(twill_policy_rule_allowed_total{node=\"node2\",namespace=\"default\",policy=\"web-from-client\",direction=\"ingress\",rule=\"0\"})";
+    // What Prometheus holds now, once it has scraped past the probes above.
+    thread::sleep(Duration::from_secs(2));
+    let before: Vec<f64> = [translated, denied, dropped, allowed]
+        .iter()
+        .map(|q| prometheus.value(q))
+        .collect();
+    eprintln!("before: {before:?}");
+
+    for _ in 0..5 {
+        assert!(client.reaches(CLUSTER_IP), "client through the ClusterIP");
+        assert!(!other.reaches(web.ip), "other is denied");
+    }
+    for (what, query, was) in [
+        ("ClusterIP translations", translated, before[0]),
+        ("policy denials", denied, before[1]),
+        ("policy drops", dropped, before[2]),
+        ("connections the rule allowed", allowed, before[3]),
+    ] {
+        let now = prometheus.wait_for(what, query, |v| v >= was + 5.0);
+        eprintln!("{what}: {was} -> {now}");
+    }
+    // The gauges: a frontend for the Service, its backend, conntrack entries counted by
+    // the map walk, a histogram of ADD requests, passes of every loop.
+    for (what, query) in [
+        (
+            "the Service frontend",
+            "twill_service_frontends{node=\"node1\"}",
+        ),
+        ("its backend", "twill_service_backends{node=\"node1\"}"),
+        (
+            "conntrack entries",
+            "twill_map_entries{node=\"node1\",map=\"TWILL_CT\"}",
+        ),
+        (
+            "policy tables",
+            "twill_map_entries{node=\"node2\",map=\"TWILL_POL_PEER\"}",
+        ),
+        (
+            "ADD requests",
+            "sum(twill_cni_request_duration_seconds_count{node=\"node1\",command=\"ADD\"})",
+        ),
+        (
+            "policy passes",
+            "twill_reconcile_duration_seconds_count{node=\"node2\",loop=\"policy\"}",
+        ),
+        (
+            "overlay passes",
+            "twill_reconcile_duration_seconds_count{node=\"node1\",loop=\"overlay\"}",
+        ),
+    ] {
+        prometheus.wait_for(what, query, |v| v >= 1.0);
+    }
+    assert_eq!(
+        prometheus.value("sum(twill_reconcile_errors_total)"),
+        0.0,
+        "no pass failed"
+    );
+    assert_eq!(
+        prometheus.value("count(twill_build_info{version=\"0.1.0\"})"),
+        2.0
+    );
+
+    // The text itself: Prometheus's format passes promtool's checks; OpenMetrics is
+    // served when asked for; nothing else is served.
+    let node1 = targets[0].1;
+    let (status, content_type, text) = get(&ext, node1, "/metrics", None);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool (scripts/setup installs it with prometheus)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        checked.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {}: {said}\n{text}",
+        checked.status
+    );
+    let (status, content_type, open) = get(
+        &ext,
+        node1,
+        "/metrics",
+        Some("application/openmetrics-text;version=1.0.0"),
+    );
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{content_type}"
+    );
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    assert_eq!(get(&ext, node1, "/", None).0, 404);
+    // No label names a pod.
+    for pod in ["web", "client", "other"] {
+        assert!(
+            !text.contains(&format!("\"{pod}\"")),
+            "a series is labelled with pod {pod}"
+        );
+    }
+}
