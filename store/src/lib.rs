@@ -184,6 +184,28 @@ pub enum Pass {
     Resync,
 }
 
+/// Where a pass's store came from.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    cluster_id: u64,
+    revision: i64,
+    /// It held Kubernetes objects.
+    objects: bool,
+}
+
+/// Whether the snapshot `now` replaces a store that was wiped: another etcd cluster than
+/// the last pass's, or the same one with its revision gone back (a fresh etcd with the
+/// same flags has the same cluster id; revisions never go back otherwise), with no
+/// objects where the last had some.
+fn store_was_replaced(last: Option<Seen>, now: Seen) -> bool {
+    match last {
+        Some(l) if l.objects && !now.objects => {
+            l.cluster_id != now.cluster_id || now.revision < l.revision
+        }
+        _ => false,
+    }
+}
+
 /// Applies a put or delete; whether the store changed.
 fn apply<E>(
     store: &mut Store<E>,
@@ -209,6 +231,10 @@ pub async fn follow<E>(
     parse: fn(&str, &[u8]) -> Option<E>,
     mut pass: impl FnMut(&Store<E>, Pass, i64),
 ) {
+    // The etcd cluster and revision the last pass came from, and whether its store held
+    // objects.
+    let mut last: Option<Seen> = None;
+    let mut holding = false;
     loop {
         let mut client = match connect(etcd).await {
             Ok(c) => c,
@@ -230,12 +256,44 @@ pub async fn follow<E>(
             }
         };
         let mut revision = snapshot.header().map_or(0, |h| h.revision());
+        let cluster_id = snapshot.header().map_or(0, |h| h.cluster_id());
+        let has_objects = snapshot
+            .kvs()
+            .iter()
+            .any(|kv| kv.key().starts_with(cluster::OBJECTS.as_bytes()));
+        let now = Seen {
+            cluster_id,
+            revision,
+            objects: has_objects,
+        };
+        if store_was_replaced(last, now) {
+            // Another etcd cluster, or one whose revision went back, empty of objects
+            // where the last had some: a store wiped or replaced, not a cluster whose
+            // objects were deleted. Applying it would delete every Service and open every
+            // pod a policy isolates; the last state stays until objects appear
+            // (`netctl import`, or any `netctl apply`).
+            if !holding {
+                warn!(
+                    "{what}: etcd was replaced (revision {revision}, was {}) and holds no \
+                     objects: keeping the last state until objects are stored (netctl import)",
+                    last.map_or(0, |l| l.revision)
+                );
+                holding = true;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        if holding {
+            warn!("{what}: the new store holds objects again; following it");
+            holding = false;
+        }
         let mut store = Store::new();
         for kv in snapshot.kvs() {
             if let Ok(key) = kv.key_str() {
                 apply(&mut store, parse, key, Some(kv.value()));
             }
         }
+        last = Some(now);
         pass(&store, Pass::Snapshot, revision);
         let options = WatchOptions::new()
             .with_prefix()
@@ -284,6 +342,11 @@ pub async fn follow<E>(
                     }
                 } => {
                     pending = None;
+                    last = Some(Seen {
+                        cluster_id,
+                        revision,
+                        objects: store.keys().any(|k| k.starts_with(cluster::OBJECTS)),
+                    });
                     pass(&store, Pass::Changed, revision);
                     last_pass = tokio::time::Instant::now();
                 }
@@ -309,6 +372,37 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_an_empty_store_of_another_cluster_or_an_older_revision_is_held() {
+        let seen = |cluster_id, revision, objects| super::Seen {
+            cluster_id,
+            revision,
+            objects,
+        };
+        let replaced = super::store_was_replaced;
+        assert!(
+            replaced(Some(seen(1, 90, true)), seen(2, 95, false)),
+            "another cluster"
+        );
+        assert!(
+            replaced(Some(seen(1, 90, true)), seen(1, 4, false)),
+            "a fresh etcd"
+        );
+        assert!(!replaced(None, seen(2, 4, false)), "first start");
+        assert!(
+            !replaced(Some(seen(1, 90, true)), seen(1, 95, false)),
+            "all deleted"
+        );
+        assert!(
+            !replaced(Some(seen(1, 90, false)), seen(2, 4, false)),
+            "was empty"
+        );
+        assert!(
+            !replaced(Some(seen(1, 90, true)), seen(1, 8, true)),
+            "restored"
+        );
+    }
+
     use super::*;
 
     #[test]
