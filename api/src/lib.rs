@@ -268,6 +268,58 @@ pub struct NodeStatus {
     /// Flow records: kept, lost, problems.
     #[serde(default)]
     pub flows: flow::FlowStatus,
+    /// The daemon's version (`twilld --version`).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Milliseconds since etcd last answered the lease loop; `None` until it has.
+    #[serde(default)]
+    pub etcd_silent_ms: Option<u64>,
+    /// The BGP speaker, in the BGP-routed mode (`network.overlay = "bgp"`); `None` in the
+    /// VXLAN mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<Box<BgpStatus>>,
+}
+
+/// The node's BGP speaker: its sessions and the routes it refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpStatus {
+    pub as_number: u32,
+    pub router_id: Option<Ipv4Addr>,
+    /// The pod subnet this node announces, while it holds a lease.
+    pub announced: Option<Ipv4Network>,
+    pub peers: Vec<BgpPeerStatus>,
+    /// Routes learned but not installed, with the reason (e.g. a subnet etcd does not
+    /// assign to the announcing node).
+    #[serde(default)]
+    pub refused: Vec<String>,
+    /// Kernel routes the speaker installed (protocol twill, via the underlay).
+    #[serde(default)]
+    pub routes: u32,
+    /// Why the last route pass did not finish, when it did not (it is retried).
+    #[serde(default)]
+    pub problem: Option<String>,
+}
+
+/// One BGP session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpPeerStatus {
+    /// The node at the other end, from its node record.
+    pub node: String,
+    pub address: Ipv4Addr,
+    pub as_number: u32,
+    /// RFC 4271's state: Idle, Connect, Active, OpenSent, OpenConfirm, Established.
+    pub state: String,
+    /// This side waits for the peer to connect (the node with the lower underlay address
+    /// opens the connection).
+    pub passive: bool,
+    /// Seconds since the session became established; `None` while it is not.
+    pub uptime_seconds: Option<u64>,
+    pub prefixes_sent: u32,
+    pub prefixes_received: u32,
+    /// Of the received ones, those kept while the peer restarts (graceful restart).
+    #[serde(default)]
+    pub prefixes_stale: u32,
+    pub last_error: Option<String>,
 }
 
 /// The node's background pod work: attaches queued by ADD, pairs queued by DEL.
@@ -302,6 +354,9 @@ pub enum ErrorKind {
     Internal,
 }
 
+// `Status` is by far the largest variant; a response is made once per request and sent at
+// once, so boxing it would only add an allocation and churn at every use.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {

@@ -78,3 +78,13 @@ pub fn read_flows_lost(pin_dir: &Path) -> Result<u64> {
     let values = lost.get(&0, 0).map_err(err)?;
     Ok(values.iter().sum())
 }
+
+/// Sets what the programs of the node whose maps are pinned under `pin_dir` record
+/// (`FLOW_MODE_*`), from outside the daemon; it applies to the next packet. The daemon
+/// goes on reading the ring, and its STATUS keeps the mode it set at start.
+pub fn set_flow_mode_pinned(pin_dir: &Path, mode: u32) -> Result<()> {
+    let err = map_error(pin_dir, maps::FLOWS_CONF);
+    let data = MapData::from_pin(pin_dir.join(maps::FLOWS_CONF)).map_err(&err)?;
+    let mut conf: Array<MapData, u32> = Array::try_from(Map::Array(data)).map_err(&err)?;
+    conf.set(0, mode, 0).map_err(err)
+}

@@ -124,7 +124,7 @@ pub use local::{
     local_backend_pin, monotonic_ns, read_local_backends, remove_local_backend, set_local_backend,
 };
 mod flows;
-pub use flows::{FlowRing, open_flow_ring, read_flows_lost};
+pub use flows::{FlowRing, open_flow_ring, read_flows_lost, set_flow_mode_pinned};
 mod fqdn;
 pub use fqdn::{FqdnMaps, LearnedAddress, fqdn_name, fqdn_name_id, fqdn_name_text, read_fqdn};
 mod policy;

@@ -63,6 +63,21 @@ struct FileConfig {
     metrics: FileMetrics,
     #[serde(default)]
     flows: crate::flows::config::FileFlows,
+    #[serde(default)]
+    bgp: FileBgp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBgp {
+    as_number: Option<u32>,
+    router_id: Option<String>,
+    hold_seconds: Option<u16>,
+    keepalive_seconds: Option<u16>,
+    restart_seconds: Option<u16>,
+    mesh: Option<bool>,
+    listen_port: Option<u16>,
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,6 +199,60 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     /// Flow records (`[flows]`); the ring's size is in `map_sizes`.
     pub flows: crate::flows::config::FlowsConfig,
+    /// The BGP speaker (`[bgp]`), used when `overlay` is [`OverlayMode::Bgp`].
+    pub bgp: BgpConfig,
+}
+
+/// `[bgp]`: the speaker of the BGP-routed mode. Its `Debug` (`twilld check-config`) does
+/// not show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BgpConfig {
+    /// The cluster's AS: every node is in it (iBGP).
+    pub as_number: u32,
+    /// `None`: the node's underlay address.
+    pub router_id: Option<std::net::Ipv4Addr>,
+    pub hold_seconds: u16,
+    pub keepalive_seconds: u16,
+    /// Graceful restart: how long peers keep this node's routes after its speaker stopped
+    /// without a NOTIFICATION (a crash or a restart).
+    pub restart_seconds: u16,
+    /// A full iBGP mesh between the nodes of the node records.
+    pub mesh: bool,
+    pub listen_port: u16,
+    /// The TCP MD5 password, read from this file (trailing newline removed) at start.
+    pub password: Option<Vec<u8>>,
+}
+
+pub const DEFAULT_BGP_AS: u32 = 64512;
+
+impl std::fmt::Debug for BgpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BgpConfig")
+            .field("as_number", &self.as_number)
+            .field("router_id", &self.router_id)
+            .field("hold_seconds", &self.hold_seconds)
+            .field("keepalive_seconds", &self.keepalive_seconds)
+            .field("restart_seconds", &self.restart_seconds)
+            .field("mesh", &self.mesh)
+            .field("listen_port", &self.listen_port)
+            .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .finish()
+    }
+}
+
+impl Default for BgpConfig {
+    fn default() -> Self {
+        Self {
+            as_number: DEFAULT_BGP_AS,
+            router_id: None,
+            hold_seconds: 9,
+            keepalive_seconds: 3,
+            restart_seconds: 120,
+            mesh: true,
+            listen_port: 179,
+            password: None,
+        }
+    }
 }
 
 /// Where `/metrics` is served, and how often maps nothing keeps a count of are walked.
@@ -284,12 +353,7 @@ impl Config {
             ));
         }
         let overlay = file.network.overlay.unwrap_or(OverlayMode::Vxlan);
-        if overlay == OverlayMode::Bgp {
-            return Err(invalid(
-                "network.overlay",
-                "\"bgp\" is not available yet; use \"vxlan\"".into(),
-            ));
-        }
+        let bgp = check_bgp(file.bgp).map_err(|(key, m)| invalid(key, m))?;
         let mtu = file.network.mtu;
         if let Some(m) = mtu
             && !(576..=65535).contains(&m)
@@ -499,8 +563,107 @@ impl Config {
             map_sizes,
             metrics,
             flows,
+            bgp,
         })
     }
+}
+
+/// Checks `[bgp]`; an error names its key.
+fn check_bgp(file: FileBgp) -> Result<BgpConfig, (&'static str, String)> {
+    let d = BgpConfig::default();
+    let as_number = file.as_number.unwrap_or(d.as_number);
+    if as_number == 0 || as_number == u32::from(twill_bgp::message::AS_TRANS) {
+        return Err(("bgp.as_number", format!("{as_number} is reserved")));
+    }
+    let router_id = match file.router_id.as_deref() {
+        None | Some("") => None,
+        Some(text) => {
+            let ip: std::net::Ipv4Addr = text
+                .parse()
+                .map_err(|_| ("bgp.router_id", format!("{text:?} is not an IPv4 address")))?;
+            if ip.is_unspecified() {
+                return Err(("bgp.router_id", "0.0.0.0 is not a BGP Identifier".into()));
+            }
+            Some(ip)
+        }
+    };
+    let hold_seconds = file.hold_seconds.unwrap_or(d.hold_seconds);
+    if !(3..=65535).contains(&hold_seconds) {
+        return Err((
+            "bgp.hold_seconds",
+            format!("{hold_seconds} is outside 3..=65535"),
+        ));
+    }
+    let keepalive_seconds = file.keepalive_seconds.unwrap_or(d.keepalive_seconds);
+    if keepalive_seconds == 0 || keepalive_seconds > hold_seconds / 3 {
+        return Err((
+            "bgp.keepalive_seconds",
+            format!(
+                "{keepalive_seconds} is outside 1..={} (a third of bgp.hold_seconds)",
+                hold_seconds / 3
+            ),
+        ));
+    }
+    let restart_seconds = file.restart_seconds.unwrap_or(d.restart_seconds);
+    if !(1..=4095).contains(&restart_seconds) {
+        return Err((
+            "bgp.restart_seconds",
+            format!("{restart_seconds} is outside 1..=4095"),
+        ));
+    }
+    let mesh = file.mesh.unwrap_or(d.mesh);
+    if !mesh {
+        return Err((
+            "bgp.mesh",
+            "false needs configured peers (BGPPeer), which are not available yet".into(),
+        ));
+    }
+    let listen_port = file.listen_port.unwrap_or(d.listen_port);
+    if listen_port == 0 {
+        return Err(("bgp.listen_port", "must not be 0".into()));
+    }
+    let password = match file.password_file {
+        None => None,
+        Some(path) => {
+            if !path.is_absolute() {
+                return Err((
+                    "bgp.password_file",
+                    format!("{} is not an absolute path", path.display()),
+                ));
+            }
+            let mut bytes = std::fs::read(&path).map_err(|e| {
+                (
+                    "bgp.password_file",
+                    format!("reading {}: {e}", path.display()),
+                )
+            })?;
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            if bytes.is_empty() || bytes.len() > twill_bgp::socket::MD5_MAX_KEY_LEN {
+                return Err((
+                    "bgp.password_file",
+                    format!(
+                        "{}: the password must be 1 to {} bytes, it is {}",
+                        path.display(),
+                        twill_bgp::socket::MD5_MAX_KEY_LEN,
+                        bytes.len()
+                    ),
+                ));
+            }
+            Some(bytes)
+        }
+    };
+    Ok(BgpConfig {
+        as_number,
+        router_id,
+        hold_seconds,
+        keepalive_seconds,
+        restart_seconds,
+        mesh,
+        listen_port,
+        password,
+    })
 }
 
 /// Node names become etcd keys and log fields: keep them to DNS-label-like characters.
@@ -543,6 +706,23 @@ mod tests {
         assert_eq!(c.underlay_interface, None);
         assert_eq!(c.mtu, None);
         assert_eq!(c.metrics, None);
+        assert_eq!(c.bgp, BgpConfig::default());
+    }
+
+    #[test]
+    fn bgp_mode_has_no_overhead_and_takes_its_section() {
+        let c = parse(
+            "[network]\noverlay = \"bgp\"\n[bgp]\nas_number = 65010\nrouter_id = \"10.0.0.1\"\n\
+             hold_seconds = 30\nkeepalive_seconds = 10\nrestart_seconds = 60\nlisten_port = 1179\n",
+        )
+        .unwrap();
+        assert_eq!(c.overlay, OverlayMode::Bgp);
+        assert_eq!(c.overlay.overhead(), 0);
+        assert_eq!(c.bgp.as_number, 65010);
+        assert_eq!(c.bgp.router_id, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!((c.bgp.hold_seconds, c.bgp.keepalive_seconds), (30, 10));
+        assert_eq!((c.bgp.restart_seconds, c.bgp.listen_port), (60, 1179));
+        assert!(c.bgp.mesh);
     }
 
     #[test]
@@ -606,10 +786,27 @@ mod tests {
                 "network.node_subnet_prefix: node subnet size /8",
             ),
             ("[network]\noverlay = \"ipip\"", "unknown variant `ipip`"),
+            ("[bgp]\nas_number = 0", "bgp.as_number: 0 is reserved"),
             (
-                "[network]\noverlay = \"bgp\"",
-                "network.overlay: \"bgp\" is not available yet",
+                "[bgp]\nrouter_id = \"1.2.3\"",
+                "bgp.router_id: \"1.2.3\" is not an IPv4 address",
             ),
+            ("[bgp]\nhold_seconds = 2", "bgp.hold_seconds: 2 is outside"),
+            (
+                "[bgp]\nkeepalive_seconds = 4",
+                "bgp.keepalive_seconds: 4 is outside 1..=3",
+            ),
+            ("[bgp]\nrestart_seconds = 5000", "bgp.restart_seconds: 5000"),
+            (
+                "[bgp]\nmesh = false",
+                "bgp.mesh: false needs configured peers",
+            ),
+            ("[bgp]\nlisten_port = 0", "bgp.listen_port: must not be 0"),
+            (
+                "[bgp]\npassword_file = \"/nonexistent/twill-bgp\"",
+                "bgp.password_file: reading /nonexistent/twill-bgp",
+            ),
+            ("[bgp]\npeers = []", "unknown field `peers`"),
             ("[network]\nmtu = 100", "network.mtu: 100 is outside"),
             (
                 "[network]\nvxlan_vni = 16777216",

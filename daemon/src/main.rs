@@ -14,6 +14,7 @@ mod state;
 mod watch;
 
 // Capabilities, a folder each (`policy` joins them), and outbound NAT, one file.
+mod bgp;
 mod flows;
 mod masquerade;
 mod overlay;
@@ -34,7 +35,7 @@ use twill_abi::lb::wire_ip;
 use twill_bpf::{Datapath, OBJECT};
 
 use crate::{
-    config::{Config, Overrides},
+    config::{Config, OverlayMode, Overrides},
     lease::{LeaseSpec, Outcome, Renewal},
     node::Node,
     overlay::{peers, underlay, vxlan},
@@ -201,27 +202,62 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         .unwrap_or(underlay.mtu.saturating_sub(config.overlay.overhead()));
     info!(interface = %underlay.name, ip = %underlay.ip, mtu = underlay.mtu, pod_mtu, "underlay");
 
-    let device = vxlan::ensure_device(
-        &handle,
-        &underlay,
-        vxlan::Settings {
-            vni: config.vxlan_vni,
-            port: config.vxlan_port,
-            mtu: underlay.mtu.saturating_sub(config.overlay.overhead()),
-        },
-    )
-    .await
-    .with_context(|| format!("creating the VXLAN device {}", vxlan::DEVICE))?;
-    let vtep_mac = peers::format_mac(&device.mac);
-    info!(device = vxlan::DEVICE, vni = config.vxlan_vni, port = config.vxlan_port, mac = %vtep_mac, "overlay device");
-    let overlay = Arc::new(overlay::Overlay::new(
-        handle.clone(),
-        device,
-        config.cluster,
-        config.node_name.clone(),
-        instruments.clone(),
-    ));
-    tokio::spawn(overlay::run(config.clone(), overlay.clone(), config.resync));
+    let (routing, vtep_mac) = match config.overlay {
+        OverlayMode::Vxlan => {
+            let device = vxlan::ensure_device(
+                &handle,
+                &underlay,
+                vxlan::Settings {
+                    vni: config.vxlan_vni,
+                    port: config.vxlan_port,
+                    mtu: underlay.mtu.saturating_sub(config.overlay.overhead()),
+                },
+            )
+            .await
+            .with_context(|| format!("creating the VXLAN device {}", vxlan::DEVICE))?;
+            let vtep_mac = peers::format_mac(&device.mac);
+            info!(device = vxlan::DEVICE, vni = config.vxlan_vni, port = config.vxlan_port, mac = %vtep_mac, "overlay device");
+            let overlay = Arc::new(overlay::Overlay::new(
+                handle.clone(),
+                device,
+                config.cluster,
+                config.node_name.clone(),
+                instruments.clone(),
+            ));
+            tokio::spawn(overlay::run(config.clone(), overlay.clone(), config.resync));
+            (Routing::Vxlan(overlay), Some(vtep_mac))
+        }
+        OverlayMode::Bgp => {
+            // A VXLAN device of an earlier run in the VXLAN mode goes, with its routes.
+            if twill_netlink::delete_link(&handle, vxlan::DEVICE)
+                .await
+                .with_context(|| format!("removing the VXLAN device {}", vxlan::DEVICE))?
+            {
+                info!(
+                    device = vxlan::DEVICE,
+                    "removed the VXLAN device of an earlier run"
+                );
+            }
+            let restarting = bgp::routes_kept(&handle, &underlay, &config.cluster).await;
+            let listener = bgp::bind(&config)?;
+            let speaker = Arc::new(bgp::Speaker::new(&config, &underlay));
+            info!(
+                as_number = config.bgp.as_number,
+                port = config.bgp.listen_port,
+                "BGP-routed mode: no encapsulation"
+            );
+            tokio::spawn(bgp::run(
+                config.clone(),
+                speaker.clone(),
+                handle.clone(),
+                underlay.clone(),
+                listener,
+                restarting,
+            ));
+            (Routing::Bgp(speaker), None)
+        }
+    };
+    let overlay_device = matches!(routing, Routing::Vxlan(_)).then(|| vxlan::DEVICE.to_owned());
 
     vxlan::ensure_service_route(&handle, config.service_cidr)
         .await
@@ -283,18 +319,25 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         // NodePort programs (underlay and VXLAN ingress) come and go with NodePort
         // Services; see the services loop.
         Some(
-            node::Dataplane::new(datapath, (underlay.name.clone(), vxlan::DEVICE.to_owned()))
+            node::Dataplane::new(datapath, (underlay.name.clone(), overlay_device.clone()))
                 .with_context(|| {
                     format!(
                         "taking over the NodePort programs on {} and {}",
                         underlay.name,
-                        vxlan::DEVICE
+                        overlay_device.as_deref().unwrap_or("(no overlay device)")
                     )
                 })?,
         ),
         instruments,
     )?);
-    let _ = node.overlay.set(overlay.clone());
+    match &routing {
+        Routing::Vxlan(overlay) => {
+            let _ = node.overlay.set(overlay.clone());
+        }
+        Routing::Bgp(speaker) => {
+            let _ = node.bgp.set(speaker.clone());
+        }
+    }
     // Pods wired before this start (a restart): their pinned links get this run's programs
     // in place, so their traffic is never without translation; links of pods deleted
     // meanwhile are released.
@@ -331,11 +374,11 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         ttl: config.lease_ttl,
         quarantine: config.lease_quarantine,
         underlay_ip: underlay.ip,
-        vtep_mac: Some(vtep_mac),
+        vtep_mac,
         timeout: config.etcd_timeout,
     };
     tokio::select! {
-        () = lease_loop(&config, &spec, &node, &overlay) => unreachable!("the lease loop never ends"),
+        () = lease_loop(&config, &spec, &node, &routing) => unreachable!("the lease loop never ends"),
         signal = shutdown_signal() => {
             // The leases are left to expire on their own: a restart within the TTL keeps
             // the subnet and other nodes' routes to it.
@@ -389,7 +432,37 @@ fn node_config(
     }
 }
 
-async fn lease_loop(config: &Config, spec: &LeaseSpec, node: &Node, overlay: &overlay::Overlay) {
+/// How pods on other nodes are reached: the VXLAN overlay, or BGP-announced routes.
+enum Routing {
+    Vxlan(Arc<overlay::Overlay>),
+    Bgp(Arc<bgp::Speaker>),
+}
+
+impl Routing {
+    async fn subnet_leased(&self, subnet: ipnetwork::Ipv4Network) {
+        match self {
+            Routing::Vxlan(overlay) => overlay.local_subnet(subnet).await,
+            Routing::Bgp(speaker) => speaker.local_subnet(Some(subnet)),
+        }
+    }
+
+    fn subnet_lost(&self) {
+        if let Routing::Bgp(speaker) = self {
+            speaker.local_subnet(None);
+        }
+    }
+
+    /// The node's address in its pod subnet, where the mode gives it one (the VXLAN
+    /// device's; the BGP mode has none).
+    fn vtep(&self, subnet: ipnetwork::Ipv4Network) -> Option<std::net::Ipv4Addr> {
+        match self {
+            Routing::Vxlan(_) => Some(twill_ipam::PodSubnet(subnet).node_address()),
+            Routing::Bgp(_) => None,
+        }
+    }
+}
+
+async fn lease_loop(config: &Config, spec: &LeaseSpec, node: &Node, routing: &Routing) {
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
     const FIRST_BACKOFF: Duration = Duration::from_millis(200);
     let mut backoff = FIRST_BACKOFF;
@@ -444,13 +517,13 @@ async fn lease_loop(config: &Config, spec: &LeaseSpec, node: &Node, overlay: &ov
             tokio::time::sleep(MAX_BACKOFF).await;
             continue;
         }
-        overlay.local_subnet(held.subnet).await;
-        let vtep = twill_ipam::PodSubnet(held.subnet).node_address();
+        routing.subnet_leased(held.subnet).await;
+        let vtep = routing.vtep(held.subnet);
         if let Some(Err(e)) = node.with_dataplane(|d| {
             d.datapath
-                .set_node_config(node_config(config, spec.underlay_ip, Some(vtep)))
+                .set_node_config(node_config(config, spec.underlay_ip, vtep))
         }) {
-            error!("telling the programs the node's VTEP address {vtep}: {e:#}");
+            error!("telling the programs the node's VTEP address {vtep:?}: {e:#}");
         }
         info!(subnet = %held.subnet, "holding pod subnet");
         backoff = FIRST_BACKOFF;
@@ -467,6 +540,7 @@ async fn lease_loop(config: &Config, spec: &LeaseSpec, node: &Node, overlay: &ov
                 Ok(Renewal::Lost(why)) => {
                     warn!(subnet = %held.subnet, "lease lost: {why}; leasing again");
                     node.subnet_lost(why);
+                    routing.subnet_lost();
                     break;
                 }
                 Err(e) => {

@@ -19,8 +19,8 @@ use crate::{overlay::peers, state::StateDir};
 pub struct Dataplane {
     pub datapath: twill_bpf::Datapath,
     attached: HashMap<String, twill_bpf::PodAttachment>,
-    /// The underlay interface and the VXLAN device.
-    node_interfaces: (String, String),
+    /// The underlay interface and the VXLAN device (none in the BGP-routed mode).
+    node_interfaces: (String, Option<String>),
     /// Whether the NodePort program is on the underlay interface.
     node_programs: bool,
     /// Attaches and deletions no CNI call waits for.
@@ -30,14 +30,16 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// `node_interfaces`: the underlay interface and the VXLAN device. The overlay program
-    /// goes on the VXLAN device for good; a NodePort program an earlier run left attached
-    /// is taken over with this run's program at once.
+    /// `node_interfaces`: the underlay interface and the VXLAN device, if there is one.
+    /// The overlay program goes on the VXLAN device for good; a NodePort program an earlier
+    /// run left attached is taken over with this run's program at once.
     pub fn new(
         mut datapath: twill_bpf::Datapath,
-        node_interfaces: (String, String),
+        node_interfaces: (String, Option<String>),
     ) -> Result<Self, twill_bpf::DatapathError> {
-        datapath.attach_overlay(&node_interfaces.1)?;
+        if let Some(device) = &node_interfaces.1 {
+            datapath.attach_overlay(device)?;
+        }
         let node_programs = datapath.node_programs_pinned();
         if node_programs {
             datapath.attach_node(&node_interfaces.0)?;
@@ -150,6 +152,8 @@ pub struct Node {
     inner: Mutex<Inner>,
     /// The overlay, for the status; unset in tests of the control plane.
     pub overlay: std::sync::OnceLock<std::sync::Arc<crate::overlay::Overlay>>,
+    /// The BGP speaker, in the BGP-routed mode.
+    pub bgp: std::sync::OnceLock<std::sync::Arc<crate::bgp::Speaker>>,
     /// Signalled when background pod work is queued.
     pub work_wake: tokio::sync::Notify,
     /// What the loops and the socket server record for `/metrics`.
@@ -195,6 +199,7 @@ impl Node {
                 ..Inner::default()
             }),
             overlay: std::sync::OnceLock::new(),
+            bgp: std::sync::OnceLock::new(),
             work_wake: tokio::sync::Notify::new(),
             instruments,
             flows: std::sync::OnceLock::new(),
@@ -630,11 +635,19 @@ impl Node {
                     pods: inner.allocations.as_ref().map_or(0, |a| a.len() as u32),
                     not_ready: self.not_ready(&inner),
                     warnings: inner.warnings.clone(),
-                    overlay: self.overlay.get().map(|o| o.status()).unwrap_or_default(),
+                    overlay: self
+                        .overlay
+                        .get()
+                        .map(|o| o.status())
+                        .or_else(|| self.bgp.get().map(|b| b.overlay_status()))
+                        .unwrap_or_default(),
                     // Filled in by `handle`, outside this lock.
                     background: twill_api::PodWorkStatus::default(),
                     policy: twill_api::PolicyStatus::default(),
                     flows: self.flows.get().map(|f| f.status()).unwrap_or_default(),
+                    version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+                    etcd_silent_ms: inner.last_etcd_ok.map(|t| t.elapsed().as_millis() as u64),
+                    bgp: self.bgp.get().map(|b| Box::new(b.status())),
                 },
             },
         }

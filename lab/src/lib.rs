@@ -567,6 +567,34 @@ impl Lab {
         self.signal_etcd(nix::sys::signal::Signal::SIGCONT)
     }
 
+    /// Stops etcd, deletes its data directory and starts an empty etcd on the same
+    /// address: a lost store, for restore tests. Only for a lab this value brought up.
+    pub fn restart_etcd_fresh(&mut self) -> Result<(), LabError> {
+        let pid = self.manifest.etcd.as_ref().map(|p| p.pid);
+        let at = self
+            .children
+            .iter()
+            .position(|c| Some(c.id()) == pid)
+            .ok_or_else(|| LabError::Etcd {
+                message: "etcd was not started by this process".to_owned(),
+            })?;
+        let mut old = self.children.remove(at);
+        let _ = old.kill();
+        let _ = old.wait();
+        let data_dir = self.manifest.state_dir.join("etcd");
+        std::fs::remove_dir_all(&data_dir).map_err(|e| LabError::Etcd {
+            message: format!("removing {}: {e}", data_dir.display()),
+        })?;
+        let etcd = etcd::start(
+            &self.underlay()?,
+            &self.manifest.state_dir,
+            self.manifest.etcd_tls.as_ref(),
+        )?;
+        self.manifest.etcd = ProcessRef::of(etcd.id());
+        self.children.push(etcd);
+        self.manifest.write()
+    }
+
     fn signal_etcd(&self, signal: nix::sys::signal::Signal) -> Result<(), LabError> {
         let etcd = self
             .manifest

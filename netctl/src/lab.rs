@@ -31,6 +31,9 @@ const LAB_DAEMON_CONFIG: &str = "# written by netctl lab up\n\
     [lease]\nttl_seconds = 10\nquarantine_seconds = 30\n\
     [network]\nresync_seconds = 5\n";
 
+/// Appended to [`LAB_DAEMON_CONFIG`] by `--mode bgp`: the iBGP mesh with twilld's defaults.
+pub const LAB_BGP_CONFIG: &str = "overlay = \"bgp\"\n";
+
 /// The port every lab node's twilld serves `/metrics` on, at its underlay address.
 pub const LAB_METRICS_PORT: u16 = 9962;
 
@@ -48,8 +51,9 @@ pub enum LabCommand {
         /// Number of external (non-node) hosts on the underlay.
         #[arg(long, default_value_t = 1)]
         externals: u8,
-        /// Overlay between nodes (only vxlan for now).
-        #[arg(long, default_value = "vxlan", value_parser = ["vxlan"])]
+        /// How nodes reach each other's pods: `vxlan` (the overlay) or `bgp` (routes
+        /// announced over an iBGP mesh, no encapsulation).
+        #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "bgp"])]
         mode: String,
         /// Demo pods per node.
         #[arg(long, default_value_t = 1)]
@@ -126,13 +130,14 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             name,
             nodes,
             externals,
-            mode: _,
+            mode,
             pods_per_node,
             hold,
             etcd_tls,
             bare,
         } => up(UpOptions {
             name,
+            bgp: mode == "bgp",
             nodes,
             externals,
             pods_per_node,
@@ -213,6 +218,8 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
 
 struct UpOptions {
     name: String,
+    /// The BGP-routed mode instead of VXLAN.
+    bgp: bool,
     nodes: u8,
     externals: u8,
     pods_per_node: u8,
@@ -253,7 +260,7 @@ fn up(o: UpOptions) -> anyhow::Result<()> {
         etcd_tls: o.etcd_tls,
     })?;
     if !o.bare
-        && let Err(e) = populate(&mut lab, o.pods_per_node)
+        && let Err(e) = populate(&mut lab, o.pods_per_node, o.bgp)
     {
         // Nothing half-made stays behind.
         let name = lab.name().to_owned();
@@ -294,10 +301,14 @@ fn up(o: UpOptions) -> anyhow::Result<()> {
 }
 
 /// Starts a twilld on every node, waits until each holds a subnet, adds the demo pods.
-fn populate(lab: &mut Lab, pods_per_node: u8) -> anyhow::Result<()> {
+fn populate(lab: &mut Lab, pods_per_node: u8, bgp: bool) -> anyhow::Result<()> {
     let twilld = sibling("twilld")?;
     let endpoint = lab.etcd_endpoint();
     let mut config = LAB_DAEMON_CONFIG.to_owned();
+    if bgp {
+        // Still in the `[network]` table the lab's configuration ends with.
+        config.push_str(LAB_BGP_CONFIG);
+    }
     if let Some(tls) = lab.etcd_tls() {
         config.push_str(&format!(
             "[etcd]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",

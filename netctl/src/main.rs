@@ -2,12 +2,15 @@
 #![forbid(unsafe_code)]
 
 mod apply;
+mod bgp;
 mod bpf;
 mod describe;
+mod export;
 mod get;
 mod lab;
 mod monitor;
 mod nodes;
+mod status;
 mod store;
 mod why;
 mod why_fqdn;
@@ -40,12 +43,24 @@ enum Command {
     /// Show what a node's eBPF maps hold: services, conntrack, metrics, policy.
     #[command(subcommand)]
     Bpf(bpf::BpfCommand),
+    /// BGP sessions of the nodes in the BGP-routed mode: `netctl bgp peers [--node N]`.
+    #[command(subcommand)]
+    Bgp(bgp::BgpCommand),
     /// Whether a connection is allowed by NetworkPolicy, the rules behind the verdict, and
     /// whether the nodes' maps agree.
     Why(why::WhyArgs),
     /// Flow records from the nodes' daemons: connections, drops and refusals with pod,
     /// Service and policy names; filters, `-f` to follow, `-o json`, `--top`.
     Monitor(monitor::MonitorArgs),
+    /// The whole cluster on one screen: nodes (ready, lease, etcd, peers, version,
+    /// programs, map fill, flow records), object counts, recent drops by reason, and
+    /// what is wrong in words; `-o json`.
+    Status(status::StatusArgs),
+    /// Write everything twill keeps in etcd (objects, claims, subnet leases, node and pod
+    /// records), read at one revision, to a checksummed file.
+    Export(export::ExportArgs),
+    /// Restore a `netctl export` file into the store, without a claim held twice.
+    Import(export::ImportArgs),
     /// A shell completion script: `source <(netctl completion bash)`.
     Completion { shell: clap_complete::Shell },
     /// The man page (roff) of netctl, or of one command (`netctl man get`), generated from
@@ -85,10 +100,14 @@ fn main() {
         }
         Command::Man { command } => man(command.as_deref()),
         Command::Bpf(cmd) => bpf::run(cmd),
+        Command::Bgp(cmd) => bgp::run(cmd),
         Command::Apply(args) => apply::apply(args),
         Command::Delete(args) => apply::delete(args),
         Command::Why(args) => why::run(args),
         Command::Monitor(args) => monitor::run(args),
+        Command::Export(args) => export::export(args),
+        Command::Import(args) => export::import(args),
+        Command::Status(args) => status::run(args),
     };
     if let Err(e) = result {
         eprintln!("netctl: {e:#}");

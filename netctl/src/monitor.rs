@@ -130,7 +130,7 @@ impl Args for MonitorArgs {
 
 /// A duration as `--since` takes it: a number and a unit (`s`, `m`, `h`, `d`; seconds
 /// without one).
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text
         .find(|c: char| !c.is_ascii_digit())
         .map_or((text, ""), |i| text.split_at(i));
