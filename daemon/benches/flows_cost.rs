@@ -9,6 +9,8 @@
 //!   medians are compared (targets: >= 0.95 of the rate, >= 0.98 of the throughput). The
 //!   records node1's daemon read during each connection run are counted, to show they
 //!   were made (and not made when off);
+//! - the programs' part alone: connections per second with records on and both daemons
+//!   stopped (SIGSTOP) during the run, the records left in the ring until it ends;
 //! - sustained records per second: node1 in per-packet mode, a UDP flood from the client
 //!   paced at rising rates for a few seconds each; for each, the records node1's daemon
 //!   read and those the ring had no room for (its STATUS's flows section). The highest
@@ -60,6 +62,30 @@ fn set_mode(pins: &[PathBuf], mode: u32) {
 fn counts(d: &Twilld) -> (u64, u64) {
     let f = d.status().flows;
     (f.read, f.lost)
+}
+
+/// CPU time (user and system) the processes have used, in seconds.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the command (which is in parentheses and may hold spaces).
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let field = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            // utime and stime are fields 14 and 15 of the line: 12 and 13 after the command.
+            (field(11) + field(12)) / ticks
+        })
+        .sum()
 }
 
 /// UDP to `to` from `ns` at `rate` packets a second for `seconds`: packets sent and the
@@ -138,6 +164,8 @@ fn main() {
 
     let (mut on_rate, mut off_rate, mut on_tput, mut off_tput) = (vec![], vec![], vec![], vec![]);
     let (mut on_records, mut off_records) = (vec![], vec![]);
+    let (mut on_cpu, mut off_cpu) = (vec![], vec![]);
+    let pids: Vec<u32> = daemons.iter().map(|d| d.child.id()).collect();
     for round in 0..rounds {
         let order = if round % 2 == 0 {
             [true, false]
@@ -154,7 +182,9 @@ fn main() {
                 },
             );
             let (read0, _) = counts(&daemons[0]);
+            let cpu0 = cpu_seconds(&pids);
             let rate = connect_rate(client, target, seconds);
+            let cpu = (cpu_seconds(&pids) - cpu0) / seconds;
             std::thread::sleep(Duration::from_millis(200));
             let (read1, _) = counts(&daemons[0]);
             let records = (read1 - read0) as f64 / seconds;
@@ -163,13 +193,34 @@ fn main() {
                 on_rate.push(rate);
                 on_tput.push(tput);
                 on_records.push(records);
+                on_cpu.push(cpu);
             } else {
                 off_rate.push(rate);
                 off_tput.push(tput);
                 off_records.push(records);
+                off_cpu.push(cpu);
             }
         }
     }
+
+    // The programs' part alone: records on, both daemons stopped (SIGSTOP) for the run, so
+    // the records wait in the ring (a run makes far fewer than it holds) and nobody reads
+    // them until it ends.
+    let mut stopped_rate = Vec::new();
+    set_mode(&pins, FLOW_MODE_CONNECTIONS);
+    for _ in 0..rounds {
+        let signal = |sig| {
+            for &pid in &pids {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+                    .expect("signal twilld");
+            }
+        };
+        signal(nix::sys::signal::Signal::SIGSTOP);
+        stopped_rate.push(connect_rate(client, target, seconds));
+        signal(nix::sys::signal::Signal::SIGCONT);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let (_, lost_after_stopped) = counts(&daemons[0]);
 
     // Sustained records per second: node1 records every packet; a paced flood to a UDP
     // socket on the server that nobody reads (the kernel drops what its buffer cannot
@@ -244,6 +295,18 @@ fn main() {
         median(on_records),
         median(off_records)
     );
+    println!(
+        "    CPU of both daemons during them (cores): on {:.2}, off {:.2}",
+        median(on_cpu),
+        median(off_cpu)
+    );
+    let rstop = median(stopped_rate.clone());
+    println!(
+        "  records on, daemons stopped (the programs' part alone): {rstop:8.0}  /off {:.3}; \
+         node1's lost records after: {lost_after_stopped}",
+        rstop / roff
+    );
+    println!("    runs {stopped_rate:.0?}");
     println!(
         "  iperf3 Gbit/s ({iperf_seconds} s runs):  on {ton:8.2}  off {toff:8.2}  on/off {:.3} (target >= 0.98)",
         ton / toff

@@ -241,11 +241,7 @@ fn map_fill(pin_dir: &Path, status: Option<&NodeStatus>) -> Vec<MapFill> {
 }
 
 /// Drops and refusals among a node's records newer than `since` (RFC 3339), by reason.
-fn drops_from_records(
-    access: &NodeAccess,
-    node: &str,
-    since: &str,
-) -> Result<BTreeMap<String, u64>, String> {
+fn drops_from_records(access: &NodeAccess, since: &str) -> Result<BTreeMap<String, u64>, String> {
     let mut counts = BTreeMap::new();
     let mut after = 0;
     loop {
@@ -262,9 +258,9 @@ fn drops_from_records(
                     newest,
                     ..
                 }) => (records, next, newest),
-                Ok(Response::Error { message, .. }) => return Err(format!("{node}: {message}")),
-                Ok(other) => return Err(format!("{node}: unexpected answer {other:?}")),
-                Err(e) => return Err(format!("{node}: {e}")),
+                Ok(Response::Error { message, .. }) => return Err(message),
+                Ok(other) => return Err(format!("unexpected answer {other:?}")),
+                Err(e) => return Err(e.to_string()),
             };
         let done = records.is_empty() || next >= newest;
         for r in records {
@@ -279,8 +275,8 @@ fn drops_from_records(
     }
 }
 
-/// `TWILL_METRICS`'s packets of every reason that is not forwarding, summed over
-/// directions.
+/// `TWILL_METRICS`'s packets of every `drop-*` reason and of `no-backend` (refused),
+/// summed over directions, since the map was made.
 fn drops_from_metrics(pin_dir: &Path) -> Result<BTreeMap<String, u64>, String> {
     let metrics = twill_bpf::read_metrics(pin_dir).map_err(|e| e.to_string())?;
     let mut counts = BTreeMap::new();
@@ -378,7 +374,7 @@ fn gather(store_args: &StoreArgs, since_text: &str, window: Duration) -> Report 
             .as_ref()
             .is_some_and(|s| s.flows.mode != "off" && !s.flows.mode.is_empty());
         let counted = if records_on {
-            drops_from_records(&access, name, &since).map(|c| (c, "flow-records"))
+            drops_from_records(&access, &since).map(|c| (c, "flow-records"))
         } else {
             drops_from_metrics(&access.pin_dir).map(|c| (c, "metrics"))
         };
