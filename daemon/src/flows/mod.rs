@@ -43,6 +43,10 @@ use crate::{config::Config, node::Node};
 
 /// Records drained from the ring before they are named and kept, at most.
 const BATCH: usize = 1024;
+/// After the ring is drained, the reader waits this long before it looks again: records
+/// arriving meanwhile are read and named as one batch, not one wakeup each (at thousands
+/// of new connections a second, the wakeups cost more than the naming).
+const COALESCE: Duration = Duration::from_millis(20);
 /// How often `TWILL_FLOW_LOST` is read.
 const LOST_EVERY: Duration = Duration::from_secs(1);
 /// Table names kept; beyond this the cache starts over (ids are never reused while the
@@ -226,7 +230,11 @@ impl Reader {
                     }
                     drop(guard);
                     self.keep(batch).await;
-                    tokio::task::yield_now().await;
+                    if drained {
+                        tokio::time::sleep(COALESCE).await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 _ = lost_tick.tick() => {
                     match twill_bpf::read_flows_lost(&self.pin_dir) {
