@@ -1,16 +1,28 @@
 //! Encoded answers from the zone, kept by question: a query asked again (by another
 //! client, with another id, in another letter case) is answered by copying bytes instead
 //! of parsing it and building the answer again. Only zone answers are kept (their TTLs do
-//! not count down), and all of them go when the zone changes.
+//! not count down), and all of them go when the zone changes. So do the queries the zone
+//! forwards, also kept: asked again, they go to the forwarder's cache without being parsed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-/// The answers of one zone, by query.
+/// The answers of one zone, by query, and the queries it forwards.
 pub struct AnswerCache {
     /// Which zone the answers are of (its address; a new zone is a new allocation).
     zone: usize,
     answers: HashMap<Vec<u8>, Vec<u8>>,
+    forwarded: HashSet<Vec<u8>>,
+    /// Most answers, and most forwarded queries, kept (all go when there are more).
     limit: usize,
+}
+
+/// What the zone makes of a query it has seen before.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kept {
+    /// This answer, with the query's id and letter case.
+    Answer(Vec<u8>),
+    /// The name is not the zone's: it goes to the forwarder.
+    Forward,
 }
 
 /// A query as the cache knows it: everything but its id, with the question's name in
@@ -18,6 +30,18 @@ pub struct AnswerCache {
 pub struct Key {
     bytes: Vec<u8>,
     name_end: usize,
+}
+
+impl Key {
+    /// The key's bytes (one per query with the same answer, whatever its id and case).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Where the question's name ends in the query (it starts after the 12-byte header).
+    pub fn name_end(&self) -> usize {
+        self.name_end
+    }
 }
 
 const HEADER: usize = 12;
@@ -59,31 +83,46 @@ impl AnswerCache {
         AnswerCache {
             zone: 0,
             answers: HashMap::new(),
+            forwarded: HashSet::new(),
             limit,
         }
     }
 
-    /// The answer to `query` (whose key is `key`) from `zone`, with the query's id and
-    /// its question's letter case.
-    pub fn get(&mut self, zone: usize, key: &Key, query: &[u8]) -> Option<Vec<u8>> {
+    /// Forgets everything kept when `zone` is not the zone it was kept for.
+    fn follow(&mut self, zone: usize) {
         if zone != self.zone {
             self.answers.clear();
+            self.forwarded.clear();
             self.zone = zone;
-            return None;
         }
-        let mut answer = self.answers.get(&key.bytes)?.clone();
-        answer[..2].copy_from_slice(&query[..2]);
-        answer[HEADER..key.name_end].copy_from_slice(&query[HEADER..key.name_end]);
-        Some(answer)
+    }
+
+    /// What `zone` made of `query` (whose key is `key`) before: its answer, with the
+    /// query's id and its question's letter case, or that it forwards it.
+    pub fn get(&mut self, zone: usize, key: &Key, query: &[u8]) -> Option<Kept> {
+        self.follow(zone);
+        if let Some(answer) = self.answers.get(&key.bytes) {
+            let mut answer = answer.clone();
+            answer[..2].copy_from_slice(&query[..2]);
+            answer[HEADER..key.name_end].copy_from_slice(&query[HEADER..key.name_end]);
+            return Some(Kept::Answer(answer));
+        }
+        self.forwarded.contains(&key.bytes).then_some(Kept::Forward)
+    }
+
+    /// Notes that `zone` forwards `key`'s query.
+    pub fn put_forward(&mut self, zone: usize, key: &Key) {
+        self.follow(zone);
+        if self.forwarded.len() >= self.limit {
+            self.forwarded.clear();
+        }
+        self.forwarded.insert(key.bytes.clone());
     }
 
     /// Keeps `answer` (the zone's to `key`'s query) if it starts with the query's question,
     /// as the zone's answers do.
     pub fn put(&mut self, zone: usize, key: &Key, answer: &[u8]) {
-        if zone != self.zone {
-            self.answers.clear();
-            self.zone = zone;
-        }
+        self.follow(zone);
         let question = &key.bytes[1 + HEADER - 2..1 + key.name_end - 2];
         let same_question = answer.len() >= key.name_end
             && answer[HEADER..key.name_end].eq_ignore_ascii_case(question);
@@ -127,7 +166,9 @@ mod tests {
 
         let again = query(9, "wEB.PROD.svc.cluster.local");
         let k2 = key(&again, 0).unwrap();
-        let got = cache.get(1, &k2, &again).expect("kept");
+        let Some(Kept::Answer(got)) = cache.get(1, &k2, &again) else {
+            panic!("kept");
+        };
         assert_eq!(&got[..2], &9u16.to_be_bytes());
         assert_eq!(&got[12..12 + 28], &again[12..12 + 28]);
         assert_eq!(&got[12 + 28..], &answer[12 + 28..]);
@@ -135,6 +176,28 @@ mod tests {
         assert!(cache.get(1, &key(&again, 1).unwrap(), &again).is_none());
         assert!(cache.get(2, &k2, &again).is_none());
         assert!(cache.get(1, &k2, &again).is_none());
+    }
+
+    #[test]
+    fn a_forwarded_query_is_known_by_its_key_until_the_zone_changes() {
+        let mut cache = AnswerCache::new(2);
+        let asked = query(1, "www.Example.org");
+        cache.put_forward(1, &key(&asked, 0).unwrap());
+        let again = query(2, "WWW.example.ORG");
+        assert_eq!(
+            cache.get(1, &key(&again, 0).unwrap(), &again),
+            Some(Kept::Forward)
+        );
+        assert_eq!(cache.get(1, &key(&again, 1).unwrap(), &again), None);
+        assert_eq!(cache.get(2, &key(&again, 0).unwrap(), &again), None);
+        // Past the limit, all go.
+        for name in ["a.org", "b.org", "c.org"] {
+            cache.put_forward(2, &key(&query(1, name), 0).unwrap());
+        }
+        assert_eq!(
+            cache.get(2, &key(&query(1, "a.org"), 0).unwrap(), &query(1, "a.org")),
+            None
+        );
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! SOA's negative TTL (RFC 2308), expired answers kept a while to serve when every upstream
 //! fails (RFC 8767), bounded in entries (least recently used go first) and in bytes.
 //!
+//! Besides each answer, the replies sent to clients from it can be kept encoded, one per
+//! query shape ([`Cache::keep_encoded`]): a later hit copies the bytes and patches the id,
+//! the question's letter case and the TTLs ([`Cache::get_encoded`]) instead of decoding the
+//! answer and encoding a reply again. They go with their answer.
+//!
 //! Architecture invariant: no I/O and no clock. The caller passes the time (`now`) to every
 //! call, so tests move time by hand.
 
@@ -20,6 +25,17 @@ pub const MAX_TTL: u32 = 7 * 24 * 3600;
 /// Bytes counted per entry on top of the answer's wire size and the key's name: the hash
 /// map slot, the recency index node and the entry's fields, rounded up. An estimate.
 pub const ENTRY_OVERHEAD: usize = 160;
+
+/// Bytes counted per kept reply on top of its wire size and its query key: the map slot,
+/// the TTL offsets and the fields, rounded up. An estimate.
+pub const ENCODED_OVERHEAD: usize = 96;
+
+/// Most replies kept encoded per answer (query shapes: with or without EDNS, payload sizes,
+/// header bits, transport).
+pub const MAX_ENCODED_PER_ANSWER: usize = 4;
+
+/// The DNS header's size; a query's name starts after it.
+const HEADER: usize = 12;
 
 /// What a cached answer is the answer to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -129,7 +145,25 @@ struct Entry {
     ttl: Duration,
     /// Position in `Cache::recency`.
     used: u64,
+    /// Its own size, plus that of its kept replies.
     size: usize,
+    /// The query keys of the replies kept encoded from it, in `Cache::encoded`.
+    encoded: Vec<Vec<u8>>,
+    /// Every upstream failed to refresh it; until then its stale answer is served without
+    /// asking them again (RFC 8767's failure recheck timer).
+    failed_until: Option<Instant>,
+}
+
+/// A reply to one query shape, encoded ([`Cache::keep_encoded`]); or, with an empty
+/// `wire`, the fact that queries of that shape take the long way.
+struct Encoded {
+    /// The answer it was made from.
+    key: CacheKey,
+    wire: Vec<u8>,
+    /// Where the question's name ends (it starts after the header).
+    name_end: usize,
+    /// Where the TTL fields of its records are (not the OPT record's), as stored.
+    ttls: Vec<usize>,
 }
 
 impl Entry {
@@ -144,6 +178,8 @@ pub struct Cache {
     entries: HashMap<CacheKey, Entry>,
     /// Least recently used first: use counter -> key.
     recency: BTreeMap<u64, CacheKey>,
+    /// Replies kept encoded, by the query they answer (as `answers::key` makes it).
+    encoded: HashMap<Vec<u8>, Encoded>,
     counter: u64,
     bytes: usize,
 }
@@ -154,6 +190,7 @@ impl Cache {
             limits,
             entries: HashMap::new(),
             recency: BTreeMap::new(),
+            encoded: HashMap::new(),
             counter: 0,
             bytes: 0,
         }
@@ -239,17 +276,23 @@ impl Cache {
                 ttl: Duration::from_secs(u64::from(ttl)),
                 used,
                 size,
+                encoded: Vec::new(),
+                failed_until: None,
             },
         );
+        self.evict();
+        true
+    }
+
+    /// Evicts the least recently used answers until both limits hold.
+    fn evict(&mut self) {
         while self.entries.len() > self.limits.entries || self.bytes > self.limits.bytes {
-            let Some((_, oldest)) = self.recency.pop_first() else {
+            let Some((_, oldest)) = self.recency.first_key_value() else {
                 break;
             };
-            if let Some(entry) = self.entries.remove(&oldest) {
-                self.bytes -= entry.size;
-            }
+            let oldest = oldest.clone();
+            self.remove(&oldest);
         }
-        true
     }
 
     /// The fresh answer for `key`, or whether a stale one is there. An answer past
@@ -288,6 +331,129 @@ impl Cache {
         }
     }
 
+    /// The fresh answer for `key` with its TTLs as stored, not counted down: what a reply
+    /// to keep encoded is made from ([`Self::keep_encoded`]).
+    pub fn get_as_stored(&mut self, key: &CacheKey, now: Instant) -> Option<Message> {
+        let entry = self.entries.get(key)?;
+        if now >= entry.expires() {
+            return None;
+        }
+        self.decode_and_touch(key)
+    }
+
+    /// Whether a reply to queries with key `query_key` (`answers::key`), answered from the
+    /// fresh answer for `key`, may be kept ([`Self::keep_encoded`]): the answer is there,
+    /// nothing is kept for that query key yet, and fewer than [`MAX_ENCODED_PER_ANSWER`].
+    pub fn may_keep_encoded(&self, key: &CacheKey, query_key: &[u8]) -> bool {
+        !self.encoded.contains_key(query_key)
+            && self
+                .entries
+                .get(key)
+                .is_some_and(|e| e.encoded.len() < MAX_ENCODED_PER_ANSWER)
+    }
+
+    /// Keeps `reply`: the encoded reply to queries with key `query_key`, made from the
+    /// fresh answer for `key` as [`Self::get_as_stored`] gave it (TTLs not counted down),
+    /// and where the question's name ends in it. The caller vouches that the reply to
+    /// another query with that key differs only in its id and its question's letter case.
+    /// `None` keeps the fact that such queries take the long way, so that it is not worked
+    /// out again. Refused (false) when [`Self::may_keep_encoded`] does not hold or the
+    /// reply cannot be walked. A reply kept counts against the byte limit with its answer,
+    /// and goes with it.
+    pub fn keep_encoded(
+        &mut self,
+        key: &CacheKey,
+        query_key: &[u8],
+        reply: Option<(Vec<u8>, usize)>,
+    ) -> bool {
+        if !self.may_keep_encoded(key, query_key) {
+            return false;
+        }
+        let (wire, name_end, ttls) = match reply {
+            Some((wire, name_end)) => {
+                let Some(ttls) = ttl_offsets(&wire) else {
+                    return false;
+                };
+                if name_end <= HEADER || name_end > wire.len() {
+                    return false;
+                }
+                (wire, name_end, ttls)
+            }
+            None => (Vec::new(), 0, Vec::new()),
+        };
+        let Some(entry) = self.entries.get_mut(key) else {
+            return false;
+        };
+        let size = wire.len() + query_key.len() + ENCODED_OVERHEAD;
+        entry.encoded.push(query_key.to_vec());
+        entry.size += size;
+        self.bytes += size;
+        self.encoded.insert(
+            query_key.to_vec(),
+            Encoded {
+                key: key.clone(),
+                wire,
+                name_end,
+                ttls,
+            },
+        );
+        self.evict();
+        true
+    }
+
+    /// The kept reply to `query` (whose key is `query_key`) while its answer is fresh: with
+    /// the query's id and question bytes (so its letter case), and every TTL counted down
+    /// by the whole seconds the answer has been cached, as [`Self::get`] does. `None` when
+    /// nothing is kept, or the answer is stale or gone ([`Self::get`] then says which).
+    pub fn get_encoded(&mut self, query_key: &[u8], query: &[u8], now: Instant) -> Option<Vec<u8>> {
+        let Cache {
+            entries,
+            recency,
+            encoded,
+            counter,
+            ..
+        } = self;
+        let kept = encoded.get(query_key)?;
+        let entry = entries.get_mut(&kept.key)?;
+        if kept.wire.is_empty() || now >= entry.expires() || query.len() < kept.name_end {
+            return None;
+        }
+        let elapsed = u32::try_from(now.saturating_duration_since(entry.stored).as_secs())
+            .unwrap_or(u32::MAX);
+        let mut wire = kept.wire.clone();
+        wire[..2].copy_from_slice(&query[..2]);
+        wire[HEADER..kept.name_end].copy_from_slice(&query[HEADER..kept.name_end]);
+        for &at in &kept.ttls {
+            let field: &mut [u8; 4] = (&mut wire[at..at + 4])
+                .try_into()
+                .expect("ttl_offsets found four bytes there");
+            *field = u32::from_be_bytes(*field)
+                .saturating_sub(elapsed)
+                .to_be_bytes();
+        }
+        *counter += 1;
+        recency.remove(&entry.used);
+        entry.used = *counter;
+        recency.insert(entry.used, kept.key.clone());
+        Some(wire)
+    }
+
+    /// Notes that every upstream failed to refresh the answer for `key` at `now`:
+    /// [`Self::failed_recently`] holds for `recheck`, until a new answer is stored.
+    pub fn note_failure(&mut self, key: &CacheKey, now: Instant, recheck: Duration) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.failed_until = Some(now + recheck);
+        }
+    }
+
+    /// Whether every upstream failed for `key` less than the recheck time before `now`.
+    pub fn failed_recently(&self, key: &CacheKey, now: Instant) -> bool {
+        self.entries
+            .get(key)
+            .and_then(|e| e.failed_until)
+            .is_some_and(|until| now < until)
+    }
+
     fn decode_and_touch(&mut self, key: &CacheKey) -> Option<Message> {
         let used = self.touch_counter();
         let entry = self.entries.get_mut(key)?;
@@ -311,6 +477,50 @@ impl Cache {
         if let Some(entry) = self.entries.remove(key) {
             self.recency.remove(&entry.used);
             self.bytes -= entry.size;
+            for query_key in &entry.encoded {
+                self.encoded.remove(query_key);
+            }
+        }
+    }
+}
+
+/// The offsets of the TTL fields of every record in the message `wire`, but the OPT
+/// record's (whose TTL field holds EDNS flags); `None` when it does not parse to its end.
+fn ttl_offsets(wire: &[u8]) -> Option<Vec<usize>> {
+    let count = |at: usize| -> Option<usize> {
+        Some(usize::from(u16::from_be_bytes([
+            *wire.get(at)?,
+            *wire.get(at + 1)?,
+        ])))
+    };
+    let questions = count(4)?;
+    let records = count(6)? + count(8)? + count(10)?;
+    let mut at = HEADER;
+    for _ in 0..questions {
+        at = skip_name(wire, at)? + 4;
+    }
+    let mut ttls = Vec::with_capacity(records);
+    for _ in 0..records {
+        at = skip_name(wire, at)?;
+        let rtype = count(at)?;
+        let rdata_len = count(at + 8)?;
+        if rtype != usize::from(u16::from(RecordType::OPT)) {
+            ttls.push(at + 4);
+        }
+        at += 10 + rdata_len;
+    }
+    (at == wire.len()).then_some(ttls)
+}
+
+/// Where the name at `at` ends: after its root label or its compression pointer.
+fn skip_name(wire: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let len = *wire.get(at)?;
+        match len & 0xc0 {
+            0 if len == 0 => return Some(at + 1),
+            0 => at += 1 + usize::from(len),
+            0xc0 => return (at + 2 <= wire.len()).then_some(at + 2),
+            _ => return None,
         }
     }
 }
@@ -347,15 +557,16 @@ pub fn recase(name: &Name, from: &Name, to: &Name) -> Name {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::Ipv4Addr, str::FromStr};
+    use std::net::Ipv4Addr;
 
     use hickory_proto::op::{MessageType, OpCode};
     use hickory_proto::rr::rdata::{A, CNAME, SOA, TXT};
 
     use super::*;
 
+    /// `s` as a name, its letter case kept (`Name::from_str` makes it lower case).
     fn name(s: &str) -> Name {
-        Name::from_str(s).expect("test names are valid")
+        Name::from_ascii(s).expect("test names are valid")
     }
 
     fn question(qname: &str, qtype: RecordType) -> Query {
@@ -674,6 +885,153 @@ mod tests {
         assert_eq!(cache.bytes(), once);
         assert_eq!(cache.len(), 1);
         assert_eq!(fresh(cache.get(&k, t0)).answers[0].ttl, 20);
+    }
+
+    /// `answer` as a reply to a client with id `id`, in the wire form a kept reply has (an
+    /// OPT record when `edns`); and where its question's name ends.
+    fn reply_wire(answer: &Message, id: u16, edns: bool) -> (Vec<u8>, usize) {
+        let mut reply = answer.clone();
+        reply.metadata.id = id;
+        if edns {
+            let mut opt = hickory_proto::op::Edns::new();
+            opt.set_max_payload(1232);
+            reply.set_edns(opt);
+        }
+        let name_end = 12 + reply.queries[0].name().len() + 1;
+        (reply.to_vec().expect("encodes"), name_end)
+    }
+
+    #[test]
+    fn a_kept_reply_gets_the_askers_id_case_and_counted_down_ttls() {
+        let t0 = Instant::now();
+        let mut cache = Cache::new(limits());
+        let k = key("www.example.", RecordType::A);
+        let mut answer = positive("www.example.", &[10, 300]);
+        answer.add_additional(a("ns.example.", 3, 9));
+        assert!(cache.insert(k.clone(), &answer, t0));
+        let stored = cache.get_as_stored(&k, t0).expect("fresh");
+        let (wire, name_end) = reply_wire(&stored, 0, true);
+        let entry_bytes = cache.bytes();
+        assert!(cache.keep_encoded(&k, b"shape-1", Some((wire.clone(), name_end))));
+        assert_eq!(
+            cache.bytes(),
+            entry_bytes + wire.len() + b"shape-1".len() + ENCODED_OVERHEAD
+        );
+
+        // Another client, another case, 4.5 s later.
+        let mut asked = Message::new(0xbeef, MessageType::Query, OpCode::Query);
+        asked.add_query(question("WwW.ExAMPLE.", RecordType::A));
+        let asked = asked.to_vec().expect("encodes");
+        let got = cache
+            .get_encoded(b"shape-1", &asked, t0 + Duration::from_millis(4_500))
+            .expect("kept and fresh");
+        assert_eq!(&got[..2], &[0xbe, 0xef]);
+        assert_eq!(&got[12..name_end], &asked[12..name_end]);
+        let got = Message::from_vec(&got).expect("decodes");
+        assert!(got.queries[0].name().eq_case(&name("WwW.ExAMPLE.")));
+        assert!(got.answers[0].name.eq_case(&name("WwW.ExAMPLE.")));
+        assert_eq!(
+            got.answers.iter().map(|r| r.ttl).collect::<Vec<_>>(),
+            [6, 296]
+        );
+        assert_eq!(got.additionals[0].ttl, 0, "counts down to 0, not below");
+        assert_eq!(
+            got.edns.as_ref().map(|e| e.max_payload()),
+            Some(1232),
+            "the OPT record's TTL field (EDNS flags) is left alone"
+        );
+        assert!(cache.get_encoded(b"shape-2", &asked, t0).is_none());
+
+        // Expired: the long way says it is stale.
+        assert!(
+            cache
+                .get_encoded(b"shape-1", &asked, t0 + Duration::from_secs(10))
+                .is_none()
+        );
+        assert_eq!(cache.get(&k, t0 + Duration::from_secs(10)), Lookup::Stale);
+
+        // A new answer for the key: the kept reply goes with the old one, and so do its bytes.
+        assert!(cache.insert(k.clone(), &positive("www.example.", &[60]), t0));
+        assert!(cache.get_encoded(b"shape-1", &asked, t0).is_none());
+        let one_entry = cache.bytes();
+        cache.remove(&k);
+        assert_eq!(cache.bytes(), 0);
+        assert!(one_entry > 0);
+    }
+
+    #[test]
+    fn negative_kept_reply_counts_down_the_soa_ttl() {
+        let t0 = Instant::now();
+        let mut cache = Cache::new(limits());
+        let k = key("nope.example.", RecordType::A);
+        let mut nx = response("nope.example.", RecordType::A, ResponseCode::NXDomain);
+        nx.add_authority(soa("example.", 300, 8));
+        assert!(cache.insert(k.clone(), &nx, t0));
+        let (wire, name_end) = reply_wire(&cache.get_as_stored(&k, t0).unwrap(), 0, false);
+        assert!(cache.keep_encoded(&k, b"q", Some((wire, name_end))));
+        let mut asked = Message::new(5, MessageType::Query, OpCode::Query);
+        asked.add_query(question("nope.example.", RecordType::A));
+        let asked = asked.to_vec().unwrap();
+        let got = cache
+            .get_encoded(b"q", &asked, t0 + Duration::from_secs(2))
+            .unwrap();
+        let got = Message::from_vec(&got).unwrap();
+        assert_eq!(got.metadata.response_code, ResponseCode::NXDomain);
+        // RFC 2308 3: the SOA carries the negative TTL, counted down like the long way.
+        let long_way = fresh(cache.get(&k, t0 + Duration::from_secs(2)));
+        assert_eq!(got.authorities[0].ttl, 6);
+        assert_eq!(long_way.authorities[0].ttl, 6);
+        assert!(
+            cache
+                .get_encoded(b"q", &asked, t0 + Duration::from_secs(8))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn kept_replies_are_bounded_per_answer_and_go_when_it_is_evicted() {
+        let t0 = Instant::now();
+        let mut cache = Cache::new(CacheLimits {
+            entries: 1,
+            ..limits()
+        });
+        let k = key("www.example.", RecordType::A);
+        cache.insert(k.clone(), &positive("www.example.", &[60]), t0);
+        let (wire, name_end) = reply_wire(&cache.get_as_stored(&k, t0).unwrap(), 0, false);
+        assert!(!cache.keep_encoded(&k, b"x", Some((wire[..wire.len() - 1].to_vec(), name_end))));
+        // A shape that takes the long way is kept as such, and counts.
+        assert!(cache.keep_encoded(&k, b"long way", None));
+        assert!(!cache.may_keep_encoded(&k, b"long way"));
+        assert!(cache.get_encoded(b"long way", &wire, t0).is_none());
+        for shape in 1..MAX_ENCODED_PER_ANSWER {
+            assert!(cache.may_keep_encoded(&k, &[shape as u8]));
+            assert!(cache.keep_encoded(&k, &[shape as u8], Some((wire.clone(), name_end))));
+        }
+        assert!(!cache.may_keep_encoded(&k, b"one too many"));
+        assert!(!cache.keep_encoded(&k, b"one too many", Some((wire.clone(), name_end))));
+        // The entry limit is 1: a second answer evicts the first, with its kept replies.
+        let other = key("other.example.", RecordType::A);
+        cache.insert(other.clone(), &positive("other.example.", &[60]), t0);
+        assert!(cache.encoded.is_empty());
+        let alone = cache.bytes();
+        cache.remove(&other);
+        assert!(alone > 0);
+        assert_eq!(cache.bytes(), 0);
+    }
+
+    #[test]
+    fn failure_recheck_holds_until_its_time_or_a_new_answer() {
+        let t0 = Instant::now();
+        let mut cache = Cache::new(limits());
+        let k = key("www.example.", RecordType::A);
+        cache.insert(k.clone(), &positive("www.example.", &[1]), t0);
+        assert!(!cache.failed_recently(&k, t0));
+        cache.note_failure(&k, t0 + Duration::from_secs(2), Duration::from_secs(30));
+        assert!(cache.failed_recently(&k, t0 + Duration::from_secs(31)));
+        assert!(!cache.failed_recently(&k, t0 + Duration::from_secs(32)));
+        cache.note_failure(&k, t0 + Duration::from_secs(2), Duration::from_secs(30));
+        cache.insert(k.clone(), &positive("www.example.", &[1]), t0);
+        assert!(!cache.failed_recently(&k, t0 + Duration::from_secs(3)));
     }
 
     #[test]

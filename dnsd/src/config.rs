@@ -97,6 +97,8 @@ struct FileForward {
     timeout_ms: Option<u64>,
     cache_entries: Option<usize>,
     serve_stale_seconds: Option<u64>,
+    serve_stale_client_timeout_ms: Option<u64>,
+    serve_stale_recheck_seconds: Option<u64>,
 }
 
 /// Values given on the command line; each one, when set, wins over the file.
@@ -337,6 +339,24 @@ impl Config {
             }
             forward.stale_for = Duration::from_secs(seconds);
         }
+        if let Some(ms) = file.forward.serve_stale_client_timeout_ms {
+            if ms > 30_000 {
+                return Err(invalid(
+                    "forward.serve_stale_client_timeout_ms",
+                    format!("{ms} is outside 0..=30000"),
+                ));
+            }
+            forward.stale_client_timeout = Duration::from_millis(ms);
+        }
+        if let Some(seconds) = file.forward.serve_stale_recheck_seconds {
+            if seconds > 3600 {
+                return Err(invalid(
+                    "forward.serve_stale_recheck_seconds",
+                    format!("{seconds} is outside 0..=3600"),
+                ));
+            }
+            forward.stale_recheck = Duration::from_secs(seconds);
+        }
 
         let intercept = match file.intercept {
             None => None,
@@ -535,6 +555,8 @@ mod tests {
         );
         assert_eq!(c.upstreams_from, Some(PathBuf::from("/etc/resolv.conf")));
         assert_eq!(c.forward.timeout, Duration::from_secs(2));
+        assert_eq!(c.forward.stale_client_timeout, Duration::from_millis(400));
+        assert_eq!(c.forward.stale_recheck, Duration::from_secs(30));
         assert_eq!(c.tcp_idle_timeout, Duration::from_secs(10));
         assert_eq!(c.tcp_max_connections, 256);
     }
@@ -562,6 +584,8 @@ upstreams = ["1.1.1.1", "9.9.9.9:5353", "[2001:db8::53]:53"]
 timeout_ms = 500
 cache_entries = 100
 serve_stale_seconds = 60
+serve_stale_client_timeout_ms = 0
+serve_stale_recheck_seconds = 5
 "#,
         )
         .unwrap();
@@ -593,6 +617,8 @@ serve_stale_seconds = 60
         assert_eq!(c.forward.timeout, Duration::from_millis(500));
         assert_eq!(c.forward.cache_entries, 100);
         assert_eq!(c.forward.stale_for, Duration::from_secs(60));
+        assert_eq!(c.forward.stale_client_timeout, Duration::ZERO);
+        assert_eq!(c.forward.stale_recheck, Duration::from_secs(5));
     }
 
     #[test]
@@ -691,6 +717,14 @@ serve_stale_seconds = 60
                 "[forward]\nserve_stale_seconds = 99999999",
                 "forward.serve_stale_seconds",
             ),
+            (
+                "[forward]\nserve_stale_client_timeout_ms = 30001",
+                "forward.serve_stale_client_timeout_ms",
+            ),
+            (
+                "[forward]\nserve_stale_recheck_seconds = 3601",
+                "forward.serve_stale_recheck_seconds",
+            ),
         ];
         for (text, key) in cases {
             let text = if *key == "listen" {
@@ -712,6 +746,10 @@ serve_stale_seconds = 60
             ),
             ("listen = [\"10.244.1.1:53\"]\npods = \"all\"", "pods"),
             ("listen = \"10.244.1.1:53\"", "listen"),
+            (
+                "listen = [\"10.244.1.1:53\"]\n[forward]\nserve_stale_client_timeout_ms = -1",
+                "serve_stale_client_timeout_ms",
+            ),
         ] {
             let Err(ConfigError::Parse { message, .. }) = parse(text) else {
                 panic!("{text:?} parsed");

@@ -1,30 +1,47 @@
 //! The UDP and TCP listeners: bytes in, [`Responder::respond`] for each query, bytes out.
 //!
-//! Every UDP query is handled in its own task, so a slow forwarded query does not hold up
-//! the zone's answers. TCP connections carry length-prefixed messages (RFC 1035 4.2.2),
-//! several per connection and answered as they are ready, possibly out of order (RFC 7766
-//! 6.2.1.1); a connection is closed after an idle spell, and there are at most so many at
-//! once. Nothing a client sends makes the server panic: a message `twill-dns` cannot read
+//! Each UDP socket has a thread of its own that takes the queries waiting in batches
+//! (`recvmmsg`), answers at once what it can ([`Responder::respond_now`]: the zone's
+//! answers and fresh cache entries) and sends those answers with one `sendmmsg`; a query
+//! that needs an upstream gets a task of its own on the runtime, so it does not hold up the
+//! others. One system call for many datagrams, and no task switch for most queries, keep
+//! the cost of a query low.
+//!
+//! TCP connections carry length-prefixed messages (RFC 1035 4.2.2), several per connection
+//! and answered as they are ready, possibly out of order (RFC 7766 6.2.1.1); a connection
+//! is closed after an idle spell, and there are at most so many at once. Nothing a client sends makes the server panic: a message `twill-dns` cannot read
 //! is answered FORMERR when it has a header, and dropped otherwise.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::Arc,
+    io::{IoSlice, IoSliceMut},
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use anyhow::Context as _;
 use hickory_proto::op::{Message, MessageType, Metadata, ResponseCode};
+use nix::{
+    errno::Errno,
+    sys::socket::{
+        ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, sendto,
+    },
+};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream, UdpSocket},
-    sync::{Semaphore, mpsc},
+    net::{TcpListener, TcpStream},
+    runtime::Handle,
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
 };
 use tracing::{debug, info, warn};
-use twill_dns::{Transport, WireOutcome, encode_within};
+use twill_dns::{Transport, WireOutcome, Zone, encode_within};
 
 use crate::{
-    answers::{self, AnswerCache},
+    answers::{self, AnswerCache, Kept},
     forward::{Forwarder, error_reply},
     fqdn::{CurrentRules, Learned, Learner, Verdict},
     source::CurrentZone,
@@ -36,8 +53,16 @@ const MAX_UDP_IN_FLIGHT: usize = 4096;
 /// Most queries of one TCP connection handled at once; the connection is not read further
 /// until one is answered.
 const MAX_TCP_PIPELINE: usize = 16;
-/// The largest DNS message over UDP (and the receive buffer).
-const MAX_UDP_MESSAGE: usize = 65_535;
+/// Most datagrams taken by one `recvmmsg`, and answers sent by one `sendmmsg`.
+const UDP_BATCH: usize = 64;
+/// The receive buffer of one datagram. A query is a question and an OPT record, a few
+/// hundred bytes at most; a longer datagram is cut by the kernel, and dropped.
+const MAX_UDP_QUERY: usize = 4096;
+/// How often a UDP thread with nothing to receive checks whether the server stops.
+const UDP_STOP_CHECK: Duration = Duration::from_millis(200);
+/// How many times an answer sent from a task is tried while the socket's send buffer is
+/// full, a millisecond apart.
+const UDP_SEND_TRIES: usize = 20;
 
 /// What [`Responder::respond_now`] can do for a query without waiting.
 pub enum Now {
@@ -146,6 +171,15 @@ impl Responder {
         }
     }
 
+    /// Whether an FQDNPolicy selects `client` ([`Self::gate`] says [`Gate::Open`] for
+    /// every name otherwise).
+    fn selected(&self, client: IpAddr) -> bool {
+        match (&self.fqdn, client) {
+            (Some((rules, _)), IpAddr::V4(pod)) => rules.borrow().selects(pod),
+            _ => false,
+        }
+    }
+
     fn answers(&self) -> std::sync::MutexGuard<'_, AnswerCache> {
         // The cache holds only copies of answers: a poisoned lock is taken over.
         self.answers
@@ -162,10 +196,23 @@ impl Responder {
         };
         let zone_id = Arc::as_ptr(&zone) as usize;
         let key = answers::key(query, u8::from(transport == Transport::Tcp));
-        if let Some(key) = &key
-            && let Some(answer) = self.answers().get(zone_id, key, query)
-        {
-            return Now::Send(answer);
+        let known = key
+            .as_ref()
+            .and_then(|key| self.answers().get(zone_id, key, query));
+        match known {
+            Some(Kept::Answer(answer)) => return Now::Send(answer),
+            Some(Kept::Forward) => {
+                // The fastest way, bytes copied and patched, only for clients no FQDNPolicy
+                // selects: for the others the answer's addresses must be learned first.
+                if let Some(key) = &key
+                    && !self.selected(client)
+                    && let Some(answer) = self.forwarder.cached_encoded(key, query)
+                {
+                    return Now::Send(answer);
+                }
+                return self.forwarded_now(&zone, query, key.as_ref(), transport, client);
+            }
+            None => {}
         }
         match zone.answer_bytes(query, transport) {
             WireOutcome::Reply(bytes) => {
@@ -176,27 +223,51 @@ impl Responder {
             }
             WireOutcome::Drop => Now::Nothing,
             WireOutcome::Forward => {
-                let Ok(message) = Message::from_vec(query) else {
-                    return Now::Later;
-                };
-                let gate = self.gate(&message, client);
-                if let Gate::Refuse(reply) = &gate {
-                    return reply.to_vec().map_or(Now::Nothing, Now::Send);
+                if let Some(key) = &key {
+                    self.answers().put_forward(zone_id, key);
                 }
-                let Some(reply) = self.forwarder.cached(&message) else {
-                    return Now::Later;
-                };
-                let mut reply = self.learned(&gate, &message, reply);
-                reply.metadata.id = message.metadata.id;
-                let limit = match transport {
-                    Transport::Udp => zone.udp_limit(&message),
-                    Transport::Tcp => usize::from(u16::MAX),
-                };
-                match encode_within(&reply, limit) {
-                    Ok(bytes) => Now::Send(bytes),
-                    Err(_) => Now::Later,
-                }
+                self.forwarded_now(&zone, query, key.as_ref(), transport, client)
             }
+        }
+    }
+
+    /// [`Self::respond_now`] for a query that `zone` forwards: FQDNPolicy's verdict, then a
+    /// fresh cache entry if there is one (kept encoded for the next such query when no
+    /// FQDNPolicy selects the client).
+    fn forwarded_now(
+        &self,
+        zone: &Zone,
+        query: &[u8],
+        key: Option<&answers::Key>,
+        transport: Transport,
+        client: IpAddr,
+    ) -> Now {
+        let Ok(message) = Message::from_vec(query) else {
+            return Now::Later;
+        };
+        let gate = self.gate(&message, client);
+        let limit = match transport {
+            Transport::Udp => zone.udp_limit(&message),
+            Transport::Tcp => usize::from(u16::MAX),
+        };
+        match (&gate, key) {
+            (Gate::Refuse(reply), _) => return reply.to_vec().map_or(Now::Nothing, Now::Send),
+            (Gate::Open, Some(key)) => {
+                return self
+                    .forwarder
+                    .cached_wire(&message, query, key, limit)
+                    .map_or(Now::Later, Now::Send);
+            }
+            (Gate::Open | Gate::Learn { .. }, _) => {}
+        }
+        let Some(reply) = self.forwarder.cached(&message) else {
+            return Now::Later;
+        };
+        let mut reply = self.learned(&gate, &message, reply);
+        reply.metadata.id = message.metadata.id;
+        match encode_within(&reply, limit) {
+            Ok(bytes) => Now::Send(bytes),
+            Err(_) => Now::Later,
         }
     }
 
@@ -266,8 +337,18 @@ pub struct TcpLimits {
 
 /// The sockets of every listen address, bound.
 pub struct Listeners {
+    /// Blocking: each is read by a thread of its own.
     udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
+}
+
+/// Tells the UDP threads to stop when [`Listeners::serve`] ends or is dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Listeners {
@@ -276,11 +357,7 @@ impl Listeners {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         for addr in listen {
-            udp.push(
-                UdpSocket::bind(addr)
-                    .await
-                    .with_context(|| format!("binding udp {addr}"))?,
-            );
+            udp.push(UdpSocket::bind(addr).with_context(|| format!("binding udp {addr}"))?);
             tcp.push(
                 TcpListener::bind(addr)
                     .await
@@ -295,14 +372,30 @@ impl Listeners {
         let mut tasks = tokio::task::JoinSet::new();
         let udp_permits = Arc::new(Semaphore::new(MAX_UDP_IN_FLIGHT));
         let tcp_permits = Arc::new(Semaphore::new(limits.max_connections));
+        let stop = Arc::new(AtomicBool::new(false));
+        let _stop_udp = StopOnDrop(Arc::clone(&stop));
         for socket in self.udp {
             let addr = socket.local_addr().context("a udp socket's address")?;
             info!("serving udp on {addr}");
-            tasks.spawn(serve_udp(
-                Arc::new(socket),
-                Arc::clone(&responder),
-                Arc::clone(&udp_permits),
-            ));
+            let udp = UdpServer {
+                socket: Arc::new(socket),
+                responder: Arc::clone(&responder),
+                permits: Arc::clone(&udp_permits),
+                runtime: Handle::current(),
+            };
+            let stop = Arc::clone(&stop);
+            let (done, ended) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name(format!("udp {addr}"))
+                .spawn(move || {
+                    let _ = done.send(udp.serve(&stop));
+                })
+                .with_context(|| format!("starting the thread of udp {addr}"))?;
+            tasks.spawn(async move {
+                ended
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread of udp {addr} panicked")))
+            });
         }
         for listener in self.tcp {
             let addr = listener.local_addr().context("a tcp listener's address")?;
@@ -322,57 +415,182 @@ impl Listeners {
     }
 }
 
-async fn serve_udp(
+/// One UDP socket, served by a thread of its own ([`UdpServer::serve`]).
+struct UdpServer {
     socket: Arc<UdpSocket>,
     responder: Arc<Responder>,
+    /// One per query answered in a task.
     permits: Arc<Semaphore>,
-) -> anyhow::Result<()> {
-    let mut buffer = vec![0u8; MAX_UDP_MESSAGE];
-    loop {
-        let (length, peer) = match socket.recv_from(&mut buffer).await {
-            Ok(received) => received,
-            // ICMP errors of earlier sends (port unreachable) surface here on Linux; they
-            // concern one client, not the socket.
-            Err(e) if is_transient(&e) => {
-                debug!("udp receive: {e}");
-                continue;
-            }
-            Err(e) => return Err(e).context("receiving a udp query"),
-        };
-        // Zone answers and cache hits are sent from here, without a task; only what goes
-        // upstream waits in one.
-        match responder.respond_now(&buffer[..length], Transport::Udp, peer.ip()) {
-            Now::Send(response) => {
-                let sent = match socket.try_send_to(&response, peer) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        socket.send_to(&response, peer).await
-                    }
-                    other => other,
-                };
-                if let Err(e) = sent {
-                    debug!("udp answer to {peer}: {e}");
+    /// Where queries that need an upstream are answered.
+    runtime: Handle,
+}
+
+/// A datagram received: which buffer, how long, from where.
+type Received = (usize, usize, SockaddrStorage);
+
+impl UdpServer {
+    /// Receives, answers and sends in batches until `stop` is set or a receive fails for
+    /// good.
+    fn serve(&self, stop: &AtomicBool) -> anyhow::Result<()> {
+        // The receive waits at most this long, so that `stop` is seen.
+        self.socket
+            .set_read_timeout(Some(UDP_STOP_CHECK))
+            .context("setting the udp receive timeout")?;
+        let mut buffers = vec![[0u8; MAX_UDP_QUERY]; UDP_BATCH];
+        let mut receiving = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+        let mut sending = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+        let mut received: Vec<Received> = Vec::with_capacity(UDP_BATCH);
+        let mut answers: Vec<(Vec<u8>, SockaddrStorage)> = Vec::with_capacity(UDP_BATCH);
+        while !stop.load(Ordering::Relaxed) {
+            match self.receive(&mut buffers, &mut receiving, &mut received) {
+                Ok(()) => {}
+                // The receive timeout, or a signal: look at `stop` again.
+                Err(Errno::EAGAIN | Errno::EINTR) => continue,
+                // ICMP errors of earlier sends (port unreachable) can surface here; they
+                // concern one client, not the socket.
+                Err(e) if is_transient(&std::io::Error::from(e)) => {
+                    debug!("udp receive: {e}");
+                    continue;
                 }
-                continue;
+                Err(e) => return Err(e).context("receiving udp queries"),
             }
-            Now::Nothing => continue,
-            Now::Later => {}
+            for &(at, length, from) in &received {
+                let Some(peer) = socket_addr(&from) else {
+                    continue;
+                };
+                let query = &buffers[at][..length];
+                // Zone answers and cache hits are sent from here, without a task; only
+                // what goes upstream waits in one.
+                match self.responder.respond_now(query, Transport::Udp, peer.ip()) {
+                    Now::Send(answer) => answers.push((answer, from)),
+                    Now::Nothing => {}
+                    Now::Later => self.answer_later(query, peer),
+                }
+            }
+            self.send(&mut sending, &mut answers);
         }
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            debug!("udp query from {peer} dropped: {MAX_UDP_IN_FLIGHT} queries in flight");
-            continue;
-        };
-        let query = buffer[..length].to_vec();
-        let socket = Arc::clone(&socket);
-        let responder = Arc::clone(&responder);
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Some(response) = responder.respond(&query, Transport::Udp, peer.ip()).await
-                && let Err(e) = socket.send_to(&response, peer).await
-            {
-                debug!("udp answer to {peer}: {e}");
-            }
-        });
+        Ok(())
     }
+
+    /// Waits for datagrams and takes those that are there, one per buffer, into
+    /// `received`; a datagram too long for its buffer is dropped.
+    fn receive(
+        &self,
+        buffers: &mut [[u8; MAX_UDP_QUERY]],
+        headers: &mut MultiHeaders<SockaddrStorage>,
+        received: &mut Vec<Received>,
+    ) -> Result<(), Errno> {
+        received.clear();
+        let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
+            .iter_mut()
+            .map(|buffer| [IoSliceMut::new(buffer)])
+            .collect();
+        let messages = recvmmsg(
+            self.socket.as_raw_fd(),
+            headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        )?;
+        for (at, message) in messages.enumerate() {
+            match message.address {
+                _ if message.flags.contains(MsgFlags::MSG_TRUNC) => {
+                    debug!("udp query of more than {MAX_UDP_QUERY} bytes dropped");
+                }
+                Some(from) => received.push((at, message.bytes, from)),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `answers` (taking them out), as many per system call as it takes.
+    fn send(
+        &self,
+        headers: &mut MultiHeaders<SockaddrStorage>,
+        answers: &mut Vec<(Vec<u8>, SockaddrStorage)>,
+    ) {
+        let no_control: [ControlMessage<'_>; 0] = [];
+        let mut from = 0;
+        while from < answers.len() {
+            let left = &answers[from..];
+            let slices: Vec<[IoSlice<'_>; 1]> = left
+                .iter()
+                .map(|(answer, _)| [IoSlice::new(answer)])
+                .collect();
+            let peers: Vec<Option<SockaddrStorage>> =
+                left.iter().map(|(_, to)| Some(*to)).collect();
+            match sendmmsg(
+                self.socket.as_raw_fd(),
+                headers,
+                &slices,
+                &peers,
+                no_control,
+                MsgFlags::empty(),
+            ) {
+                // At least one was sent, or the call failed (its error is for the first).
+                Ok(sent) => from += sent.count().max(1),
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    debug!("udp answer to {}: {e}", left[0].1);
+                    from += 1;
+                }
+            }
+        }
+        answers.clear();
+    }
+
+    /// Answers `query` from `peer` in a task on the runtime, if fewer than
+    /// [`MAX_UDP_IN_FLIGHT`] are; drops it otherwise.
+    fn answer_later(&self, query: &[u8], peer: SocketAddr) {
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            debug!("udp query from {peer} dropped: {MAX_UDP_IN_FLIGHT} queries in flight");
+            return;
+        };
+        self.runtime.spawn(answer_in_task(
+            Arc::clone(&self.socket),
+            Arc::clone(&self.responder),
+            query.to_vec(),
+            peer,
+            permit,
+        ));
+    }
+}
+
+/// [`Responder::respond`] to `query` from `peer`, sent without blocking the runtime's
+/// thread: the socket is a blocking one, so each try says not to wait.
+async fn answer_in_task(
+    socket: Arc<UdpSocket>,
+    responder: Arc<Responder>,
+    query: Vec<u8>,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let Some(answer) = responder.respond(&query, Transport::Udp, peer.ip()).await else {
+        return;
+    };
+    let to = SockaddrStorage::from(peer);
+    for _ in 0..UDP_SEND_TRIES {
+        match sendto(socket.as_raw_fd(), &answer, &to, MsgFlags::MSG_DONTWAIT) {
+            Ok(_) => return,
+            Err(Errno::EAGAIN | Errno::EINTR) => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) => {
+                debug!("udp answer to {peer}: {e}");
+                return;
+            }
+        }
+    }
+    debug!("udp answer to {peer} dropped: the socket's send buffer stayed full");
+}
+
+/// `address` as a standard socket address, if it is an IP one.
+fn socket_addr(address: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = address.as_sockaddr_in() {
+        return Some(SocketAddr::from(*v4));
+    }
+    address.as_sockaddr_in6().map(|v6| SocketAddr::from(*v6))
 }
 
 fn is_transient(e: &std::io::Error) -> bool {

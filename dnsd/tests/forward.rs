@@ -7,8 +7,10 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    str::FromStr,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -130,6 +132,14 @@ impl Upstream {
         assert!(ready, "dnsmasq did not answer within 5 s");
     }
 
+    /// Sends dnsmasq `signal`: SIGSTOP makes an upstream that takes queries and never
+    /// answers (no ICMP error either), SIGCONT brings it back, answering what it holds.
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let child = self.dnsmasq.as_ref().expect("dnsmasq runs");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+        nix::sys::signal::kill(pid, signal).expect("signal dnsmasq");
+    }
+
     /// Stops dnsmasq, as an upstream that went away.
     fn stop(&mut self) {
         if let Some(mut child) = self.dnsmasq.take() {
@@ -177,11 +187,12 @@ impl std::io::Write for LogSink {
     }
 }
 
+/// A query for `name` in the case given (`Name::from_str` would make it lower case).
 fn query(id: u16, name: &str, qtype: RecordType, edns: bool) -> Message {
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
     m.add_query(Query::query(
-        Name::from_str(name).expect("valid name"),
+        Name::from_ascii(name).expect("valid name"),
         qtype,
     ));
     if edns {
@@ -223,10 +234,10 @@ fn answer_carries_the_clients_id_and_case_and_upstream_saw_mixed_case() {
     let upstream = Upstream::start(30);
     upstream.run(async || {
         // Cache off, so every query goes upstream.
-        let forwarder = Forwarder::new(ForwardConfig {
+        let forwarder = Arc::new(Forwarder::new(ForwardConfig {
             cache_entries: 0,
             ..config(vec![dnsmasq()])
-        });
+        }));
         for id in [4242, 4243, 4244] {
             let asked = query(id, "HoSt.ZONE.example.", RecordType::A, true);
             let reply = forwarder.resolve(&asked).await;
@@ -261,7 +272,7 @@ fn answer_carries_the_clients_id_and_case_and_upstream_saw_mixed_case() {
 #[test]
 fn second_query_within_the_ttl_comes_from_the_cache() {
     let mut upstream = Upstream::start(5);
-    let forwarder = Forwarder::new(config(vec![dnsmasq()]));
+    let forwarder = Arc::new(Forwarder::new(config(vec![dnsmasq()])));
     let first = upstream.run(async || {
         forwarder
             .resolve(&query(1, "host.zone.example.", RecordType::A, false))
@@ -281,7 +292,7 @@ fn second_query_within_the_ttl_comes_from_the_cache() {
     assert!(
         second.answers[0]
             .name
-            .eq_case(&Name::from_str("HOST.zone.example.").unwrap())
+            .eq_case(&Name::from_ascii("HOST.zone.example.").unwrap())
     );
     assert_eq!(ttls(&second), [4], "the TTL counts down in the cache");
     assert!(
@@ -293,7 +304,7 @@ fn second_query_within_the_ttl_comes_from_the_cache() {
 #[test]
 fn nxdomain_is_cached_negatively() {
     let mut upstream = Upstream::start(5);
-    let forwarder = Forwarder::new(config(vec![dnsmasq()]));
+    let forwarder = Arc::new(Forwarder::new(config(vec![dnsmasq()])));
     let first = upstream.run(async || {
         forwarder
             .resolve(&query(1, "nope.zone.example.", RecordType::A, true))
@@ -328,7 +339,7 @@ fn nxdomain_is_cached_negatively() {
 #[test]
 fn expired_answer_is_served_stale_when_the_upstream_is_gone() {
     let mut upstream = Upstream::start(1);
-    let forwarder = Forwarder::new(config(vec![dnsmasq()]));
+    let forwarder = Arc::new(Forwarder::new(config(vec![dnsmasq()])));
     let first = upstream.run(async || {
         forwarder
             .resolve(&query(1, "host.zone.example.", RecordType::A, false))
@@ -361,6 +372,89 @@ fn expired_answer_is_served_stale_when_the_upstream_is_gone() {
 }
 
 #[test]
+fn a_stale_answer_goes_out_when_the_upstream_is_slow_and_its_refresh_fills_the_cache() {
+    use nix::sys::signal::Signal;
+    let upstream = Upstream::start(1);
+    // The default timeouts: 2 s per upstream, the stale answer after 400 ms.
+    let forwarder = Arc::new(Forwarder::new(ForwardConfig::new(vec![dnsmasq()])));
+    upstream.run(async || {
+        let ask = |id| query(id, "host.zone.example.", RecordType::A, false);
+        assert_eq!(ttls(&forwarder.resolve(&ask(1)).await), [1]);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        upstream.signal(Signal::SIGSTOP);
+        let started = Instant::now();
+        let stale = forwarder.resolve(&ask(2)).await;
+        let waited = started.elapsed();
+        assert_eq!(stale.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(addresses(&stale), [Ipv4Addr::new(192, 0, 2, 7)]);
+        assert_eq!(ttls(&stale), [30], "the stale answer, RFC 8767's TTL");
+        assert!(
+            waited >= Duration::from_millis(390) && waited < Duration::from_millis(600),
+            "the stale answer came after {waited:?}, not after the 400 ms client timer"
+        );
+        // The upstream query goes on after the stale answer is sent: dnsmasq, back before
+        // the 2 s timeout, answers it, and that fills the cache. Then dnsmasq goes away,
+        // and the fresh answer (TTL 1, not the stale 30) can only come from the cache.
+        upstream.signal(Signal::SIGCONT);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        upstream.signal(Signal::SIGKILL);
+        let started = Instant::now();
+        let fresh = forwarder.resolve(&ask(3)).await;
+        assert_eq!(ttls(&fresh), [1], "refreshed in the background: {fresh:?}");
+        assert!(started.elapsed() < Duration::from_millis(50));
+    });
+}
+
+#[test]
+fn after_every_upstream_failed_the_stale_answer_goes_out_at_once_until_the_recheck() {
+    use nix::sys::signal::Signal;
+    let upstream = Upstream::start(1);
+    let forwarder = Arc::new(Forwarder::new(ForwardConfig {
+        timeout: Duration::from_millis(600),
+        stale_client_timeout: Duration::from_millis(200),
+        stale_recheck: Duration::from_secs(3),
+        ..ForwardConfig::new(vec![dnsmasq()])
+    }));
+    upstream.run(async || {
+        let ask = |id| query(id, "host.zone.example.", RecordType::A, false);
+        let timed = async |id| {
+            let started = Instant::now();
+            let reply = forwarder.resolve(&ask(id)).await;
+            (ttls(&reply), started.elapsed())
+        };
+        assert_eq!(timed(1).await.0, [1]);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        upstream.signal(Signal::SIGSTOP);
+        let (stale, waited) = timed(2).await;
+        assert_eq!(stale, [30]);
+        assert!(
+            waited >= Duration::from_millis(190) && waited < Duration::from_millis(400),
+            "{waited:?}"
+        );
+        // The refresh fails when the upstream's 600 ms are up; from then on the stale
+        // answer goes out at once, even once the upstream is back, for the 3 s recheck.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let (stale, waited) = timed(3).await;
+        assert_eq!(stale, [30]);
+        assert!(waited < Duration::from_millis(50), "{waited:?}");
+        upstream.signal(Signal::SIGCONT);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (stale, waited) = timed(4).await;
+        assert_eq!(
+            stale,
+            [30],
+            "the upstream is not asked within the recheck time"
+        );
+        assert!(waited < Duration::from_millis(50), "{waited:?}");
+        // Past the recheck time, the upstream is asked again, and answers.
+        tokio::time::sleep(Duration::from_millis(3_000)).await;
+        let (fresh, waited) = timed(5).await;
+        assert_eq!(fresh, [1]);
+        assert!(waited < Duration::from_millis(200), "{waited:?}");
+    });
+}
+
+#[test]
 fn nothing_cached_and_no_upstream_answering_is_servfail_after_the_timeout() {
     let upstream = Upstream::start(5);
     let (reply, elapsed) = upstream.run(async || {
@@ -368,7 +462,9 @@ fn nothing_cached_and_no_upstream_answering_is_servfail_after_the_timeout() {
         let silent = tokio::net::UdpSocket::bind((OTHER, 5353))
             .await
             .expect("bind the silent upstream");
-        let forwarder = Forwarder::new(config(vec![silent.local_addr().expect("address")]));
+        let forwarder = Arc::new(Forwarder::new(config(vec![
+            silent.local_addr().expect("address"),
+        ])));
         let started = Instant::now();
         let reply = forwarder
             .resolve(&query(7, "host.zone.example.", RecordType::A, false))
@@ -390,7 +486,7 @@ fn stopped_upstream_and_nothing_cached_is_servfail() {
     let mut upstream = Upstream::start(5);
     upstream.stop();
     let (reply, elapsed) = upstream.run(async || {
-        let forwarder = Forwarder::new(config(vec![dnsmasq()]));
+        let forwarder = Arc::new(Forwarder::new(config(vec![dnsmasq()])));
         let started = Instant::now();
         let reply = forwarder
             .resolve(&query(8, "host.zone.example.", RecordType::A, false))
@@ -411,10 +507,10 @@ fn second_upstream_answers_when_the_first_does_not() {
         let silent = tokio::net::UdpSocket::bind((OTHER, 5353))
             .await
             .expect("bind the silent upstream");
-        let forwarder = Forwarder::new(config(vec![
+        let forwarder = Arc::new(Forwarder::new(config(vec![
             silent.local_addr().expect("address"),
             dnsmasq(),
-        ]));
+        ])));
         let started = Instant::now();
         let reply = forwarder
             .resolve(&query(9, "host.zone.example.", RecordType::A, false))
@@ -451,7 +547,7 @@ fn big_answer_is_truncated_over_udp_and_fetched_over_tcp() {
         assert!(over_udp.metadata.truncation, "dnsmasq truncates over UDP");
         assert!(over_udp.answers.len() < TXT_RECORDS);
 
-        let forwarder = Forwarder::new(config(vec![dnsmasq()]));
+        let forwarder = Arc::new(Forwarder::new(config(vec![dnsmasq()])));
         forwarder
             .resolve(&query(11, "big.zone.example.", RecordType::TXT, true))
             .await
@@ -496,9 +592,8 @@ fn spoofed_and_mismatched_replies_are_ignored() {
             };
             let id = asked.metadata.id;
             let name = asked.queries[0].name().clone();
-            let flipped = Name::from_str(
-                &name
-                    .to_ascii()
+            let flipped = Name::from_ascii(
+                name.to_ascii()
                     .chars()
                     .map(|c| {
                         if c.is_ascii_lowercase() {
@@ -524,7 +619,7 @@ fn spoofed_and_mismatched_replies_are_ignored() {
                 .await
                 .expect("send");
         });
-        let forwarder = Forwarder::new(config(vec![fake_addr]));
+        let forwarder = Arc::new(Forwarder::new(config(vec![fake_addr])));
         let reply = forwarder
             .resolve(&query(12, "www.example.", RecordType::A, false))
             .await;

@@ -1,18 +1,23 @@
 //! twill-dnsd end to end: a lab's etcd, objects written with netctl, the server running in
 //! the node's namespace, and the real `dig` and glibc (`getent`) asking it.
 //!
-//! Needs root, `dig` (Debian bind9-dnsutils, in scripts/setup) and a prior `cargo build`
-//! (for target/debug/netctl next to the twill-dnsd binary).
+//! Needs root, `dig` (Debian bind9-dnsutils, in scripts/setup), `dnsmasq` and a prior
+//! `cargo build` (for target/debug/netctl next to the twill-dnsd binary).
+
+mod common;
 
 use std::{
+    collections::HashMap,
     fs,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
 use twill_lab::{Host, Lab, LabSpec};
 
 const DNSD: &str = env!("CARGO_BIN_EXE_twill-dnsd");
@@ -122,17 +127,22 @@ struct Dnsd {
 
 impl Dnsd {
     fn start(lab: &Lab, node: &Host) -> Dnsd {
-        let ip = node.plan.underlay_ip;
-        let config = node.state_dir.join("dnsd.toml");
         // The upstream is a closed port of the node itself: forwarding fails at once,
         // and these tests only look at what the zone answers.
+        Dnsd::start_forwarding(lab, node, "127.0.0.1:9")
+    }
+
+    /// twill-dnsd forwarding what is not the zone's to `upstream`.
+    fn start_forwarding(lab: &Lab, node: &Host, upstream: &str) -> Dnsd {
+        let ip = node.plan.underlay_ip;
+        let config = node.state_dir.join("dnsd.toml");
         fs::write(
             &config,
             format!(
                 "listen = [\"{ip}:53\"]\n\
                  pods = \"verified\"\n\
                  [etcd]\nendpoints = [\"{}\"]\n\
-                 [forward]\nupstreams = [\"127.0.0.1:9\"]\ntimeout_ms = 200\n",
+                 [forward]\nupstreams = [\"{upstream}\"]\ntimeout_ms = 200\n",
                 lab.etcd_endpoint()
             ),
         )
@@ -694,4 +704,118 @@ fn glibc_resolves_a_short_name_through_the_search_path() {
     // A name in no search domain is not found (exit 2).
     let (code, text) = getent("nothing-here");
     assert_eq!(code, Some(2), "{text}");
+}
+
+/// A query for `name` as written (letter case kept), RD set, with an OPT record when
+/// `edns`; encoded.
+fn raw_query(id: u16, name: &str, edns: bool) -> Vec<u8> {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(
+        Name::from_ascii(name).expect("a valid name"),
+        RecordType::A,
+    ));
+    if edns {
+        let mut opt = hickory_proto::op::Edns::new();
+        opt.set_max_payload(1232);
+        m.set_edns(opt);
+    }
+    m.to_vec().expect("encodes")
+}
+
+/// `name` with each letter's case drawn at random.
+fn random_case(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if rand::random::<bool>() {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn forwarded_answers_from_the_cache_keep_the_askers_id_case_and_ttl_countdown() {
+    twill_tests::require_root();
+    common::require_tools(&[("dig", "-v"), ("dnsmasq", "--version")]);
+    let lab = Lab::up(&LabSpec::for_test(1, 1)).expect("lab up");
+    let node = lab.nodes().remove(0);
+    let ext = lab.externals().remove(0);
+    let ext_ip = ext.plan.underlay_ip;
+    // The upstream: every *.ext.test name is 192.0.2.1, with a TTL of 5 s.
+    let dnsmasq = common::dnsmasq(
+        &ext.state_dir,
+        &[
+            "--local-ttl=5".to_owned(),
+            format!("--listen-address={ext_ip}"),
+            "--address=/ext.test/192.0.2.1".to_owned(),
+        ],
+    );
+    let _dnsmasq = common::Guard(ext.spawn(dnsmasq).expect("start dnsmasq"));
+    let dnsd = Dnsd::start_forwarding(&lab, &node, &format!("{ext_ip}:53"));
+    let server = (dnsd.ip, 53);
+
+    // Many queries sent at once, to be read in batches: 20 names, each asked 10 times, in
+    // random case, with and without EDNS. The first of each is asked upstream; the others
+    // are answered from the cache, most of them as kept encoded replies.
+    let replies = node
+        .run(move || {
+            let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            socket
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("set a timeout");
+            let ask_all = |round: u16| {
+                let mut asked = HashMap::new();
+                for n in 0..200u16 {
+                    let id = round * 1000 + n;
+                    let name = random_case(&format!("host-{}.ext.test.", n % 20));
+                    socket
+                        .send_to(&raw_query(id, &name, n % 3 == 0), server)
+                        .expect("send");
+                    asked.insert(id, name);
+                }
+                let mut replies = Vec::new();
+                let mut buf = [0u8; 4096];
+                while replies.len() < asked.len() {
+                    let Ok(len) = socket.recv(&mut buf) else {
+                        break;
+                    };
+                    let reply = Message::from_vec(&buf[..len]).expect("a reply decodes");
+                    let name = asked[&reply.metadata.id].clone();
+                    replies.push((name, reply));
+                }
+                replies
+            };
+            let first = ask_all(1);
+            // Past a second, the TTLs are counted down.
+            thread::sleep(Duration::from_millis(1_100));
+            (first, ask_all(2))
+        })
+        .expect("enter the node's namespace");
+    let (first, later) = replies;
+    assert_eq!(first.len(), 200, "every query answered, lost none");
+    assert_eq!(later.len(), 200, "every query answered, lost none");
+    for (round, replies) in [(1, &first), (2, &later)] {
+        for (name, reply) in replies.iter() {
+            let asked = Name::from_ascii(name).unwrap();
+            assert_eq!(reply.metadata.message_type, MessageType::Response);
+            assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+            assert!(
+                reply.queries[0].name().eq_case(&asked),
+                "the question as asked: {name} got {reply:?}"
+            );
+            let [answer] = reply.answers.as_slice() else {
+                panic!("one A record for {name}: {reply:?}");
+            };
+            assert!(answer.name.eq_case(&asked), "the owner as asked: {reply:?}");
+            assert_eq!(answer.data, RData::A(Ipv4Addr::new(192, 0, 2, 1).into()));
+            // dnsmasq's 5 s, less the whole seconds spent in the cache.
+            match round {
+                1 => assert!((4..=5).contains(&answer.ttl), "{reply:?}"),
+                _ => assert!((3..=4).contains(&answer.ttl), "counted down: {reply:?}"),
+            }
+        }
+    }
 }
