@@ -54,6 +54,14 @@ struct FileConfig {
     intercept: Option<FileIntercept>,
     #[serde(default)]
     fqdn: FileFqdn,
+    #[serde(default)]
+    metrics: FileMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +182,8 @@ pub struct Config {
     /// `None`: no `[intercept]` section, queries reach this server only when sent to it.
     pub intercept: Option<InterceptConfig>,
     pub fqdn: FqdnConfig,
+    /// Where `/metrics` is served (`[metrics] listen`); `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -382,9 +392,20 @@ impl Config {
             min_ttl,
         };
 
+        let metrics_listen = match file.metrics.listen {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("{text:?} is not an address with a port, like \"10.0.0.1:9153\""),
+                )
+            })?),
+        };
+
         Ok(Config {
             intercept,
             fqdn,
+            metrics_listen,
             listen,
             zone,
             etcd_endpoints,
@@ -647,6 +668,14 @@ serve_stale_recheck_seconds = 5
     }
 
     #[test]
+    fn metrics_section() {
+        let l = "listen = [\"10.244.1.1:53\"]\n";
+        assert_eq!(parse(l).unwrap().metrics_listen, None);
+        let c = parse(&format!("{l}[metrics]\nlisten = \"127.0.0.1:9153\"\n")).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9153".parse().unwrap()));
+    }
+
+    #[test]
     fn fqdn_section() {
         let l = "listen = [\"10.0.0.5:53\"]\n";
         let c = parse(l).unwrap();
@@ -725,6 +754,7 @@ serve_stale_recheck_seconds = 5
                 "[forward]\nserve_stale_recheck_seconds = 3601",
                 "forward.serve_stale_recheck_seconds",
             ),
+            ("[metrics]\nlisten = \"10.0.0.1\"", "metrics.listen"),
         ];
         for (text, key) in cases {
             let text = if *key == "listen" {

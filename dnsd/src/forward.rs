@@ -33,6 +33,7 @@ use twill_dns::encode_within;
 
 use crate::answers;
 use crate::cache::{Cache, CacheKey, CacheLimits, Lookup, recase};
+use crate::metrics::{self, Stats};
 
 /// The UDP payload size advertised upstream and to clients (DNS Flag Day 2020).
 pub const EDNS_UDP_PAYLOAD: u16 = 1232;
@@ -133,6 +134,8 @@ pub struct Forwarder {
     stale_warning: Mutex<StaleWarning>,
     /// The refreshes of expired answers under way, by key.
     refreshing: Mutex<HashMap<CacheKey, watch::Receiver<Refreshed>>>,
+    /// What is counted for `/metrics` (shared with the server).
+    stats: Arc<Stats>,
 }
 
 /// Takes a refresh off [`Forwarder::refreshing`] when it ends, also when its task is
@@ -172,7 +175,13 @@ impl Forwarder {
                 suppressed: 0,
             }),
             refreshing: Mutex::new(HashMap::new()),
+            stats: Arc::new(Stats::default()),
         }
+    }
+
+    /// The counters of this forwarder and of the server that uses it.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
     }
 
     pub fn config(&self) -> &ForwardConfig {
@@ -400,6 +409,7 @@ impl Forwarder {
         }
         let stale_ttl = u32::try_from(self.config.stale_ttl.as_secs()).unwrap_or(u32::MAX);
         let stale = lock(&self.cache).get_stale(key, Instant::now(), stale_ttl)?;
+        self.stats.stale();
         self.warn_stale(question, why);
         Some(client_reply(query, &stale))
     }
@@ -434,15 +444,27 @@ impl Forwarder {
     ) -> Result<Message, UpstreamError> {
         let mut last = None;
         for &upstream in &self.config.upstreams {
-            match self.ask(upstream, query, question, dnssec_ok).await {
+            let started = Instant::now();
+            let asked = self.ask(upstream, query, question, dnssec_ok).await;
+            let took = started.elapsed();
+            match asked {
                 Ok(answer) => match answer.metadata.response_code {
                     code @ (ResponseCode::ServFail | ResponseCode::Refused) => {
+                        self.stats.upstream(metrics::Upstream::Failed, took);
                         tracing::debug!(%upstream, %code, "upstream failed, trying the next");
                         last = Some(UpstreamError::Failed { upstream, code });
                     }
-                    _ => return Ok(answer),
+                    _ => {
+                        self.stats.upstream(metrics::Upstream::Answered, took);
+                        return Ok(answer);
+                    }
                 },
                 Err(e) => {
+                    let outcome = match e {
+                        UpstreamError::Timeout { .. } => metrics::Upstream::Timeout,
+                        _ => metrics::Upstream::Error,
+                    };
+                    self.stats.upstream(outcome, took);
                     tracing::debug!(error = %e, "upstream failed, trying the next");
                     last = Some(e);
                 }

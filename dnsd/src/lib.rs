@@ -13,5 +13,6 @@ pub mod config;
 pub mod forward;
 pub mod fqdn;
 pub mod intercept;
+pub mod metrics;
 pub mod server;
 pub mod source;

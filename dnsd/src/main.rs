@@ -9,7 +9,7 @@ use twill_dnsd::{
     config::{Config, Overrides},
     forward::Forwarder,
     fqdn::{self, FqdnRules, Learner},
-    intercept,
+    intercept, metrics,
     server::{Listeners, Responder, TcpLimits},
     source,
 };
@@ -100,6 +100,13 @@ fn init_logging() {
 async fn serve(config: Config) -> anyhow::Result<()> {
     // Bind first, so a wrong address fails at once rather than after etcd answers.
     let listeners = Listeners::bind(&config.listen).await?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some((
+            addr,
+            twill_metrics_http::bind(addr, "metrics.listen").await?,
+        )),
+        None => None,
+    };
     match &config.upstreams_from {
         Some(path) if config.forward.upstreams.is_empty() => warn!(
             "{} gives no upstream besides this server: names outside {} get SERVFAIL",
@@ -121,6 +128,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (rules_tx, rules_rx) = tokio::sync::watch::channel(Arc::new(FqdnRules::default()));
     let forwarder = Arc::new(Forwarder::new(config.forward.clone()));
     let learner = Arc::new(Learner::new(config.fqdn.clone()));
+    let page = Arc::new(metrics::Page {
+        stats: Arc::clone(forwarder.stats()),
+        forwarder: Arc::clone(&forwarder),
+        learner: Arc::clone(&learner),
+        zone: zone_rx.clone(),
+    });
+    let serving_metrics = metrics_listener.map(|(addr, listener)| {
+        info!("serving /metrics on {addr}");
+        tokio::spawn(twill_metrics_http::serve(listener, page, "twill-dnsd"))
+    });
     let responder = Arc::new(
         Responder::new(zone_rx, forwarder).with_fqdn(rules_rx.clone(), Arc::clone(&learner)),
     );
@@ -153,5 +170,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     following.abort();
     sweeping.abort();
+    if let Some(task) = serving_metrics {
+        task.abort();
+    }
     result
 }

@@ -44,6 +44,7 @@ use crate::{
     answers::{self, AnswerCache, Kept},
     forward::{Forwarder, error_reply},
     fqdn::{CurrentRules, Learned, Learner, Verdict},
+    metrics::{Dropped, Source, Stats},
     source::CurrentZone,
 };
 
@@ -82,6 +83,15 @@ pub struct Responder {
     answers: std::sync::Mutex<AnswerCache>,
     /// FQDNPolicy: the rules in force and where learned addresses go.
     fqdn: Option<(CurrentRules, Arc<Learner>)>,
+    /// The forwarder's counters, which count the server's queries too.
+    stats: Arc<Stats>,
+}
+
+/// [`Now`], with where the answer came from.
+enum Answer {
+    Send(Vec<u8>, Source),
+    Nothing,
+    Later,
 }
 
 /// What FQDNPolicy makes of a forwarded query.
@@ -106,6 +116,7 @@ impl Responder {
     pub fn new(zone: CurrentZone, forwarder: Arc<Forwarder>) -> Responder {
         Responder {
             zone,
+            stats: Arc::clone(forwarder.stats()),
             forwarder,
             answers: std::sync::Mutex::new(AnswerCache::new(KEPT_ANSWERS)),
             fqdn: None,
@@ -190,9 +201,23 @@ impl Responder {
     /// What can be answered at once, without waiting: from the zone, or a fresh cache
     /// entry. [`Now::Later`] when the query must go upstream ([`Self::respond`]).
     pub fn respond_now(&self, query: &[u8], transport: Transport, client: IpAddr) -> Now {
+        match self.answer_now(query, transport, client) {
+            Answer::Send(answer, source) => {
+                self.stats.answered(source, &answer);
+                Now::Send(answer)
+            }
+            Answer::Nothing => {
+                self.stats.dropped(Dropped::Unreadable);
+                Now::Nothing
+            }
+            Answer::Later => Now::Later,
+        }
+    }
+
+    fn answer_now(&self, query: &[u8], transport: Transport, client: IpAddr) -> Answer {
         let zone = self.zone.borrow().clone();
         let Some(zone) = zone else {
-            return Now::Later;
+            return Answer::Later;
         };
         let zone_id = Arc::as_ptr(&zone) as usize;
         let key = answers::key(query, u8::from(transport == Transport::Tcp));
@@ -200,7 +225,7 @@ impl Responder {
             .as_ref()
             .and_then(|key| self.answers().get(zone_id, key, query));
         match known {
-            Some(Kept::Answer(answer)) => return Now::Send(answer),
+            Some(Kept::Answer(answer)) => return Answer::Send(answer, Source::Zone),
             Some(Kept::Forward) => {
                 // The fastest way, bytes copied and patched, only for clients no FQDNPolicy
                 // selects: for the others the answer's addresses must be learned first.
@@ -208,7 +233,7 @@ impl Responder {
                     && !self.selected(client)
                     && let Some(answer) = self.forwarder.cached_encoded(key, query)
                 {
-                    return Now::Send(answer);
+                    return Answer::Send(answer, Source::Cache);
                 }
                 return self.forwarded_now(&zone, query, key.as_ref(), transport, client);
             }
@@ -219,9 +244,9 @@ impl Responder {
                 if let Some(key) = &key {
                     self.answers().put(zone_id, key, &bytes);
                 }
-                Now::Send(bytes)
+                Answer::Send(bytes, Source::Zone)
             }
-            WireOutcome::Drop => Now::Nothing,
+            WireOutcome::Drop => Answer::Nothing,
             WireOutcome::Forward => {
                 if let Some(key) = &key {
                     self.answers().put_forward(zone_id, key);
@@ -241,9 +266,9 @@ impl Responder {
         key: Option<&answers::Key>,
         transport: Transport,
         client: IpAddr,
-    ) -> Now {
+    ) -> Answer {
         let Ok(message) = Message::from_vec(query) else {
-            return Now::Later;
+            return Answer::Later;
         };
         let gate = self.gate(&message, client);
         let limit = match transport {
@@ -251,23 +276,27 @@ impl Responder {
             Transport::Tcp => usize::from(u16::MAX),
         };
         match (&gate, key) {
-            (Gate::Refuse(reply), _) => return reply.to_vec().map_or(Now::Nothing, Now::Send),
+            (Gate::Refuse(reply), _) => {
+                return reply.to_vec().map_or(Answer::Nothing, |answer| {
+                    Answer::Send(answer, Source::FqdnDenied)
+                });
+            }
             (Gate::Open, Some(key)) => {
                 return self
                     .forwarder
                     .cached_wire(&message, query, key, limit)
-                    .map_or(Now::Later, Now::Send);
+                    .map_or(Answer::Later, |answer| Answer::Send(answer, Source::Cache));
             }
             (Gate::Open | Gate::Learn { .. }, _) => {}
         }
         let Some(reply) = self.forwarder.cached(&message) else {
-            return Now::Later;
+            return Answer::Later;
         };
         let mut reply = self.learned(&gate, &message, reply);
         reply.metadata.id = message.metadata.id;
         match encode_within(&reply, limit) {
-            Ok(bytes) => Now::Send(bytes),
-            Err(_) => Now::Later,
+            Ok(bytes) => Answer::Send(bytes, Source::Cache),
+            Err(_) => Answer::Later,
         }
     }
 
@@ -280,23 +309,41 @@ impl Responder {
         transport: Transport,
         client: IpAddr,
     ) -> Option<Vec<u8>> {
+        match self.answer(query, transport, client).await {
+            Some((answer, source)) => {
+                self.stats.answered(source, &answer);
+                Some(answer)
+            }
+            None => {
+                self.stats.dropped(Dropped::Unreadable);
+                None
+            }
+        }
+    }
+
+    async fn answer(
+        &self,
+        query: &[u8],
+        transport: Transport,
+        client: IpAddr,
+    ) -> Option<(Vec<u8>, Source)> {
         let zone = self.zone.borrow().clone();
         let Some(zone) = zone else {
             let message = Message::from_vec(query).ok()?;
             if message.metadata.message_type == MessageType::Response {
                 return None;
             }
-            return servfail(&message).to_vec().ok();
+            return Some((servfail(&message).to_vec().ok()?, Source::NotReady));
         };
         match zone.answer_bytes(query, transport) {
-            WireOutcome::Reply(bytes) => Some(bytes),
+            WireOutcome::Reply(bytes) => Some((bytes, Source::Zone)),
             WireOutcome::Drop => None,
             WireOutcome::Forward => {
                 // answer_bytes parsed it already, so this cannot fail.
                 let message = Message::from_vec(query).ok()?;
                 let gate = self.gate(&message, client);
                 if let Gate::Refuse(reply) = &gate {
-                    return reply.to_vec().ok();
+                    return Some((reply.to_vec().ok()?, Source::FqdnDenied));
                 }
                 let reply = self.forwarder.resolve(&message).await;
                 let mut reply = self.learned(&gate, &message, reply);
@@ -306,10 +353,10 @@ impl Responder {
                     Transport::Tcp => usize::from(u16::MAX),
                 };
                 match encode_within(&reply, limit) {
-                    Ok(bytes) => Some(bytes),
+                    Ok(bytes) => Some((bytes, Source::Upstream)),
                     Err(e) => {
                         debug!("encoding a forwarded answer: {e}");
-                        servfail(&message).to_vec().ok()
+                        Some((servfail(&message).to_vec().ok()?, Source::Upstream))
                     }
                 }
             }
@@ -458,6 +505,7 @@ impl UdpServer {
                 let Some(peer) = socket_addr(&from) else {
                     continue;
                 };
+                self.responder.stats.query(Transport::Udp);
                 let query = &buffers[at][..length];
                 // Zone answers and cache hits are sent from here, without a task; only
                 // what goes upstream waits in one.
@@ -495,6 +543,8 @@ impl UdpServer {
         for (at, message) in messages.enumerate() {
             match message.address {
                 _ if message.flags.contains(MsgFlags::MSG_TRUNC) => {
+                    self.responder.stats.query(Transport::Udp);
+                    self.responder.stats.dropped(Dropped::TooLong);
                     debug!("udp query of more than {MAX_UDP_QUERY} bytes dropped");
                 }
                 Some(from) => received.push((at, message.bytes, from)),
@@ -544,6 +594,7 @@ impl UdpServer {
     /// [`MAX_UDP_IN_FLIGHT`] are; drops it otherwise.
     fn answer_later(&self, query: &[u8], peer: SocketAddr) {
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            self.responder.stats.dropped(Dropped::Overload);
             debug!("udp query from {peer} dropped: {MAX_UDP_IN_FLIGHT} queries in flight");
             return;
         };
@@ -674,6 +725,7 @@ async fn tcp_connection(
             Err(_) | Ok(Err(_)) => break,
             Ok(Ok(_)) => {}
         }
+        responder.stats.query(Transport::Tcp);
         let permit = Arc::clone(&pipeline)
             .acquire_owned()
             .await

@@ -134,6 +134,11 @@ impl Dnsd {
 
     /// twill-dnsd forwarding what is not the zone's to `upstream`.
     fn start_forwarding(lab: &Lab, node: &Host, upstream: &str) -> Dnsd {
+        Dnsd::start_with(lab, node, upstream, "")
+    }
+
+    /// [`Self::start_forwarding`] with `more` appended to the configuration.
+    fn start_with(lab: &Lab, node: &Host, upstream: &str, more: &str) -> Dnsd {
         let ip = node.plan.underlay_ip;
         let config = node.state_dir.join("dnsd.toml");
         fs::write(
@@ -142,7 +147,7 @@ impl Dnsd {
                 "listen = [\"{ip}:53\"]\n\
                  pods = \"verified\"\n\
                  [etcd]\nendpoints = [\"{}\"]\n\
-                 [forward]\nupstreams = [\"{upstream}\"]\ntimeout_ms = 200\n",
+                 [forward]\nupstreams = [\"{upstream}\"]\ntimeout_ms = 200\n{more}",
                 lab.etcd_endpoint()
             ),
         )
@@ -818,4 +823,126 @@ fn forwarded_answers_from_the_cache_keep_the_askers_id_case_and_ttl_countdown() 
             }
         }
     }
+}
+
+/// `GET /metrics` from `node`'s namespace: (status line, body).
+fn scrape(node: &Host, at: (Ipv4Addr, u16)) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    node.run(move || {
+        let mut stream = std::net::TcpStream::connect(at).expect("connect to /metrics");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set a timeout");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: dnsd\r\nConnection: close\r\n\r\n")
+            .expect("send the request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("read the response");
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let status = head.lines().next().unwrap_or_default().to_owned();
+        (status, body.to_owned())
+    })
+    .expect("enter the node's namespace")
+}
+
+/// The value of the sample `series` (name and labels, exactly as printed) in `text`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().expect("a number"))
+        })
+        .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+}
+
+#[test]
+fn metrics_count_queries_by_transport_source_and_code_and_pass_promtool() {
+    twill_tests::require_root();
+    common::require_tools(&[
+        ("dig", "-v"),
+        ("dnsmasq", "--version"),
+        ("promtool", "--version"),
+    ]);
+    let lab = Lab::up(&LabSpec::for_test(1, 1)).expect("lab up");
+    netctl(&lab, &["apply", "-f", "-"], CLUSTER);
+    let node = lab.nodes().remove(0);
+    let ext = lab.externals().remove(0);
+    let ext_ip = ext.plan.underlay_ip;
+    let dnsmasq = common::dnsmasq(
+        &ext.state_dir,
+        &[
+            "--local-ttl=60".to_owned(),
+            format!("--listen-address={ext_ip}"),
+            "--address=/ext.test/192.0.2.1".to_owned(),
+        ],
+    );
+    let _dnsmasq = common::Guard(ext.spawn(dnsmasq).expect("start dnsmasq"));
+    let ip = node.plan.underlay_ip;
+    let dnsd = Dnsd::start_with(
+        &lab,
+        &node,
+        &format!("{ext_ip}:53"),
+        &format!("[metrics]\nlisten = \"{ip}:9153\"\n"),
+    );
+    let at = (ip, 9153);
+    let (status, before) = scrape(&node, at);
+    assert!(status.contains(" 200 "), "{status}\n{before}");
+
+    // 3 zone answers over UDP, 1 over TCP, 1 NXDOMAIN in the zone; an external name asked
+    // twice: once upstream, once from the cache.
+    for _ in 0..3 {
+        assert_eq!(
+            dig(&node, dnsd.ip, &["web.prod.svc.cluster.local"]).status,
+            "NOERROR"
+        );
+    }
+    let tcp = dig(&node, dnsd.ip, &["+tcp", "web.prod.svc.cluster.local"]);
+    assert_eq!(tcp.status, "NOERROR");
+    let missing = dig(&node, dnsd.ip, &["nothere.prod.svc.cluster.local"]);
+    assert_eq!(missing.status, "NXDOMAIN");
+    for _ in 0..2 {
+        let external = dig(&node, dnsd.ip, &["a.ext.test"]);
+        assert_eq!(external.data(), ["192.0.2.1"], "{external:?}");
+    }
+    let (_, after) = scrape(&node, at);
+    let delta = |series: &str| sample(&after, series) - sample(&before, series);
+    assert_eq!(delta("twill_dns_queries_total{transport=\"udp\"}"), 6.0);
+    assert_eq!(delta("twill_dns_queries_total{transport=\"tcp\"}"), 1.0);
+    assert_eq!(delta("twill_dns_answers_total{source=\"zone\"}"), 5.0);
+    assert_eq!(delta("twill_dns_answers_total{source=\"upstream\"}"), 1.0);
+    assert_eq!(delta("twill_dns_answers_total{source=\"cache\"}"), 1.0);
+    assert_eq!(delta("twill_dns_responses_total{rcode=\"NOERROR\"}"), 6.0);
+    assert_eq!(delta("twill_dns_responses_total{rcode=\"NXDOMAIN\"}"), 1.0);
+    assert_eq!(
+        delta("twill_dns_upstream_queries_total{result=\"answered\"}"),
+        1.0
+    );
+    assert_eq!(
+        delta("twill_dns_upstream_query_duration_seconds_count"),
+        1.0
+    );
+    assert_eq!(sample(&after, "twill_dns_zone_loaded"), 1.0);
+    assert_eq!(sample(&after, "twill_dns_cache_entries"), 1.0);
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool (scripts/setup installs it with prometheus)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), after.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        checked.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {}: {said}\n{after}",
+        checked.status
+    );
 }

@@ -37,6 +37,10 @@ pub const LAB_BGP_CONFIG: &str = "overlay = \"bgp\"\n";
 /// The port every lab node's twilld serves `/metrics` on, at its underlay address.
 pub const LAB_METRICS_PORT: u16 = 9962;
 
+/// The port every lab node's twill-dnsd serves `/metrics` on, at its underlay address
+/// (9153, as CoreDNS's `prometheus` plugin).
+pub const LAB_DNS_METRICS_PORT: u16 = 9153;
+
 #[derive(Subcommand)]
 pub enum LabCommand {
     /// Build a lab: underlay, nodes running twilld, etcd, demo pods; then check that every
@@ -557,8 +561,10 @@ fn start_dns(lab: &Lab) -> anyhow::Result<()> {
         // Without an upstream, names outside the cluster get SERVFAIL at once.
         config.push_str(&format!(
             "[forward]\nupstreams = [{upstreams}]\n\
-             [intercept]\nservice_ip = \"{LAB_DNS_IP}\"\npin_dir = \"{}\"\n",
-            node.bpffs_dir.display()
+             [intercept]\nservice_ip = \"{LAB_DNS_IP}\"\npin_dir = \"{}\"\n\
+             [metrics]\nlisten = \"{}:{LAB_DNS_METRICS_PORT}\"\n",
+            node.bpffs_dir.display(),
+            node.plan.underlay_ip
         ));
         let args = vec![
             "run".to_owned(),
