@@ -208,8 +208,9 @@ pub struct RevNat {
 pub struct NodeConfig {
     /// The node's underlay address: NodePorts are served on it.
     pub node_ip: u32,
-    /// The node's VTEP address (its pod subnet's node address): the source of NodePort
-    /// flows translated for other nodes' backends; 0 until the subnet is leased.
+    /// The source of NodePort flows translated for other nodes' backends: the node's VTEP
+    /// address (its pod subnet's node address) over VXLAN, its underlay address (`node_ip`)
+    /// in BGP-routed mode; 0 until the subnet is leased.
     pub vtep_ip: u32,
     /// The cluster CIDR (wire order): replies to it are not NodePort replies.
     pub cluster_net: u32,

@@ -454,10 +454,17 @@ impl Routing {
 
     /// The node's address in its pod subnet, where the mode gives it one (the VXLAN
     /// device's; the BGP mode has none).
-    fn vtep(&self, subnet: ipnetwork::Ipv4Network) -> Option<std::net::Ipv4Addr> {
+    /// The source address of NodePort flows sent to other nodes' backends, so that their
+    /// replies come back to this node: the VTEP address over VXLAN; with BGP-routed pod
+    /// subnets the node's own underlay address, which every node routes to.
+    fn nodeport_source(
+        &self,
+        subnet: ipnetwork::Ipv4Network,
+        underlay_ip: std::net::Ipv4Addr,
+    ) -> std::net::Ipv4Addr {
         match self {
-            Routing::Vxlan(_) => Some(twill_ipam::PodSubnet(subnet).node_address()),
-            Routing::Bgp(_) => None,
+            Routing::Vxlan(_) => twill_ipam::PodSubnet(subnet).node_address(),
+            Routing::Bgp(_) => underlay_ip,
         }
     }
 }
@@ -518,12 +525,12 @@ async fn lease_loop(config: &Config, spec: &LeaseSpec, node: &Node, routing: &Ro
             continue;
         }
         routing.subnet_leased(held.subnet).await;
-        let vtep = routing.vtep(held.subnet);
+        let source = routing.nodeport_source(held.subnet, spec.underlay_ip);
         if let Some(Err(e)) = node.with_dataplane(|d| {
             d.datapath
-                .set_node_config(node_config(config, spec.underlay_ip, vtep))
+                .set_node_config(node_config(config, spec.underlay_ip, Some(source)))
         }) {
-            error!("telling the programs the node's VTEP address {vtep:?}: {e:#}");
+            error!("telling the programs the node's NodePort source address {source}: {e:#}");
         }
         info!(subnet = %held.subnet, "holding pod subnet");
         backoff = FIRST_BACKOFF;

@@ -535,18 +535,60 @@ fn external_python(host: &Host, script: &str, args: &[&str]) -> serde_json::Valu
 
 #[test]
 fn node_ports_answer_on_every_node_and_the_local_policy_keeps_the_client_address() {
+    node_ports_cluster_ips_and_policy(Overlay::Vxlan);
+}
+
+/// The same Services and policy over the BGP-routed overlay: nothing in the Service or
+/// policy path depends on how pod subnets are reached.
+#[test]
+fn node_ports_cluster_ips_and_policy_work_the_same_in_bgp_mode() {
+    node_ports_cluster_ips_and_policy(Overlay::Bgp);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Overlay {
+    Vxlan,
+    Bgp,
+}
+
+/// twilld's configuration in `BGP` mode: the iBGP mesh with short timers.
+const BGP_CONFIG: &str = "[network]\noverlay = \"bgp\"\nresync_seconds = 1\n\
+[lease]\nttl_seconds = 60\n[bgp]\nhold_seconds = 3\nkeepalive_seconds = 1\n";
+
+/// NodePorts (Cluster and Local, TCP and UDP) from an outside host, a ClusterIP from a pod
+/// on a node without backends, and a NetworkPolicy that isolates the backends, on a
+/// 3-node lab over `overlay`.
+fn node_ports_cluster_ips_and_policy(overlay: Overlay) {
     require_root();
     let mut lab = Lab::up(&LabSpec::for_test(3, 1)).expect("lab up");
     let nodes = lab.nodes();
     let outside = lab.externals().remove(0);
+    let config = match overlay {
+        Overlay::Vxlan => CONFIG,
+        Overlay::Bgp => BGP_CONFIG,
+    };
     let daemons: Vec<Twilld> = nodes
         .iter()
-        .map(|n| Twilld::start(Path::new(TWILLD), &lab, n, CONFIG, &[]))
+        .map(|n| Twilld::start(Path::new(TWILLD), &lab, n, config, &[]))
         .collect();
     for d in &daemons {
-        d.wait_status("ready", Duration::from_secs(10), |s| {
-            s.not_ready.is_none() && s.overlay.peers == 2
+        d.wait_status("ready", Duration::from_secs(20), |s| {
+            s.not_ready.is_none()
+                && match overlay {
+                    Overlay::Vxlan => s.overlay.peers == 2,
+                    Overlay::Bgp => s.bgp.as_ref().is_some_and(|b| {
+                        b.peers.len() == 2 && b.peers.iter().all(|p| p.state == "Established")
+                    }),
+                }
         });
+    }
+    if overlay == Overlay::Bgp {
+        // Pod subnets are routed natively: no VXLAN device on any node.
+        for node in &nodes {
+            let links = node.output("ip", &["-d", "link", "show"]).unwrap();
+            let links = String::from_utf8_lossy(&links.stdout).into_owned();
+            assert!(!links.contains("vxlan id"), "{}: {links}", node.name());
+        }
     }
     // Backends on node2 and node3; none on node1.
     let mut servers = Vec::new();
@@ -630,6 +672,54 @@ fn node_ports_answer_on_every_node_and_the_local_policy_keeps_the_client_address
     );
     assert_eq!(none["failures"], 3, "node1 has no local backend: {none}");
 
+    // A ClusterIP from a pod on node1, whose backends are both on other nodes.
+    let client = add_pod(&mut lab, &nodes[0], &daemons[0], "client");
+    let vip = cluster_ip(&lab, "np");
+    let start = Instant::now();
+    while connect_many(&client, &vip, 1)["failures"] != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the ClusterIP never answered the pod"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let got = connect_many(&client, &vip, 40);
+    assert_eq!(got["failures"], 0, "{got}");
+    assert_eq!(counts_of(&got).len(), 2, "both remote backends: {got}");
+    assert_eq!(
+        got["peers"],
+        serde_json::json!([client.ip.to_string()]),
+        "the backends see the pod's own address: {got}"
+    );
+
+    // A NetworkPolicy isolating the backends' ingress: the pod is refused across nodes,
+    // and reaches them again when it goes.
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                metadata: {name: web-deny, namespace: default}\n\
+                spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Ingress]}\n";
+    netctl(&lab, &["apply", "-f", "-"], deny);
+    let start = Instant::now();
+    loop {
+        let got = connect_many(&client, &vip, 2);
+        if got["failures"] == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the policy never took: {got}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    netctl(&lab, &["delete", "-f", "-"], deny);
+    let start = Instant::now();
+    while connect_many(&client, &vip, 1)["failures"] != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the backends stayed isolated after the policy went"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+
     let counters = netctl(&lab, &["bpf", "metrics", "--node", "node1"], "");
     assert!(counters.contains("nodeport-redirected"), "{counters}");
     let frontends = netctl(&lab, &["bpf", "services", "--node", "node2"], "");
@@ -639,8 +729,14 @@ fn node_ports_answer_on_every_node_and_the_local_policy_keeps_the_client_address
             .any(|l| l.starts_with("<node>:30081 NodePort") && l.contains("local")),
         "{frontends}"
     );
+    // NodePort flows to other nodes' backends leave from the VTEP address over VXLAN, from
+    // the node's own address when pod subnets are routed.
     let flows = netctl(&lab, &["bpf", "conntrack", "--node", "node1"], "");
-    assert!(flows.contains("NodePort, from 10.244."), "{flows}");
+    let source = match overlay {
+        Overlay::Vxlan => "NodePort, from 10.244.".to_owned(),
+        Overlay::Bgp => format!("NodePort, from {}:", nodes[0].plan.underlay_ip),
+    };
+    assert!(flows.contains(&source), "{source:?} not in:\n{flows}");
 
     // Without NodePort Services the programs leave the underlay and VXLAN devices (they
     // would cost every packet the node receives).

@@ -46,7 +46,7 @@ use crate::{
     flow::Event,
     metrics::count,
     nat::forget_stale_reverse,
-    nodeport::{node_port_reply, node_port_request},
+    nodeport::{node_port_reply, node_port_reply_from_world, node_port_request},
     parse::parse,
     policy::Packet,
     service::{from_backend, socket_from_backend, socket_to_backend, to_backend},
@@ -132,7 +132,10 @@ fn verdict(ctx: &TcContext, direction: Direction) -> i32 {
                 Reason::Forwarded => to_local_pod(ctx, &l4, &mut ev),
                 other => other,
             },
-            Direction::FromWorld => node_port_request(ctx, &l4, &mut ev),
+            Direction::FromWorld => match node_port_request(ctx, &l4, &mut ev) {
+                Reason::Forwarded => node_port_reply_from_world(ctx, &l4),
+                other => other,
+            },
             Direction::ToPod => match policy::ingress(&Packet::of(ctx, &l4), direction, &mut ev) {
                 Reason::Forwarded => from_backend(ctx, &l4),
                 denied => denied,

@@ -107,6 +107,24 @@ fn free_snat_port(flow: &FlowKey, backend: Backend, vtep_ip: u32) -> Option<u16>
     None
 }
 
+/// On the underlay in BGP-routed mode, where other nodes' backends reply straight to this
+/// node's own address (the source of its NodePort flows there): such a reply, at one of
+/// the translated source ports, goes back to the client as [`node_port_reply`] sends it.
+/// Nothing else arriving from the world is looked up.
+#[inline(always)]
+pub(crate) fn node_port_reply_from_world(ctx: &TcContext, l4: &L4) -> Reason {
+    let Some(node) = node_config() else {
+        return Reason::Forwarded;
+    };
+    if node.vtep_ip != node.node_ip
+        || l4.flow.dst_ip != node.node_ip
+        || u16::from_be(l4.flow.dst_port) < SNAT_PORT_MIN
+    {
+        return Reason::Forwarded;
+    }
+    node_port_reply(ctx, l4)
+}
+
 /// From a pod or the overlay: a backend's reply to a NodePort client leaves from the
 /// NodePort, to the client, sent on by the program; a pod's reply to itself through a
 /// Service (hairpin) goes back to it.
