@@ -16,11 +16,14 @@ use std::{
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
-    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge, histogram::Histogram},
+    metrics::{MetricType, histogram::Histogram},
     registry::{Registry, Unit},
 };
 use twill_dns::Transport;
-use twill_metrics_http::{Format, Render};
+use twill_metrics_http::{
+    Format, Render,
+    encode::{self, counter, gauge},
+};
 
 use crate::{forward::Forwarder, fqdn::Learner, source::CurrentZone};
 
@@ -251,6 +254,7 @@ impl Snapshot {
     }
 }
 
+/// `rows` as a counter family with one label.
 fn counters<'a>(
     enc: &mut DescriptorEncoder,
     name: &str,
@@ -258,28 +262,13 @@ fn counters<'a>(
     label: &'static str,
     rows: impl IntoIterator<Item = (&'a str, u64)>,
 ) -> std::fmt::Result {
-    let mut metric = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (value, count) in rows {
-        let labels = [(label, value)];
-        ConstCounter::new(count).encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
-    let metric = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-    ConstCounter::new(value).encode(metric)
-}
-
-fn gauge(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    value: i64,
-) -> std::fmt::Result {
-    let metric = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-    ConstGauge::new(value).encode(metric)
+    encode::counters(
+        enc,
+        name,
+        help,
+        rows.into_iter()
+            .map(|(value, count)| ([(label, value)], count)),
+    )
 }
 
 fn gauge_of(n: usize) -> i64 {

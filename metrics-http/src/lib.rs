@@ -65,6 +65,74 @@ pub fn encode(
     Ok(text)
 }
 
+/// Encoding helpers for collectors that read their values at scrape time.
+pub mod encode {
+    use prometheus_client::{
+        encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric as _},
+        metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+        registry::Unit,
+    };
+
+    /// A counter family: one sample per row. Nothing is written when there are no rows.
+    pub fn counters<L: EncodeLabelSet>(
+        enc: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        rows: impl IntoIterator<Item = (L, u64)>,
+    ) -> std::fmt::Result {
+        let mut rows = rows.into_iter().peekable();
+        if rows.peek().is_none() {
+            return Ok(());
+        }
+        let mut metric = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, value) in rows {
+            ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    /// A gauge family: one sample per row. Nothing is written when there are no rows.
+    pub fn gauges<L: EncodeLabelSet, N: EncodeGaugeValue>(
+        enc: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        rows: impl IntoIterator<Item = (L, N)>,
+    ) -> std::fmt::Result {
+        let mut rows = rows.into_iter().peekable();
+        if rows.peek().is_none() {
+            return Ok(());
+        }
+        let mut metric = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, value) in rows {
+            ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    /// A counter without labels.
+    pub fn counter(
+        enc: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        value: u64,
+    ) -> std::fmt::Result {
+        let metric = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        ConstCounter::new(value).encode(metric)
+    }
+
+    /// A gauge without labels.
+    pub fn gauge(
+        enc: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        unit: Option<&Unit>,
+        value: impl EncodeGaugeValue,
+    ) -> std::fmt::Result {
+        let metric = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+        ConstGauge::new(value).encode(metric)
+    }
+}
+
 /// What a scrape returns. Called off the runtime's threads: it may block (take locks,
 /// read BPF maps).
 pub trait Render: Send + Sync + 'static {
