@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod flow;
+pub mod layout;
 pub mod lb;
 pub mod metrics;
 pub mod policy;
@@ -66,6 +67,10 @@ pub mod maps {
     pub const FLOWS_LOST: &str = "TWILL_FLOW_LOST";
     /// When each flow's last drop or refusal record went out (rate limit).
     pub const FLOWS_SEEN: &str = "TWILL_FLOW_SEEN";
+    /// The layout record (userspace only, not in the object): map name
+    /// ([`crate::layout::record_key`]) -> the layout version (`u32`) its pin was written
+    /// with. See [`crate::layout`].
+    pub const LAYOUT: &str = "TWILL_LAYOUT";
 }
 
 /// Return codes of tc (`sched_cls`) programs, from `include/uapi/linux/pkt_cls.h`.

@@ -98,9 +98,55 @@ pub struct NodeRecord {
     pub vtep_mac: Option<String>,
 }
 
+/// A node record as `twilld` writes it: the record, and the version of the daemon that
+/// wrote it (absent in records of daemons before it was added). Kept beside
+/// [`NodeRecord`] rather than in it, so code that builds records field by field is not
+/// concerned; readers of [`NodeRecord`] ignore the field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionedNodeRecord {
+    #[serde(flatten)]
+    pub record: NodeRecord,
+    /// `twilld --version` of the writer, e.g. `0.1.0 (9724cc7)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Where the node serves its flow records over TCP (`flows.listen`, an unspecified
+    /// address replaced by the underlay address); absent when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows_listen: Option<std::net::SocketAddr>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_record_carries_the_version_and_old_records_still_read() {
+        let record = NodeRecord {
+            name: "a".into(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            underlay_ip: "172.30.0.11".parse().unwrap(),
+            vtep_mac: None,
+        };
+        let written = serde_json::to_string(&VersionedNodeRecord {
+            record: record.clone(),
+            version: Some("0.1.0 (abc1234)".into()),
+            flows_listen: None,
+        })
+        .unwrap();
+        assert_eq!(
+            written,
+            r#"{"name":"a","subnet":"10.244.1.0/24","underlay_ip":"172.30.0.11","version":"0.1.0 (abc1234)"}"#
+        );
+        // Readers of the plain record are not bothered by the version.
+        assert_eq!(
+            serde_json::from_str::<NodeRecord>(&written).unwrap(),
+            record
+        );
+        // A record of an older daemon has none.
+        let old = r#"{"name":"a","subnet":"10.244.1.0/24","underlay_ip":"172.30.0.11"}"#;
+        let read: VersionedNodeRecord = serde_json::from_str(old).unwrap();
+        assert_eq!((read.record, read.version), (record, None));
+    }
 
     #[test]
     fn subnet_keys_round_trip_and_reject_strangers() {

@@ -12,9 +12,10 @@
 
 pub mod cluster;
 pub mod flow;
+pub mod remote;
 
 use std::{
-    io::{self, BufRead as _, BufReader, Write as _},
+    io::{self, BufRead as _, BufReader},
     net::Ipv4Addr,
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
@@ -352,6 +353,8 @@ pub enum ErrorKind {
     BadRequest,
     /// Something failed inside the daemon (a disk write, say).
     Internal,
+    /// The flow API over TCP was given a wrong token ([`remote`]).
+    Unauthorized,
 }
 
 // `Status` is by far the largest variant; a response is made once per request and sent at
@@ -449,6 +452,19 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
     })?;
     stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
     stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
+    exchange(&stream, socket, request)
+}
+
+/// Sends `request` on a connected stream and reads the answer line; `socket` names the
+/// other end in errors.
+fn exchange<S>(stream: S, socket: &Path, request: &Request) -> Result<Response, ClientError>
+where
+    S: io::Read + io::Write + Copy,
+{
+    let io_err = |source| ClientError::Io {
+        socket: socket.to_owned(),
+        source,
+    };
     let mut line = serde_json::to_string(&Envelope {
         api: API_VERSION,
         body: request,
@@ -458,9 +474,10 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
         message: e.to_string(),
     })?;
     line.push('\n');
-    (&stream).write_all(line.as_bytes()).map_err(io_err)?;
+    let mut writer = stream;
+    writer.write_all(line.as_bytes()).map_err(io_err)?;
     let mut reply = String::new();
-    BufReader::new(&stream)
+    BufReader::new(stream)
         .read_line(&mut reply)
         .map_err(io_err)?;
     decode_response(&reply).map_err(|message| ClientError::Protocol {

@@ -23,6 +23,7 @@ use aya::{
     },
 };
 use twill_abi::{
+    layout::MapLayout,
     lb::{
         Affinity, AffinityKey, Backend, BackendKey, Flow, FlowKey, Frontend, FrontendKey, LocalPod,
         MemberKey, NodeConfig, PodSocket, RevNat,
@@ -42,6 +43,11 @@ pub enum DatapathError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error("parsing the embedded eBPF object")]
+    Object {
+        #[source]
+        source: Box<aya_obj::ParseError>,
     },
     #[error("loading the eBPF object (maps pinned under {pin_dir})")]
     Load {
@@ -119,6 +125,8 @@ impl DatapathError {
 
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
 
+pub mod layout;
+pub use layout::{MapChange, MapShape, Plan};
 mod local;
 pub use local::{
     local_backend_pin, monotonic_ns, read_local_backends, remove_local_backend, set_local_backend,
@@ -165,6 +173,20 @@ impl MapSizes {
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
+    /// Maps migrated at load whose old map is kept until [`Self::finish_migrations`].
+    migrations: Vec<Migration>,
+}
+
+/// A map replaced at load, whose entries were carried into the new one.
+struct Migration {
+    name: &'static str,
+    /// The old map: still used by the programs of the earlier run until they are swapped.
+    old: MapData,
+    /// What the record said of it.
+    recorded: layout::Recorded,
+    from: MapShape,
+    to: MapShape,
+    carry: layout::Carry,
 }
 
 impl Datapath {
@@ -182,81 +204,165 @@ impl Datapath {
         Self::load_sized(pin_dir, service_cidr, MapSizes::default()).map(|(d, _)| d)
     }
 
-    /// Like [`Self::load_with`], with the configurable maps sized by `sizes`. A pinned map
-    /// of another size is replaced by an empty one of the new size (its pin removed first;
-    /// programs still attached keep the old one until they are swapped): the names of the
-    /// maps replaced are returned, so the caller can say so and rewrite their entries.
+    /// Like [`Self::load_with`], with the configurable maps sized by `sizes`. Maps pinned
+    /// by an earlier run are reused, migrated or reset as [`layout::plan`] decides (their
+    /// layout version is recorded beside them, in `TWILL_LAYOUT`); the maps migrated or
+    /// reset are returned, so the caller can say so and rewrite what was lost. A replaced
+    /// map's pin is removed first; programs still attached keep the old map until they are
+    /// swapped, and [`Self::finish_migrations`] copies what they added meanwhile.
     pub fn load_sized(
         pin_dir: &Path,
         service_cidr: Option<([u8; 4], u8)>,
         sizes: MapSizes,
-    ) -> Result<(Self, Vec<String>)> {
+    ) -> Result<(Self, Vec<MapChange>)> {
+        Self::load_upgrading(pin_dir, service_cidr, sizes, &[])
+    }
+
+    /// Like [`Self::load_sized`]; `bumped` names maps whose layout this run treats as one
+    /// version newer than this build's, byte for byte the same and converted by a plain
+    /// copy. For tests only: it makes the migration of a layout change run on real maps
+    /// under real traffic without building an older twilld.
+    pub fn load_upgrading(
+        pin_dir: &Path,
+        service_cidr: Option<([u8; 4], u8)>,
+        sizes: MapSizes,
+        bumped: &[String],
+    ) -> Result<(Self, Vec<MapChange>)> {
         fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDirectory {
             path: pin_dir.to_owned(),
             source,
         })?;
-        let mut resized = Vec::new();
-        for (name, size) in sizes.entries() {
-            let path = pin_dir.join(name);
-            let Ok(old) = MapData::from_pin(&path) else {
+        let object = aya_obj::Object::parse(OBJECT).map_err(|source| DatapathError::Object {
+            source: Box::new(source),
+        })?;
+        let layouts: Vec<MapLayout> = twill_abi::layout::MAPS
+            .iter()
+            .map(|l| {
+                if bumped.iter().any(|b| b == l.name) {
+                    layout::bump(l)
+                } else {
+                    *l
+                }
+            })
+            .collect();
+        let mut record = layout::LayoutRecord::open(pin_dir);
+        let mut changes = Vec::new();
+        let mut migrations: Vec<Migration> = Vec::new();
+        // Maps reset: their old map, kept until the load succeeded.
+        let mut replaced: Vec<(&'static str, MapData, layout::Recorded)> = Vec::new();
+        for l in &layouts {
+            let Some(def) = object.maps.get(l.name) else {
                 continue;
             };
-            let old_size = old.info().map(|i| i.max_entries()).unwrap_or(size);
-            if old_size != size {
-                fs::remove_file(&path).map_err(|source| DatapathError::PinDirectory {
-                    path: path.clone(),
-                    source,
-                })?;
-                resized.push(format!("{name}: {old_size} -> {size} entries"));
+            let expected = MapShape {
+                map_type: def.map_type(),
+                key_size: def.key_size(),
+                value_size: def.value_size(),
+                max_entries: sizes
+                    .entries()
+                    .iter()
+                    .find(|(name, _)| *name == l.name)
+                    .map_or(def.max_entries(), |(_, n)| *n),
+            };
+            let path = pin_dir.join(l.name);
+            let old = MapData::from_pin(&path).ok();
+            let pinned = old.as_ref().and_then(layout::shape_of);
+            let recorded = record.recorded(l.name);
+            let plan = match (&old, pinned) {
+                (Some(_), None) => Plan::Reset {
+                    why: "the kernel does not describe the pinned map".into(),
+                },
+                _ => layout::plan(l, expected, pinned, recorded),
+            };
+            let (Plan::Migrate { .. } | Plan::Reset { .. }, Some(old)) = (&plan, old) else {
+                continue;
+            };
+            record.forget(l.name);
+            if let Err(source) = fs::remove_file(&path) {
+                record.restore(l.name, recorded);
+                restore_pins(pin_dir, &mut record, replaced, migrations);
+                return Err(DatapathError::PinDirectory { path, source });
             }
+            match (&plan, pinned) {
+                (Plan::Migrate { from, convert, .. }, Some(pinned)) => {
+                    let carry = match l.conversion_from(*from) {
+                        Some(c) if *convert => layout::Carry::Convert(*c),
+                        _ => layout::Carry::Copy,
+                    };
+                    migrations.push(Migration {
+                        name: l.name,
+                        old,
+                        recorded,
+                        from: pinned,
+                        to: expected,
+                        carry,
+                    });
+                }
+                _ => replaced.push((l.name, old, recorded)),
+            }
+            changes.push(MapChange {
+                name: l.name,
+                plan,
+                copied: 0,
+                dropped: 0,
+            });
         }
-        let (net, mask) = match service_cidr {
-            None => (0u32, 0u32),
-            Some((octets, prefix)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(prefix.min(32)))
-                    .unwrap_or(0);
-                let net = u32::from_be_bytes(octets) & mask;
-                (
-                    u32::from_ne_bytes(net.to_be_bytes()),
-                    u32::from_ne_bytes(mask.to_be_bytes()),
-                )
+        let ebpf = match load_object(pin_dir, service_cidr, sizes) {
+            Ok(ebpf) => ebpf,
+            Err(e) => {
+                // The earlier run's maps go back where they were, so a failed upgrade
+                // leaves its pins as it found them.
+                restore_pins(pin_dir, &mut record, replaced, migrations);
+                return Err(e);
             }
         };
-        let mut loader = EbpfLoader::new();
-        for (name, size) in sizes.entries() {
-            loader.map_max_entries(name, size);
-        }
-        let mut ebpf = loader
-            .default_map_pin_directory(pin_dir)
-            .override_global("SERVICE_NET", &net, true)
-            .override_global("SERVICE_MASK", &mask, true)
-            .load(OBJECT)
-            .map_err(|source| DatapathError::Load {
-                pin_dir: pin_dir.to_owned(),
+        drop(replaced);
+        for m in &migrations {
+            let path = pin_dir.join(m.name);
+            let new = MapData::from_pin(&path).map_err(|source| DatapathError::Map {
+                name: m.name,
+                path: path.clone(),
                 source: Box::new(source),
             })?;
-        let load_error = |name, source| DatapathError::ProgramLoad {
-            name,
-            source: Box::new(source),
-        };
-        for name in programs::TC {
-            classifier(&mut ebpf, name)?
-                .load()
-                .map_err(|e| load_error(name, e))?;
+            let (copied, dropped) =
+                layout::copy_entries(layout::fd(&m.old), m.from, layout::fd(&new), m.to, m.carry);
+            if let Some(c) = changes.iter_mut().find(|c| c.name == m.name) {
+                c.copied = copied;
+                c.dropped = dropped;
+            }
         }
-        for name in programs::SOCKET {
-            socket_program(&mut ebpf, name)?
-                .load()
-                .map_err(|e| load_error(name, e))?;
-        }
+        record
+            .write_all(pin_dir, &layouts)
+            .map_err(|source| DatapathError::Map {
+                name: maps::LAYOUT,
+                path: pin_dir.join(maps::LAYOUT),
+                source: Box::new(source),
+            })?;
         Ok((
             Self {
                 ebpf,
                 pin_dir: pin_dir.to_owned(),
+                migrations,
             },
-            resized,
+            changes,
         ))
+    }
+
+    /// Ends the migrations of [`Self::load_sized`] once every program of this run is
+    /// attached: entries the old programs added to the old maps since the load are copied
+    /// too (entries already in the new maps are kept), and the old maps are released.
+    /// Returns, per migrated map, how many entries this second pass carried.
+    pub fn finish_migrations(&mut self) -> Vec<(&'static str, usize)> {
+        let mut out = Vec::new();
+        for m in std::mem::take(&mut self.migrations) {
+            let Ok(new) = MapData::from_pin(self.pin_dir.join(m.name)) else {
+                continue;
+            };
+            let (copied, _) =
+                layout::copy_entries(layout::fd(&m.old), m.from, layout::fd(&new), m.to, m.carry);
+            out.push((m.name, copied));
+        }
+        out
     }
 
     /// The bpffs directory this datapath's maps are pinned in.
@@ -779,6 +885,77 @@ impl Datapath {
     ) -> Result<HashMap<&mut MapData, K, V>> {
         // aya reads LRU hash maps through the same type as hash maps.
         self.hash_map(name)
+    }
+}
+
+/// Loads [`OBJECT`] with its maps pinned under `pin_dir` (reused where pinned) and every
+/// program verified.
+fn load_object(
+    pin_dir: &Path,
+    service_cidr: Option<([u8; 4], u8)>,
+    sizes: MapSizes,
+) -> Result<Ebpf> {
+    let (net, mask) = match service_cidr {
+        None => (0u32, 0u32),
+        Some((octets, prefix)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            let net = u32::from_be_bytes(octets) & mask;
+            (
+                u32::from_ne_bytes(net.to_be_bytes()),
+                u32::from_ne_bytes(mask.to_be_bytes()),
+            )
+        }
+    };
+    let mut loader = EbpfLoader::new();
+    for (name, size) in sizes.entries() {
+        loader.map_max_entries(name, size);
+    }
+    let mut ebpf = loader
+        .default_map_pin_directory(pin_dir)
+        .override_global("SERVICE_NET", &net, true)
+        .override_global("SERVICE_MASK", &mask, true)
+        .load(OBJECT)
+        .map_err(|source| DatapathError::Load {
+            pin_dir: pin_dir.to_owned(),
+            source: Box::new(source),
+        })?;
+    let load_error = |name, source| DatapathError::ProgramLoad {
+        name,
+        source: Box::new(source),
+    };
+    for name in programs::TC {
+        classifier(&mut ebpf, name)?
+            .load()
+            .map_err(|e| load_error(name, e))?;
+    }
+    for name in programs::SOCKET {
+        socket_program(&mut ebpf, name)?
+            .load()
+            .map_err(|e| load_error(name, e))?;
+    }
+    Ok(ebpf)
+}
+
+/// Pins the maps a failed load had replaced back in their places, with their recorded
+/// versions.
+fn restore_pins(
+    pin_dir: &Path,
+    record: &mut layout::LayoutRecord,
+    replaced: Vec<(&'static str, MapData, layout::Recorded)>,
+    migrations: Vec<Migration>,
+) {
+    let old = replaced
+        .into_iter()
+        .chain(migrations.into_iter().map(|m| (m.name, m.old, m.recorded)));
+    for (name, data, recorded) in old {
+        let path = pin_dir.join(name);
+        // A map the failed load created in its place goes first.
+        let _ = fs::remove_file(&path);
+        if data.pin(&path).is_ok() {
+            record.restore(name, recorded);
+        }
     }
 }
 

@@ -78,6 +78,8 @@ struct FileBgp {
     mesh: Option<bool>,
     listen_port: Option<u16>,
     password_file: Option<PathBuf>,
+    announce_service_cidr: Option<bool>,
+    cross_subnet: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,11 +218,20 @@ pub struct BgpConfig {
     /// Graceful restart: how long peers keep this node's routes after its speaker stopped
     /// without a NOTIFICATION (a crash or a restart).
     pub restart_seconds: u16,
-    /// A full iBGP mesh between the nodes of the node records.
+    /// A full iBGP mesh between the nodes of the node records. Either way the BGPPeers in
+    /// etcd that select the node are peered too; with `false` they are the only peers.
     pub mesh: bool,
     pub listen_port: u16,
     /// The TCP MD5 password, read from this file (trailing newline removed) at start.
     pub password: Option<Vec<u8>>,
+    /// Announce `network.service_cidr` (next hop: this node) to the configured peers
+    /// (`BGPPeer`), never to the mesh, so a router can spread Service traffic over the
+    /// nodes (Calico's `serviceClusterIPs`).
+    pub announce_service_cidr: bool,
+    /// Reach nodes whose underlay address is on another subnet (not directly connected)
+    /// through a VXLAN device (Calico's CrossSubnet); pods get the VXLAN MTU. Off: such
+    /// nodes are not routed and the status says why.
+    pub cross_subnet: bool,
 }
 
 pub const DEFAULT_BGP_AS: u32 = 64512;
@@ -236,6 +247,8 @@ impl std::fmt::Debug for BgpConfig {
             .field("mesh", &self.mesh)
             .field("listen_port", &self.listen_port)
             .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .field("announce_service_cidr", &self.announce_service_cidr)
+            .field("cross_subnet", &self.cross_subnet)
             .finish()
     }
 }
@@ -251,6 +264,8 @@ impl Default for BgpConfig {
             mesh: true,
             listen_port: 179,
             password: None,
+            announce_service_cidr: false,
+            cross_subnet: false,
         }
     }
 }
@@ -276,6 +291,16 @@ pub const DEFAULT_LEASE_TTL: u64 = 30;
 pub const DEFAULT_QUARANTINE: u64 = 300;
 
 impl Config {
+    /// Bytes the routing between nodes may add to a pod's packet: the default pod MTU is
+    /// the underlay MTU minus this. VXLAN's in the VXLAN mode, and in the BGP-routed mode
+    /// with `bgp.cross_subnet` (any peer may be reached through VXLAN); none otherwise.
+    pub fn encapsulation_overhead(&self) -> u32 {
+        match self.overlay {
+            OverlayMode::Bgp if self.bgp.cross_subnet => OverlayMode::Vxlan.overhead(),
+            mode => mode.overhead(),
+        }
+    }
+
     /// How to reach etcd.
     pub fn etcd(&self) -> twill_store::Etcd {
         twill_store::Etcd {
@@ -611,13 +636,8 @@ fn check_bgp(file: FileBgp) -> Result<BgpConfig, (&'static str, String)> {
             format!("{restart_seconds} is outside 1..=4095"),
         ));
     }
+    // false: only the BGPPeers in etcd that select the node are peered.
     let mesh = file.mesh.unwrap_or(d.mesh);
-    if !mesh {
-        return Err((
-            "bgp.mesh",
-            "false needs configured peers (BGPPeer), which are not available yet".into(),
-        ));
-    }
     let listen_port = file.listen_port.unwrap_or(d.listen_port);
     if listen_port == 0 {
         return Err(("bgp.listen_port", "must not be 0".into()));
@@ -663,6 +683,10 @@ fn check_bgp(file: FileBgp) -> Result<BgpConfig, (&'static str, String)> {
         mesh,
         listen_port,
         password,
+        announce_service_cidr: file
+            .announce_service_cidr
+            .unwrap_or(d.announce_service_cidr),
+        cross_subnet: file.cross_subnet.unwrap_or(d.cross_subnet),
     })
 }
 
@@ -723,6 +747,23 @@ mod tests {
         assert_eq!((c.bgp.hold_seconds, c.bgp.keepalive_seconds), (30, 10));
         assert_eq!((c.bgp.restart_seconds, c.bgp.listen_port), (60, 1179));
         assert!(c.bgp.mesh);
+        let no_mesh = parse("[network]\noverlay = \"bgp\"\n[bgp]\nmesh = false\n").unwrap();
+        assert!(
+            !no_mesh.bgp.mesh,
+            "mesh = false: only the BGPPeers are peered"
+        );
+        assert!(!c.bgp.announce_service_cidr, "off unless asked for");
+        let announce = parse("[bgp]\nannounce_service_cidr = true\n").unwrap();
+        assert!(announce.bgp.announce_service_cidr);
+        // Pods get the underlay MTU, or the VXLAN MTU when some peers may be across a
+        // router.
+        assert!(!c.bgp.cross_subnet);
+        assert_eq!(c.encapsulation_overhead(), 0);
+        let cross = parse("[network]\noverlay = \"bgp\"\n[bgp]\ncross_subnet = true\n").unwrap();
+        assert!(cross.bgp.cross_subnet);
+        assert_eq!(cross.encapsulation_overhead(), 50);
+        let vxlan = parse("[bgp]\ncross_subnet = true\n").unwrap();
+        assert_eq!(vxlan.encapsulation_overhead(), 50);
     }
 
     #[test]
@@ -797,10 +838,6 @@ mod tests {
                 "bgp.keepalive_seconds: 4 is outside 1..=3",
             ),
             ("[bgp]\nrestart_seconds = 5000", "bgp.restart_seconds: 5000"),
-            (
-                "[bgp]\nmesh = false",
-                "bgp.mesh: false needs configured peers",
-            ),
             ("[bgp]\nlisten_port = 0", "bgp.listen_port: must not be 0"),
             (
                 "[bgp]\npassword_file = \"/nonexistent/twill-bgp\"",

@@ -19,7 +19,7 @@ use std::{
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use ipnetwork::Ipv4Network;
-use twill_api::cluster::{self, NodeRecord, SubnetRecord};
+use twill_api::cluster::{self, NodeRecord, SubnetRecord, VersionedNodeRecord};
 use twill_ipam::ClusterCidr;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,8 @@ pub struct LeaseSpec {
     /// MAC of the node's VXLAN device, published in its node record.
     pub vtep_mac: Option<String>,
     pub timeout: Duration,
+    /// Where the node serves flow records over TCP, published in its node record.
+    pub flows_listen: Option<std::net::SocketAddr>,
 }
 
 /// A subnet this node holds, and the etcd leases that hold it.
@@ -175,11 +177,15 @@ async fn claim(
             node: spec.node.clone(),
         })
         .expect("plain record");
-        let node_value = serde_json::to_string(&NodeRecord {
-            name: spec.node.clone(),
-            subnet,
-            underlay_ip: spec.underlay_ip,
-            vtep_mac: spec.vtep_mac.clone(),
+        let node_value = serde_json::to_string(&VersionedNodeRecord {
+            record: NodeRecord {
+                name: spec.node.clone(),
+                subnet,
+                underlay_ip: spec.underlay_ip,
+                vtep_mac: spec.vtep_mac.clone(),
+            },
+            version: Some(crate::VERSION.to_owned()),
+            flows_listen: spec.flows_listen,
         })
         .expect("plain record");
         let txn = Txn::new().when([guard]).and_then([

@@ -42,11 +42,20 @@ use crate::{
     pods::{podsync, podwork},
 };
 
+/// This build's version: the crate version and the git commit it was built from (see
+/// `build.rs`). Printed by `--version`, shown in the node's status and node record.
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("TWILL_GIT_COMMIT"),
+    ")"
+);
+
 /// Read when `--config` is not given, if it exists.
 const DEFAULT_CONFIG: &str = "/etc/twill/twilld.toml";
 
 #[derive(Parser)]
-#[command(name = "twilld", version, about = "twill node daemon")]
+#[command(name = "twilld", version = VERSION, about = "twill node daemon")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,6 +71,12 @@ enum Command {
         config: Option<PathBuf>,
         #[command(flatten)]
         overrides: Overrides,
+        /// Tests only: maps (comma-separated names) whose layout this run treats as one
+        /// version newer than their pins', so the migration of a layout change runs on
+        /// real maps (see `Datapath::load_upgrading`). The pins are left at a version no
+        /// build knows, so a later start without the flag resets those maps.
+        #[arg(long, hide = true, value_delimiter = ',')]
+        test_layout_bump: Vec<String>,
     },
     /// Check a configuration file and print the result, without running.
     CheckConfig {
@@ -111,7 +126,11 @@ fn limit_malloc_arenas() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config, overrides } => {
+        Command::Run {
+            config,
+            overrides,
+            test_layout_bump,
+        } => {
             let config = load_config(config, &overrides)?;
             init_logging();
             tokio::runtime::Builder::new_multi_thread()
@@ -119,7 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?
-                .block_on(daemon(config))
+                .block_on(daemon(config, test_layout_bump))
         }
         Command::CheckConfig { config, overrides } => {
             let config = load_config(config, &overrides)?;
@@ -182,14 +201,14 @@ fn init_logging() {
         .init();
 }
 
-async fn daemon(config: Config) -> anyhow::Result<()> {
-    info!(node = %config.node_name, "starting twilld {}", env!("CARGO_PKG_VERSION"));
+async fn daemon(config: Config, bumped: Vec<String>) -> anyhow::Result<()> {
+    info!(node = %config.node_name, "starting twilld {VERSION}");
     // Pods are routed through the node: forwarding must be on.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .context("enabling IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")?;
     // Bound before anything else is set up: a taken port stops the start at once.
     let metrics_listener = match &config.metrics {
-        Some(m) => Some(metrics::http::bind(m.listen).await?),
+        Some(m) => Some(twill_metrics_http::bind(m.listen, "metrics.listen").await?),
         None => None,
     };
     let instruments = metrics::Instruments::default();
@@ -199,7 +218,7 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
     let underlay = underlay::detect(&handle, config.underlay_interface.as_deref()).await?;
     let pod_mtu = config
         .mtu
-        .unwrap_or(underlay.mtu.saturating_sub(config.overlay.overhead()));
+        .unwrap_or(underlay.mtu.saturating_sub(config.encapsulation_overhead()));
     info!(interface = %underlay.name, ip = %underlay.ip, mtu = underlay.mtu, pod_mtu, "underlay");
 
     let (routing, vtep_mac) = match config.overlay {
@@ -228,17 +247,11 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
             (Routing::Vxlan(overlay), Some(vtep_mac))
         }
         OverlayMode::Bgp => {
-            // A VXLAN device of an earlier run in the VXLAN mode goes, with its routes.
-            if twill_netlink::delete_link(&handle, vxlan::DEVICE)
-                .await
-                .with_context(|| format!("removing the VXLAN device {}", vxlan::DEVICE))?
-            {
-                info!(
-                    device = vxlan::DEVICE,
-                    "removed the VXLAN device of an earlier run"
-                );
-            }
-            let restarting = bgp::routes_kept(&handle, &underlay, &config.cluster).await;
+            // The cross-subnet fallback's VXLAN device, or none (one of an earlier run goes).
+            let fallback = bgp::fallback_device(&handle, &config, &underlay).await?;
+            let vtep_mac = fallback.as_ref().map(|d| peers::format_mac(&d.mac));
+            let restarting =
+                bgp::routes_kept(&handle, &underlay, &config.cluster, fallback.as_ref()).await;
             let listener = bgp::bind(&config)?;
             let speaker = Arc::new(bgp::Speaker::new(&config, &underlay));
             info!(
@@ -251,10 +264,11 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
                 speaker.clone(),
                 handle.clone(),
                 underlay.clone(),
+                fallback,
                 listener,
                 restarting,
             ));
-            (Routing::Bgp(speaker), None)
+            (Routing::Bgp(speaker), vtep_mac)
         }
     };
     let overlay_device = matches!(routing, Routing::Vxlan(_)).then(|| vxlan::DEVICE.to_owned());
@@ -280,23 +294,20 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         config.service_cidr.network().octets(),
         config.service_cidr.prefix(),
     ));
-    let (datapath, resized) =
-        Datapath::load_sized(&config.bpffs_root, service_cidr, config.map_sizes).with_context(
-            || {
+    if !bumped.is_empty() {
+        warn!(maps = ?bumped, "--test-layout-bump: treating these maps' layouts as changed (tests only)");
+    }
+    let (datapath, changes) =
+        Datapath::load_upgrading(&config.bpffs_root, service_cidr, config.map_sizes, &bumped)
+            .with_context(|| {
                 format!(
                     "loading the eBPF dataplane (pins in {})",
                     config.bpffs_root.display()
                 )
-            },
-        )?;
-    for map in resized {
-        if map.starts_with(twill_abi::maps::FLOWS) {
-            warn!("resized {map} (flows.ring_bytes): records the old ring held are gone");
-            continue;
-        }
-        // The new map starts empty; the first policy pass rewrites every table into it.
-        warn!("resized {map}: pods a policy isolates are denied until the first policy pass");
-    }
+            })?;
+    // Policy maps that start empty are refilled by the first policy pass before the
+    // programs of the earlier run (which still read the old maps) are swapped out.
+    let policy_reset = log_map_changes(&changes);
     // Host processes of this node reach Services through the socket programs.
     let mut datapath = datapath;
     datapath
@@ -318,16 +329,10 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         config.lease_ttl,
         // NodePort programs (underlay and VXLAN ingress) come and go with NodePort
         // Services; see the services loop.
-        Some(
-            node::Dataplane::new(datapath, (underlay.name.clone(), overlay_device.clone()))
-                .with_context(|| {
-                    format!(
-                        "taking over the NodePort programs on {} and {}",
-                        underlay.name,
-                        overlay_device.as_deref().unwrap_or("(no overlay device)")
-                    )
-                })?,
-        ),
+        Some(node::Dataplane::new(
+            datapath,
+            (underlay.name.clone(), overlay_device.clone()),
+        )),
         instruments,
     )?);
     match &routing {
@@ -338,22 +343,27 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
             let _ = node.bgp.set(speaker.clone());
         }
     }
-    // Pods wired before this start (a restart): their pinned links get this run's programs
-    // in place, so their traffic is never without translation; links of pods deleted
-    // meanwhile are released.
     let pods = pod_interfaces(&handle).await?;
-    for ifname in &pods {
-        if let Some(Err(e)) = node.with_dataplane(|d| d.ensure_attached(ifname)) {
-            warn!(interface = %ifname, "re-attaching the pod programs: {:#}", anyhow::Error::new(e));
-        }
-    }
-    if let Some(gone) = node.with_dataplane(|d| d.datapath.forget_pods_except(&pods))
-        && !gone.is_empty()
-    {
-        info!(interfaces = ?gone, "released the programs of pods gone while stopped");
+    if policy_reset.is_empty() {
+        take_over_programs(&node, &pods)?;
+    } else {
+        warn!(maps = ?policy_reset, "policy maps start empty: the programs of the earlier run stay attached (enforcing the policy they had) until the first policy pass has refilled them");
+        let node = node.clone();
+        let pods = pods.clone();
+        tokio::spawn(async move {
+            while !node.with_dataplane(|d| d.policy.refilled()).unwrap_or(true) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            info!("policy maps refilled: taking over the programs of the earlier run");
+            // Attaches wait for the kernel: off the reactor.
+            let done = tokio::task::spawn_blocking(move || take_over_programs(&node, &pods)).await;
+            if let Ok(Err(e)) = done {
+                error!("{e:#}");
+            }
+        });
     }
     node.forget_deleted_pods();
-    flows::start(&config, &node, handle.clone());
+    flows::start(&config, &node, handle.clone())?;
     let listener = server::bind(&config.socket)?;
     info!(socket = %config.socket.display(), "listening");
     tokio::spawn(server::serve(listener, node.clone()));
@@ -365,7 +375,11 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         let scraper =
             metrics::scrape::Scraper::new(node.clone(), config.bpffs_root.clone(), m.map_walk);
         info!(listen = %m.listen, "serving Prometheus metrics at /metrics");
-        tokio::spawn(metrics::http::serve(listener, Arc::new(scraper)));
+        tokio::spawn(twill_metrics_http::serve(
+            listener,
+            Arc::new(scraper),
+            "twilld",
+        ));
     }
 
     let spec = LeaseSpec {
@@ -376,6 +390,11 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
         underlay_ip: underlay.ip,
         vtep_mac,
         timeout: config.etcd_timeout,
+        flows_listen: config
+            .flows
+            .remote
+            .as_ref()
+            .map(|r| r.advertised(underlay.ip)),
     };
     tokio::select! {
         () = lease_loop(&config, &spec, &node, &routing) => unreachable!("the lease loop never ends"),
@@ -387,6 +406,64 @@ async fn daemon(config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Logs what the load did to maps an earlier run pinned, loudly for those reset. Returns
+/// the policy maps reset (their contents come back with the first policy pass).
+fn log_map_changes(changes: &[twill_bpf::MapChange]) -> Vec<&'static str> {
+    use twill_abi::maps;
+    const POLICY_MAPS: [&str; 5] = [
+        maps::POLICY_ENDPOINTS,
+        maps::POLICY_PEERS,
+        maps::POLICY_PORTS,
+        maps::POLICY_RULES,
+        maps::POLICY_STATE,
+    ];
+    let mut policy_reset = Vec::new();
+    for change in changes {
+        match &change.plan {
+            twill_bpf::Plan::Reset { .. } => {
+                error!("map {change}");
+                if POLICY_MAPS.contains(&change.name) {
+                    policy_reset.push(change.name);
+                }
+            }
+            twill_bpf::Plan::Migrate { .. } if change.dropped > 0 => warn!("map {change}"),
+            _ => info!("map {change}"),
+        }
+    }
+    policy_reset
+}
+
+/// Gives the programs pinned by an earlier run (a restart) this run's programs, in place,
+/// so their traffic is never without translation: the overlay and NodePort programs and
+/// each pod's; links of pods deleted meanwhile are released. Then the migrated maps'
+/// late entries are carried and the old maps released.
+fn take_over_programs(node: &Node, pods: &[String]) -> anyhow::Result<()> {
+    if let Some(Err(e)) = node.with_dataplane(|d| d.take_over_node_programs()) {
+        return Err(anyhow::Error::new(e).context("taking over the overlay and NodePort programs"));
+    }
+    for ifname in pods {
+        if let Some(Err(e)) = node.with_dataplane(|d| d.ensure_attached(ifname)) {
+            warn!(interface = %ifname, "re-attaching the pod programs: {:#}", anyhow::Error::new(e));
+        }
+    }
+    if let Some(gone) = node.with_dataplane(|d| d.datapath.forget_pods_except(pods))
+        && !gone.is_empty()
+    {
+        info!(interfaces = ?gone, "released the programs of pods gone while stopped");
+    }
+    for (map, copied) in node
+        .with_dataplane(|d| d.datapath.finish_migrations())
+        .unwrap_or_default()
+    {
+        info!(
+            map,
+            copied,
+            "migration done: entries the old programs added meanwhile carried, old map released"
+        );
+    }
+    Ok(())
 }
 
 /// Host-side pod veths on this node: twill's names (`tw` + 12 hex digits).

@@ -31,27 +31,29 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// `node_interfaces`: the underlay interface and the VXLAN device, if there is one.
-    /// The overlay program goes on the VXLAN device for good; a NodePort program an earlier
-    /// run left attached is taken over with this run's program at once.
-    pub fn new(
-        mut datapath: twill_bpf::Datapath,
-        node_interfaces: (String, Option<String>),
-    ) -> Result<Self, twill_bpf::DatapathError> {
-        if let Some(device) = &node_interfaces.1 {
-            datapath.attach_overlay(device)?;
-        }
+    /// Nothing is attached yet: see [`Self::take_over_node_programs`].
+    pub fn new(datapath: twill_bpf::Datapath, node_interfaces: (String, Option<String>)) -> Self {
         let node_programs = datapath.node_programs_pinned();
-        if node_programs {
-            datapath.attach_node(&node_interfaces.0)?;
-        }
-        Ok(Self {
+        Self {
             datapath,
             attached: HashMap::new(),
             node_interfaces,
             node_programs,
             work: crate::pods::podwork::PodWork::default(),
             policy: crate::policy::PolicyState::default(),
-        })
+        }
+    }
+
+    /// The overlay program goes on the VXLAN device for good; a NodePort program an earlier
+    /// run left attached is taken over with this run's program.
+    pub fn take_over_node_programs(&mut self) -> Result<(), twill_bpf::DatapathError> {
+        if let Some(device) = &self.node_interfaces.1 {
+            self.datapath.attach_overlay(device)?;
+        }
+        if self.node_programs {
+            self.datapath.attach_node(&self.node_interfaces.0)?;
+        }
+        Ok(())
     }
 
     /// A deleted pod's pair, renamed `retired_host` by DEL, goes to the background for
@@ -645,7 +647,7 @@ impl Node {
                     background: twill_api::PodWorkStatus::default(),
                     policy: twill_api::PolicyStatus::default(),
                     flows: self.flows.get().map(|f| f.status()).unwrap_or_default(),
-                    version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+                    version: Some(crate::VERSION.to_owned()),
                     etcd_silent_ms: inner.last_etcd_ok.map(|t| t.elapsed().as_millis() as u64),
                     bgp: self.bgp.get().map(|b| Box::new(b.status())),
                 },

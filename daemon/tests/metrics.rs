@@ -2,7 +2,9 @@
 //! address, a real Prometheus (Debian's) on the external host scrapes both every second,
 //! and what it stores moves with traffic: a connection through a ClusterIP and a
 //! connection a NetworkPolicy denies, asked through Prometheus's query API. The text
-//! twilld serves passes `promtool check metrics`.
+//! twilld serves passes `promtool check metrics`. In the BGP-routed mode, the sessions'
+//! gauges and prefix counts (promtool-checked too), and a flap counted when a peer's
+//! daemon is killed.
 
 use std::{
     io::{Read as _, Write as _},
@@ -411,30 +413,7 @@ fn prometheus_scrapes_every_node_and_its_series_move_with_traffic() {
         content_type.starts_with("text/plain; version=0.0.4"),
         "{content_type}"
     );
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool (scripts/setup installs it with prometheus)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
-    assert!(
-        checked.status.success() && said.trim().is_empty(),
-        "promtool check metrics: {}: {said}\n{text}",
-        checked.status
-    );
+    twill_tests::promtool_check(&text);
     let (status, content_type, open) = get(
         &ext,
         node1,
@@ -455,4 +434,75 @@ fn prometheus_scrapes_every_node_and_its_series_move_with_traffic() {
             "a series is labelled with pod {pod}"
         );
     }
+}
+
+/// The value of the series named exactly `series` (with its labels) in `text`, if there.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn bgp_sessions_prefixes_and_flaps_are_served() {
+    require_root();
+    let lab = Lab::up(&LabSpec::for_test(2, 0)).expect("lab up");
+    let nodes = lab.nodes();
+    let config = |n: &Host| {
+        format!(
+            "[network]\noverlay = \"bgp\"\nresync_seconds = 1\n[lease]\nttl_seconds = 60\n\
+             [bgp]\nhold_seconds = 3\nkeepalive_seconds = 1\nrestart_seconds = 15\n\
+             [metrics]\nlisten = \"{}:{METRICS_PORT}\"\n",
+            n.plan.underlay_ip
+        )
+    };
+    let mut daemons: Vec<Twilld> = nodes
+        .iter()
+        .map(|n| Twilld::start(Path::new(TWILLD), &lab, n, &config(n), &[]))
+        .collect();
+    let at = SocketAddrV4::new(nodes[0].plan.underlay_ip, METRICS_PORT);
+    let scrape = || get(&nodes[0], at, "/metrics", None).2;
+    let wait = |what: &str, done: &dyn Fn(&str) -> bool| -> String {
+        let start = Instant::now();
+        loop {
+            let text = scrape();
+            if done(&text) {
+                return text;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{what}: not within 60 s:\n{text}"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let established = r#"twill_bgp_sessions{state="Established"}"#;
+    let flaps = r#"twill_bgp_session_flaps_total{peer="node2"}"#;
+    // The flap series comes once the watcher has found the session (within a second).
+    let text = wait("node1's session with node2 established and watched", &|t| {
+        sample(t, established) == Some(1.0)
+            && sample(t, r#"twill_bgp_prefixes_received{peer="node2"}"#) == Some(1.0)
+            && sample(t, flaps).is_some()
+    });
+    assert_eq!(
+        sample(&text, r#"twill_bgp_prefixes_sent{peer="node2"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"twill_bgp_sessions{state="Idle"}"#),
+        Some(0.0)
+    );
+    assert_eq!(sample(&text, flaps), Some(0.0), "{text}");
+    twill_tests::promtool_check(&text);
+
+    // node2's daemon killed: node1's session goes down (a flap) and comes back with the
+    // restarted daemon; the flap stays counted.
+    daemons[1].kill();
+    let text = wait("the session down and its flap counted", &|t| {
+        sample(t, established) == Some(0.0) && sample(t, flaps) >= Some(1.0)
+    });
+    assert_eq!(sample(&text, flaps), Some(1.0), "{text}");
+    daemons[1].restart();
+    let text = wait("the session back", &|t| sample(t, established) == Some(1.0));
+    assert_eq!(sample(&text, flaps), Some(1.0), "{text}");
 }

@@ -58,7 +58,7 @@ pub fn snapshot(store: &Store, serial: u32) -> ClusterSnapshot {
                     .entry((s.namespace.as_str(), s.service.as_str()))
                     .or_default()
                     .push(s),
-                Object::NetworkPolicy(_) | Object::FqdnPolicy(_) => {}
+                Object::NetworkPolicy(_) | Object::FqdnPolicy(_) | Object::BgpPeer(_) => {}
             },
             Entry::Pod(record) => {
                 records.insert((record.namespace.as_str(), record.name.as_str()), record);

@@ -926,23 +926,5 @@ fn metrics_count_queries_by_transport_source_and_code_and_pass_promtool() {
     assert_eq!(sample(&after, "twill_dns_zone_loaded"), 1.0);
     assert_eq!(sample(&after, "twill_dns_cache_entries"), 1.0);
 
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool (scripts/setup installs it with prometheus)");
-    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), after.as_bytes()).unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
-    assert!(
-        checked.status.success() && said.trim().is_empty(),
-        "promtool check metrics: {}: {said}\n{after}",
-        checked.status
-    );
+    twill_tests::promtool_check(&after);
 }

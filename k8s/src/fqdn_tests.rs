@@ -172,7 +172,7 @@ fn every_fqdn_policy_problem_names_the_field() {
         ("apiVersion: policy.twill.io/v1\nkind: FQDNPolicy\nmetadata: {name: p}\nspec: {podSelector: {}}\n".into(),
          "f.yaml: document 1: apiVersion: FQDNPolicy needs apiVersion policy.twill.io/v1alpha1, not policy.twill.io/v1".into()),
         ("apiVersion: policy.twill.io/v1alpha1\nkind: FqdnPolicy\nmetadata: {name: p}\n".into(),
-         "kind: FqdnPolicy is not a kind twill handles (Namespace, Pod, Service, EndpointSlice, NetworkPolicy, FQDNPolicy)".into()),
+         "kind: FqdnPolicy is not a kind twill handles (Namespace, Pod, Service, EndpointSlice, NetworkPolicy, FQDNPolicy, BGPPeer)".into()),
         (fqdnpol(&format!("{ps}  ingress: []\n")),
          "f.yaml: document 1 (FQDNPolicy shop/p): spec.ingress: unknown field `ingress`".into()),
         (egress("[{toFQDNs: [{matchName: a.example}], to: []}]"),

@@ -1,7 +1,8 @@
 //! The Kubernetes objects twill understands: `Namespace`, `Pod`, `Service` (v1),
 //! `EndpointSlice` (discovery.k8s.io/v1), `NetworkPolicy` (networking.k8s.io/v1) and twill's
-//! own `FQDNPolicy` (policy.twill.io/v1alpha1), parsed strictly from (multi-document) YAML
-//! (a `kind: List` document counts as its items) and validated into a normalized model;
+//! own `FQDNPolicy` (policy.twill.io/v1alpha1) and `BGPPeer` (bgp.twill.io/v1alpha1),
+//! parsed strictly from (multi-document) YAML (a `kind: List` document counts as its
+//! items) and validated into a normalized model;
 //! [`manifest`] writes the model back as Kubernetes-shaped objects.
 //!
 //! Every problem is reported with the file, the document's position in it and the field,
@@ -11,6 +12,7 @@
 //! NodePort allocation happen where the store is (netctl apply).
 #![forbid(unsafe_code)]
 
+pub mod bgppeer;
 pub mod endpoints;
 pub mod fqdn;
 mod fqdn_parse;
@@ -20,6 +22,7 @@ pub mod policy;
 mod policy_parse;
 mod wire;
 
+pub use bgppeer::BgpPeer;
 pub use fqdn::*;
 pub use policy::*;
 
@@ -201,6 +204,8 @@ pub enum Object {
     NetworkPolicy(NetworkPolicy),
     #[serde(rename = "FQDNPolicy")]
     FqdnPolicy(FqdnPolicy),
+    #[serde(rename = "BGPPeer")]
+    BgpPeer(BgpPeer),
 }
 
 impl Object {
@@ -212,6 +217,7 @@ impl Object {
             Object::EndpointSlice(_) => "EndpointSlice",
             Object::NetworkPolicy(_) => "NetworkPolicy",
             Object::FqdnPolicy(_) => "FQDNPolicy",
+            Object::BgpPeer(_) => "BGPPeer",
         }
     }
 
@@ -224,13 +230,14 @@ impl Object {
             Object::EndpointSlice(_) => "endpointslices",
             Object::NetworkPolicy(_) => "networkpolicies",
             Object::FqdnPolicy(_) => "fqdnpolicies",
+            Object::BgpPeer(_) => "bgppeers",
         }
     }
 
-    /// `None` for cluster-wide objects (Namespace).
+    /// `None` for cluster-wide objects (Namespace, BGPPeer).
     pub fn namespace(&self) -> Option<&str> {
         match self {
-            Object::Namespace(_) => None,
+            Object::Namespace(_) | Object::BgpPeer(_) => None,
             Object::Pod(p) => Some(&p.namespace),
             Object::Service(s) => Some(&s.namespace),
             Object::EndpointSlice(e) => Some(&e.namespace),
@@ -247,6 +254,7 @@ impl Object {
             Object::EndpointSlice(e) => &e.name,
             Object::NetworkPolicy(n) => &n.name,
             Object::FqdnPolicy(f) => &f.name,
+            Object::BgpPeer(b) => &b.name,
         }
     }
 
@@ -477,7 +485,7 @@ fn object(
             p.add(
                 "kind",
                 format!(
-                    "{other} is not a kind twill handles (Namespace, Pod, Service, EndpointSlice, NetworkPolicy, FQDNPolicy)"
+                    "{other} is not a kind twill handles (Namespace, Pod, Service, EndpointSlice, NetworkPolicy, FQDNPolicy, BGPPeer)"
                 ),
             );
             return Err(p.found);
@@ -500,8 +508,8 @@ fn object(
         .and_then(|m| m.get("namespace"))
         .and_then(|n| n.as_str())
         .unwrap_or("default");
-    p.object = Some(if kind == "Namespace" {
-        format!("Namespace {name}")
+    p.object = Some(if kind == "Namespace" || kind == "BGPPeer" {
+        format!("{kind} {name}")
     } else {
         format!("{kind} {namespace}/{name}")
     });
@@ -514,6 +522,8 @@ fn object(
         }
         "NetworkPolicy" => typed::<wire::NetworkPolicy>(&mut p, value)
             .map(|w| Object::NetworkPolicy(policy_parse::policy_obj(&mut p, w))),
+        "BGPPeer" => typed::<bgppeer::WireBgpPeer>(&mut p, value)
+            .map(|w| Object::BgpPeer(bgppeer::bgp_peer_obj(&mut p, w))),
         // FQDNPolicy: the kinds were checked above.
         _ => typed::<wire::FqdnPolicy>(&mut p, value)
             .map(|w| Object::FqdnPolicy(fqdn_parse::fqdn_policy_obj(&mut p, w))),
@@ -1041,6 +1051,9 @@ mod policy_tests;
 
 #[cfg(test)]
 mod fqdn_tests;
+
+#[cfg(test)]
+mod bgppeer_tests;
 
 #[cfg(test)]
 mod manifest_tests;

@@ -32,6 +32,7 @@ pub fn api_version(kind: &str) -> Option<&'static str> {
         "EndpointSlice" => Some("discovery.k8s.io/v1"),
         "NetworkPolicy" => Some("networking.k8s.io/v1"),
         "FQDNPolicy" => Some("policy.twill.io/v1alpha1"),
+        "BGPPeer" => Some("bgp.twill.io/v1alpha1"),
         _ => None,
     }
 }
@@ -45,6 +46,7 @@ pub fn to_wire(object: &Object) -> Value {
         Object::EndpointSlice(s) => serde_json::to_value(slice(s)),
         Object::NetworkPolicy(p) => serde_json::to_value(network_policy(p)),
         Object::FqdnPolicy(p) => serde_json::to_value(fqdn_policy(p)),
+        Object::BgpPeer(b) => serde_json::to_value(crate::bgppeer::to_wire(b)),
     };
     value.expect("wire structs hold only strings, numbers and maps with string keys")
 }
@@ -217,7 +219,7 @@ fn slice(s: &EndpointSlice) -> wire::EndpointSlice {
     }
 }
 
-fn selector(s: &LabelSelector) -> wire::LabelSelector {
+pub(crate) fn selector(s: &LabelSelector) -> wire::LabelSelector {
     wire::LabelSelector {
         match_labels: Some(s.match_labels.clone()).filter(|m| !m.is_empty()),
         match_expressions: Some(

@@ -328,6 +328,10 @@ pub struct LabSpec {
     pub persistent: bool,
     /// Serve etcd over TLS with client-certificate authentication.
     pub etcd_tls: bool,
+    /// How many nodes (the last ones) sit on a second underlay subnet, 172.31.0.0/24,
+    /// joined to the first by a router (`twl-<lab>-router`); 0: one segment. See
+    /// [`LabPlan::with_second_subnet`].
+    pub second_subnet: u8,
 }
 
 impl LabSpec {
@@ -339,6 +343,7 @@ impl LabSpec {
             externals,
             persistent: false,
             etcd_tls: false,
+            second_subnet: 0,
         }
     }
 }
@@ -360,7 +365,8 @@ impl Lab {
         if !nix::unistd::geteuid().is_root() {
             return Err(LabError::NotRoot);
         }
-        let plan = LabPlan::new(&spec.name, spec.nodes, spec.externals)?;
+        let plan = LabPlan::new(&spec.name, spec.nodes, spec.externals)?
+            .with_second_subnet(spec.second_subnet)?;
         fs::create_dir_all(STATE_ROOT).map_err(|e| LabError::Resource {
             action: "creating".to_owned(),
             path: STATE_ROOT.into(),
@@ -442,13 +448,18 @@ impl Lab {
         }
         let m = &self.manifest;
         let underlay = NetNs::create(&m.plan.underlay_netns)?;
-        net::make_underlay(&underlay)?;
+        net::make_underlay(&underlay, m.plan.router.is_some())?;
+        if let Some(router) = &m.plan.router {
+            let ns = NetNs::create(&router.netns)?;
+            net::make_router(&underlay, &ns, router)?;
+        }
         resources::create_dir(&m.cgroup_dir)?;
         resources::create_dir(&m.bpffs_dir)?;
         for host in m.hosts() {
             let ns = NetNs::create(&host.plan.netns)?;
-            net::plug_host(&underlay, &ns, &host.plan.bridge_port)?;
-            net::configure_host(&ns, host.plan.underlay_ip)?;
+            let plan = &host.plan;
+            net::plug_host(&underlay, &ns, &plan.bridge_port, &plan.bridge, "eth0")?;
+            net::configure_host(&ns, plan.underlay_ip, plan.gateway)?;
             resources::create_dir(&host.state_dir)?;
             if host.plan.role == Role::Node {
                 resources::create_dir(&host.cgroup_dir)?;

@@ -1,5 +1,5 @@
 //! `netctl apply -f` and `netctl delete -f`: Kubernetes YAML (Namespace, Pod, Service,
-//! EndpointSlice, NetworkPolicy, FQDNPolicy) into the cluster's store.
+//! EndpointSlice, NetworkPolicy, FQDNPolicy, BGPPeer) into the cluster's store.
 //!
 //! All or nothing: every file is parsed and validated, and every ClusterIP and NodePort
 //! checked, before anything is written; then everything is written in one etcd transaction

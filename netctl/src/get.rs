@@ -4,7 +4,7 @@
 //! kubectl has them.
 //!
 //! Kinds: the stored objects (namespaces, pods, services, endpointslices, networkpolicies,
-//! fqdnpolicies), and two read-only views: nodes (from the node records and subnet
+//! fqdnpolicies, bgppeers), and two read-only views: nodes (from the node records and subnet
 //! leases) and endpoints (each Service's backends, as the load balancer uses them).
 
 use std::{collections::BTreeMap, ffi::OsStr};
@@ -34,6 +34,7 @@ pub enum Kind {
     EndpointSlices,
     NetworkPolicies,
     FqdnPolicies,
+    BgpPeers,
 }
 
 /// How a kind is named on the command line and in `-o name`, as kubectl names it.
@@ -47,7 +48,7 @@ pub struct KindNames {
     pub namespaced: bool,
 }
 
-pub const KINDS: [KindNames; 8] = [
+pub const KINDS: [KindNames; 9] = [
     KindNames {
         kind: Kind::Nodes,
         plural: "nodes",
@@ -111,6 +112,14 @@ pub const KINDS: [KindNames; 8] = [
         short: Some("fqdnpol"),
         group: Some("policy.twill.io"),
         namespaced: true,
+    },
+    KindNames {
+        kind: Kind::BgpPeers,
+        plural: "bgppeers",
+        singular: "bgppeer",
+        short: None,
+        group: Some("bgp.twill.io"),
+        namespaced: false,
     },
 ];
 
@@ -181,6 +190,7 @@ impl KindValues {
         Kind::EndpointSlices,
         Kind::NetworkPolicies,
         Kind::FqdnPolicies,
+        Kind::BgpPeers,
     ]);
 }
 
@@ -249,6 +259,9 @@ pub struct Cluster {
     pub objects: Vec<Object>,
     pub records: Vec<PodRecord>,
     pub nodes: Vec<NodeRecord>,
+    /// Node name -> the version of the twilld that wrote its record (records of older
+    /// daemons have none).
+    pub node_versions: BTreeMap<String, String>,
     /// Subnet key and holder.
     pub subnets: Vec<(String, SubnetRecord)>,
 }
@@ -276,6 +289,7 @@ impl Cluster {
                 cluster::NODES.into(),
             ],
             Kind::FqdnPolicies => vec![objects("fqdnpolicies"), objects("pods")],
+            Kind::BgpPeers => vec![objects("bgppeers")],
         };
         Cluster::read_prefixes(store, prefixes)
     }
@@ -315,8 +329,12 @@ impl Cluster {
                 c.records
                     .extend(serde_json::from_slice::<PodRecord>(&value).ok());
             } else if key.starts_with(cluster::NODES) {
-                c.nodes
-                    .extend(serde_json::from_slice::<NodeRecord>(&value).ok());
+                if let Ok(r) = serde_json::from_slice::<cluster::VersionedNodeRecord>(&value) {
+                    if let Some(v) = r.version {
+                        c.node_versions.insert(r.record.name.clone(), v);
+                    }
+                    c.nodes.push(r.record);
+                }
             } else if key.starts_with(cluster::SUBNETS) {
                 c.subnets.extend(
                     serde_json::from_slice::<SubnetRecord>(&value)
@@ -442,6 +460,7 @@ pub fn run(args: GetArgs) -> anyhow::Result<()> {
         Kind::EndpointSlices => endpoint_slices(&c),
         Kind::NetworkPolicies => network_policies(&c, &args.store, table_wanted),
         Kind::FqdnPolicies => fqdn_policies(&c),
+        Kind::BgpPeers => bgp_peers(&c),
     };
     items.retain(|i| {
         scope
@@ -558,6 +577,7 @@ fn item(o: &Object, wire: Value, cells: Vec<String>, wide: Vec<String>) -> Item 
         }
         Object::NetworkPolicy(p) => p.labels.clone(),
         Object::FqdnPolicy(p) => p.labels.clone(),
+        Object::BgpPeer(b) => b.labels.clone(),
     };
     Item {
         namespace: o.namespace().map(str::to_owned),
@@ -922,9 +942,48 @@ fn fqdn_policies(c: &Cluster) -> (Table, Vec<Item>) {
     )
 }
 
+fn bgp_peers(c: &Cluster) -> (Table, Vec<Item>) {
+    let items = c
+        .objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::BgpPeer(b) => {
+                let seconds = |s: Option<u16>| s.map_or_else(|| "-".to_owned(), |s| s.to_string());
+                Some(item(
+                    o,
+                    manifest::to_wire(o),
+                    vec![
+                        b.peer_ip.to_string(),
+                        b.as_number.to_string(),
+                        b.node_selector.to_string(),
+                    ],
+                    vec![
+                        seconds(b.hold_seconds),
+                        seconds(b.keepalive_seconds),
+                        b.passive.to_string(),
+                        b.password_file.clone().unwrap_or_else(|| "-".into()),
+                    ],
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    (
+        Table {
+            header: &["PEER-IP", "AS", "NODE-SELECTOR"],
+            wide: &["HOLD", "KEEPALIVE", "PASSIVE", "PASSWORD-FILE"],
+        },
+        items,
+    )
+}
+
 fn nodes(c: &Cluster) -> (Table, Vec<Item>) {
     let items = node_rows(&c.nodes, &c.subnets)
         .into_iter()
+        .map(|mut r| {
+            r.version = c.node_versions.get(&r.name).cloned();
+            r
+        })
         .map(|r| {
             let labels = BTreeMap::from([("kubernetes.io/hostname".to_owned(), r.name.clone())]);
             let ready = r.underlay_ip.is_some();
@@ -940,8 +999,15 @@ fn nodes(c: &Cluster) -> (Table, Vec<Item>) {
                 status["addresses"] = json!([{"type": "InternalIP", "address": ip}]);
             }
             let mut metadata = json!({"name": r.name, "labels": labels});
+            let mut annotations = serde_json::Map::new();
             if let Some(mac) = &r.vtep_mac {
-                metadata["annotations"] = json!({"twill.io/vtep-mac": mac});
+                annotations.insert("twill.io/vtep-mac".into(), json!(mac));
+            }
+            if let Some(version) = &r.version {
+                annotations.insert("twill.io/twilld-version".into(), json!(version));
+            }
+            if !annotations.is_empty() {
+                metadata["annotations"] = serde_json::Value::Object(annotations);
             }
             let subnet = r.subnet.to_string();
             let wire = json!({
@@ -961,14 +1027,17 @@ fn nodes(c: &Cluster) -> (Table, Vec<Item>) {
                     r.underlay_ip.clone().unwrap_or_else(|| "-".into()),
                     subnet,
                 ],
-                wide: vec![r.vtep_mac.clone().unwrap_or_else(|| "-".into())],
+                wide: vec![
+                    r.vtep_mac.clone().unwrap_or_else(|| "-".into()),
+                    r.version.clone().unwrap_or_else(|| "-".into()),
+                ],
             }
         })
         .collect();
     (
         Table {
             header: &["STATUS", "UNDERLAY IP", "POD SUBNET"],
-            wide: &["VTEP MAC"],
+            wide: &["VTEP MAC", "VERSION"],
         },
         items,
     )
@@ -1121,6 +1190,8 @@ struct NodeRow {
     underlay_ip: Option<String>,
     subnet: Ipv4Network,
     vtep_mac: Option<String>,
+    /// The twilld version its record names.
+    version: Option<String>,
 }
 
 /// Live nodes from their records; nodes whose record expired but whose subnet is still
@@ -1136,6 +1207,7 @@ fn node_rows(nodes: &[NodeRecord], subnets: &[(String, SubnetRecord)]) -> Vec<No
                 underlay_ip: Some(r.underlay_ip.to_string()),
                 subnet: r.subnet,
                 vtep_mac: r.vtep_mac.clone(),
+                version: None,
             },
         );
     }
@@ -1151,6 +1223,7 @@ fn node_rows(nodes: &[NodeRecord], subnets: &[(String, SubnetRecord)]) -> Vec<No
                     underlay_ip: None,
                     subnet,
                     vtep_mac: None,
+                    version: None,
                 },
             );
         }
@@ -1188,6 +1261,9 @@ mod tests {
             ("networkpolicies.networking.k8s.io", Kind::NetworkPolicies),
             ("fqdnpol", Kind::FqdnPolicies),
             ("fqdnpolicy.policy.twill.io", Kind::FqdnPolicies),
+            ("bgppeers", Kind::BgpPeers),
+            ("BGPPeer", Kind::BgpPeers),
+            ("bgppeer.bgp.twill.io", Kind::BgpPeers),
         ] {
             assert_eq!(kind_of(word).unwrap(), kind, "{word}");
         }

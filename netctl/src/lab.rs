@@ -41,6 +41,29 @@ pub const LAB_METRICS_PORT: u16 = 9962;
 /// (9153, as CoreDNS's `prometheus` plugin).
 pub const LAB_DNS_METRICS_PORT: u16 = 9153;
 
+/// The lab's flow API token (`flows.token_file` of every node), in the lab's directory.
+pub const LAB_FLOW_TOKEN: &str = "flows.token";
+
+/// Writes a fresh random token for the lab's flow API, owner-only; returns its path.
+fn write_flow_token(lab: &Lab) -> anyhow::Result<PathBuf> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for the flow API token")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let path = lab.manifest().state_dir.join(LAB_FLOW_TOKEN);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(format!("{token}\n").as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 #[derive(Subcommand)]
 pub enum LabCommand {
     /// Build a lab: underlay, nodes running twilld, etcd, demo pods; then check that every
@@ -262,6 +285,7 @@ fn up(o: UpOptions) -> anyhow::Result<()> {
         externals: o.externals,
         persistent: !o.hold,
         etcd_tls: o.etcd_tls,
+        second_subnet: 0,
     })?;
     if !o.bare
         && let Err(e) = populate(&mut lab, o.pods_per_node, o.bgp)
@@ -321,13 +345,18 @@ fn populate(lab: &mut Lab, pods_per_node: u8, bgp: bool) -> anyhow::Result<()> {
             tls.key_file.display()
         ));
     }
+    let token = write_flow_token(lab)?;
     for node in lab.nodes() {
         let paths = DaemonPaths::of(&node);
         let args = daemon_args(&endpoint, &node, &paths, &[]);
-        // Prometheus metrics on the node's underlay address, as on a real node.
+        // Prometheus metrics and the flow API on the node's underlay address, as on a
+        // real node; the flow API with the lab's token.
         let config = format!(
-            "{config}[metrics]\nlisten = \"{}:{LAB_METRICS_PORT}\"\n",
-            node.plan.underlay_ip
+            "{config}[metrics]\nlisten = \"{ip}:{LAB_METRICS_PORT}\"\n\
+             [flows]\nlisten = \"{ip}:{}\"\ntoken_file = \"{}\"\n",
+            twill_api::remote::DEFAULT_FLOWS_PORT,
+            token.display(),
+            ip = node.plan.underlay_ip,
         );
         spawn_daemon(&twilld, &node, &paths, &config, &args)?;
     }

@@ -30,12 +30,12 @@ enum Command {
     #[command(subcommand)]
     Lab(lab::LabCommand),
     /// Store Kubernetes objects (Namespace, Pod, Service, EndpointSlice, NetworkPolicy,
-    /// FQDNPolicy) from YAML.
+    /// FQDNPolicy, BGPPeer) from YAML.
     Apply(apply::ApplyArgs),
     /// Remove the objects named in YAML files from the store.
     Delete(apply::DeleteArgs),
     /// Show what the cluster's store says, as kubectl shows it: nodes, namespaces, pods,
-    /// services, endpoints, endpointslices, networkpolicies, fqdnpolicies.
+    /// services, endpoints, endpointslices, networkpolicies, fqdnpolicies, bgppeers.
     Get(get::GetArgs),
     /// A Service (endpoints per node, whether the nodes' frontends match) or a pod (node,
     /// address, programs, Services it backs, policies selecting it) in full.

@@ -1,22 +1,25 @@
 //! `netctl monitor`: the flow records nodes' daemons keep, filtered, as lines, JSON or a
 //! summary; with `-f`, new ones as they come.
 //!
-//! Records come from each node's daemon over its socket (`Request::Flows`, a long poll):
-//! every node of a lab (their sockets are on this machine), or on a real cluster the node
-//! `netctl` runs on. Loss is said, never hidden: records the datapath's ring had no room
-//! for (`lost`) and records a slow reader missed in the daemon's memory (`missed`) are
-//! printed to stderr.
+//! Records come from each node's daemon (`Request::Flows`, a long poll): in a lab over
+//! each node's unix socket (they are on this machine); on a real cluster over the unix
+//! socket for the node `netctl` runs on and over TCP for the others, at the `flows_listen`
+//! address of their node records, with the token of `--token-file`
+//! (`twill_api::remote`). Records of several nodes are merged by time. Loss is said,
+//! never hidden: records the datapath's ring had no room for (`lost`) and records a slow
+//! reader missed in the daemon's memory (`missed`) are printed to stderr.
 
 mod filter;
 
 use std::{
     collections::BTreeMap,
-    path::Path,
-    sync::mpsc,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, mpsc},
     time::{Duration, SystemTime},
 };
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use clap::{ArgAction, ArgMatches, Args, FromArgMatches};
 use twill_api::{
     Request, Response,
@@ -24,7 +27,10 @@ use twill_api::{
 };
 
 pub use self::filter::{Field, Filters};
-use crate::{nodes::Nodes, store::StoreArgs};
+use crate::{
+    nodes::Nodes,
+    store::{StoreArgs, with_etcd},
+};
 
 #[derive(Args)]
 pub struct MonitorFlags {
@@ -32,9 +38,13 @@ pub struct MonitorFlags {
     /// node on a real cluster.
     #[arg(long, conflicts_with = "all_nodes")]
     node: Vec<String>,
-    /// Every node (of a lab; a real cluster's other nodes are not reachable from here).
+    /// Every node: of the lab, or every node record in etcd (other nodes over TCP, at
+    /// their flows.listen).
     #[arg(long)]
     all_nodes: bool,
+    /// The flow API token for other nodes (their flows.token_file).
+    #[arg(long, value_name = "PATH", default_value = twill_api::remote::DEFAULT_TOKEN_FILE)]
+    token_file: PathBuf,
     /// Keep printing new records as they come.
     #[arg(short = 'f', long)]
     follow: bool,
@@ -162,14 +172,27 @@ struct Batch {
     lost: u64,
 }
 
-fn fetch(socket: &Path, node: &str, after: u64, max: u32, wait_ms: u32) -> anyhow::Result<Batch> {
+/// Where a node's records are asked for.
+#[derive(Clone, Debug)]
+enum Source {
+    /// The node's unix socket, on this machine.
+    Socket(PathBuf),
+    /// The node's flow API over TCP, with the token.
+    Tcp { addr: SocketAddr, token: Arc<str> },
+}
+
+fn fetch(source: &Source, node: &str, after: u64, max: u32, wait_ms: u32) -> anyhow::Result<Batch> {
     let request = Request::Flows {
         after,
         max,
         wait_ms,
     };
     let timeout = Duration::from_millis(u64::from(wait_ms)) + Duration::from_secs(10);
-    match twill_api::call(socket, &request, timeout) {
+    let answer = match source {
+        Source::Socket(socket) => twill_api::call(socket, &request, timeout),
+        Source::Tcp { addr, token } => twill_api::remote::call_tcp(*addr, token, &request, timeout),
+    };
+    match answer {
         Ok(Response::Flows {
             records,
             next,
@@ -191,11 +214,11 @@ fn fetch(socket: &Path, node: &str, after: u64, max: u32, wait_ms: u32) -> anyho
 }
 
 /// Every record a node keeps now; the last number read and the lost count.
-fn history(socket: &Path, node: &str) -> anyhow::Result<(Vec<FlowEvent>, u64, u64)> {
+fn history(source: &Source, node: &str) -> anyhow::Result<(Vec<FlowEvent>, u64, u64)> {
     let mut records = Vec::new();
     let mut after = 0;
     loop {
-        let batch = fetch(socket, node, after, twill_api::MAX_FLOWS, 0)?;
+        let batch = fetch(source, node, after, twill_api::MAX_FLOWS, 0)?;
         let done = batch.records.is_empty() || batch.next >= batch.newest;
         records.extend(batch.records);
         after = batch.next;
@@ -210,6 +233,94 @@ fn lost_note(node: &str, lost: u64) -> String {
         "{node}: {lost} flow record(s) lost since its ring was created: the ring was full \
          (raise flows.ring_bytes, or use flows.mode = \"connections\")"
     )
+}
+
+/// The nodes to ask and how: in a lab, each node's unix socket; on a real cluster, this
+/// node's unix socket and the others' flow API over TCP (their node records say where).
+fn sources(flags: &MonitorFlags) -> anyhow::Result<Vec<(String, Source)>> {
+    let nodes = Nodes::of(&flags.store);
+    let local = match &nodes {
+        Nodes::Lab(m) => {
+            let names: Vec<String> = if flags.node.is_empty() {
+                m.plan.nodes().map(|h| h.name.clone()).collect()
+            } else {
+                flags.node.clone()
+            };
+            return names
+                .into_iter()
+                .map(|n| {
+                    let access = nodes.access(&n).map_err(anyhow::Error::msg)?;
+                    Ok((n, Source::Socket(access.socket)))
+                })
+                .collect();
+        }
+        Nodes::Local { name } => name.clone(),
+    };
+    if flags.node.is_empty() && !flags.all_nodes {
+        return Ok(vec![(
+            local,
+            Source::Socket(twill_api::DEFAULT_SOCKET.into()),
+        )]);
+    }
+    let listens = if flags.all_nodes || flags.node.iter().any(|n| *n != local) {
+        flow_listeners(&flags.store)?
+    } else {
+        BTreeMap::new()
+    };
+    let names: Vec<String> = if flags.all_nodes {
+        listens.keys().cloned().collect()
+    } else {
+        flags.node.clone()
+    };
+    if names.is_empty() {
+        bail!("etcd has no node records: no node to ask");
+    }
+    let mut token: Option<Arc<str>> = None;
+    let mut out = Vec::new();
+    for n in names {
+        if n == local {
+            out.push((n, Source::Socket(twill_api::DEFAULT_SOCKET.into())));
+            continue;
+        }
+        let addr = match listens.get(&n) {
+            Some(Some(addr)) => *addr,
+            Some(None) => bail!(
+                "{n} does not serve flow records over TCP (flows.listen is not set in its \
+                 twilld.toml): run netctl monitor on {n}"
+            ),
+            None => bail!("{n} has no node record in etcd (is its twilld running?)"),
+        };
+        let token = match &token {
+            Some(t) => t.clone(),
+            None => {
+                let t: Arc<str> = twill_api::remote::read_token(&flags.token_file)
+                    .map_err(anyhow::Error::msg)
+                    .context("the flow API of other nodes needs their token (--token-file)")?
+                    .into();
+                token = Some(t.clone());
+                t
+            }
+        };
+        out.push((n, Source::Tcp { addr, token }));
+    }
+    Ok(out)
+}
+
+/// Every node record's flow API address, by node name (`None`: not served).
+fn flow_listeners(store: &StoreArgs) -> anyhow::Result<BTreeMap<String, Option<SocketAddr>>> {
+    with_etcd(store, |mut c| async move {
+        let prefix = etcd_client::GetOptions::new().with_prefix();
+        let mut out = BTreeMap::new();
+        for kv in c.get(twill_api::cluster::NODES, Some(prefix)).await?.kvs() {
+            if let Ok(r) =
+                serde_json::from_slice::<twill_api::cluster::VersionedNodeRecord>(kv.value())
+            {
+                out.insert(r.record.name, r.flows_listen);
+            }
+        }
+        Ok(out)
+    })
+    .context("reading the node records")
 }
 
 pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
@@ -228,25 +339,7 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
         .transpose()
         .map_err(anyhow::Error::msg)?
         .map(|d| twill_api::flow::rfc3339_ms(unix_ms_now().saturating_sub(d.as_millis() as u64)));
-    let nodes = Nodes::of(&flags.store);
-    let names: Vec<String> = match &nodes {
-        Nodes::Lab(m) if flags.node.is_empty() => m.plan.nodes().map(|h| h.name.clone()).collect(),
-        Nodes::Local { name } if flags.node.is_empty() => {
-            if flags.all_nodes {
-                eprintln!(
-                    "netctl: on a real cluster only this node's records ({name}) are reachable \
-                     from here; run netctl monitor on each node for theirs"
-                );
-            }
-            vec![name.clone()]
-        }
-        _ => flags.node.clone(),
-    };
-    let mut sockets = Vec::new();
-    for n in &names {
-        let access = nodes.access(n).map_err(anyhow::Error::msg)?;
-        sockets.push((n.clone(), access.socket));
-    }
+    let sockets = sources(&flags)?;
 
     // What is kept now (all of it, unless -f without --last or --since: only new ones).
     // A node that cannot answer is skipped, said, when others can.
@@ -254,14 +347,14 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
     let mut resume = BTreeMap::new();
     let wants_history = !flags.follow || flags.last.is_some() || since.is_some();
     let mut failed = Vec::new();
-    for (node, socket) in &sockets {
+    for (node, source) in &sockets {
         let got = if wants_history {
-            history(socket, node).map(|(records, after, lost)| {
+            history(source, node).map(|(records, after, lost)| {
                 shown.extend(records);
                 (after, lost)
             })
         } else {
-            fetch(socket, node, 0, 0, 0).map(|now| (now.newest, now.lost))
+            fetch(source, node, 0, 0, 0).map(|now| (now.newest, now.lost))
         };
         match got {
             Ok((after, lost)) => {
@@ -312,13 +405,13 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
 
     // Follow: a thread per node, long-polling its daemon; lines arrive here.
     let (tx, rx) = mpsc::channel::<Result<FlowEvent, String>>();
-    for (node, socket) in sockets {
+    for (node, source) in sockets {
         let (mut after, mut lost) = resume[&node];
         let tx = tx.clone();
         let filters = filters.clone();
         std::thread::spawn(move || {
             loop {
-                match fetch(&socket, &node, after, 1000, 2000) {
+                match fetch(&source, &node, after, 1000, 2000) {
                     Ok(batch) => {
                         if batch.missed > 0 {
                             let _ = tx.send(Err(format!(

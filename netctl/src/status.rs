@@ -522,7 +522,7 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "NODE       READY  LEASE              ETCD  PEERS  PODS  VERSION  PROGRAMS             \
+        "NODE       READY  LEASE              ETCD  PEERS  PODS  VERSION          PROGRAMS             \
          FULLEST MAP      FLOWS"
     );
     for n in &r.nodes {
@@ -570,7 +570,7 @@ pub fn render(r: &Report) -> String {
             });
         let _ = writeln!(
             out,
-            "{:<10} {:<6} {:<18} {:<5} {:<6} {:<5} {:<8} {:<20} {:<16} {}",
+            "{:<10} {:<6} {:<18} {:<5} {:<6} {:<5} {:<16} {:<20} {:<16} {}",
             n.name,
             yes_no(s.not_ready.is_none()),
             lease,

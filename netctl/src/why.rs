@@ -104,6 +104,7 @@ fn read_cluster(store: &StoreArgs) -> anyhow::Result<Cluster> {
             Object::EndpointSlice(s) => slices.push(s),
             Object::Pod(p) => pod_objects.push(p),
             Object::FqdnPolicy(p) => fqdn_policies.push(p),
+            Object::BgpPeer(_) => {}
         }
     }
     let by_name: BTreeMap<(&str, &str), &twill_k8s::Pod> = pod_objects

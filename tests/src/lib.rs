@@ -17,6 +17,37 @@ pub fn require_root() {
     );
 }
 
+/// Prometheus's `promtool check metrics` finds nothing to say about `text` (a `/metrics`
+/// page in the Prometheus text format).
+pub fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool (scripts/setup installs it with prometheus)");
+    promtool
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let checked = promtool.wait_with_output().expect("wait for promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        checked.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {}: {said}\n{text}",
+        checked.status
+    );
+}
+
 /// What a lab would leave behind if teardown failed: every part of it that still exists.
 pub fn leftovers(manifest: &Manifest) -> Vec<String> {
     let mut found = Vec::new();
@@ -323,6 +354,13 @@ pub mod daemon {
             self.child = spawn_daemon(&self.bin, &self.host, &self.paths, &self.config, &self.args)
                 .expect("restart twilld");
             self.wait_for_socket();
+        }
+
+        /// Like [`Self::restart`], with `extra` flags added to the daemon's arguments (for
+        /// this start and later ones).
+        pub fn restart_with(&mut self, extra: &[&str]) {
+            self.args.extend(extra.iter().map(|s| s.to_string()));
+            self.restart();
         }
 
         fn wait_for_socket(&mut self) {

@@ -122,6 +122,7 @@ fn a_refused_spec_names_the_problem_and_makes_nothing() {
         externals: 0,
         persistent: false,
         etcd_tls: false,
+        second_subnet: 0,
     };
     let err = Lab::up(&bad).unwrap_err();
     assert!(matches!(err, LabError::Plan(_)), "{err:?}");

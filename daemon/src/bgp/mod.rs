@@ -1,9 +1,13 @@
-//! The BGP-routed mode (`network.overlay = "bgp"`): no VXLAN device; each node announces
-//! its leased pod subnet over iBGP with its underlay address as next hop, and the routes it
-//! learns from the other nodes become plain kernel routes via their underlay addresses.
+//! The BGP-routed mode (`network.overlay = "bgp"`): each node announces its leased pod
+//! subnet over BGP with its underlay address as next hop, and the routes it learns for the
+//! other nodes' subnets become plain kernel routes via their underlay addresses. Nodes on
+//! another underlay subnet are reached through a VXLAN device instead with
+//! `bgp.cross_subnet` ([`cross_subnet`]); without it there is no VXLAN device.
 //!
-//! One task ([`run`]) owns the sessions (a full mesh built from the node records in etcd,
-//! the lower underlay address connecting), the routes learned, and the kernel routes. Each
+//! One task ([`run`]) owns the sessions (a full iBGP mesh built from the node records in
+//! etcd, the lower underlay address connecting, unless `bgp.mesh = false`; and a session
+//! with each `BGPPeer` in etcd that selects this node: route reflectors, top-of-rack
+//! routers), the routes learned, and the kernel routes. Each
 //! pass computes the routes that should be in the kernel ([`routes`], pure) and changes
 //! only the difference ([`kernel`]); a periodic pass and netlink notifications repair
 //! drift.
@@ -15,6 +19,7 @@
 //! its routes (stale) for its restart time; after a NOTIFICATION or a hold timer expiry
 //! they go at once.
 
+pub mod cross_subnet;
 pub mod kernel;
 pub mod routes;
 
@@ -46,11 +51,12 @@ use twill_bgp::{
     session::{Listener, PeerStatus, Session, SessionConfig, SessionEvent},
 };
 use twill_ipam::ClusterCidr;
+use twill_k8s::{BgpPeer, Object};
 
 use crate::{
-    bgp::routes::{Learned, MeshPeer},
-    config::{BgpConfig, Config},
-    overlay::underlay::Underlay,
+    bgp::routes::{ConfiguredPeer, Learned},
+    config::{BgpConfig, Config, OverlayMode},
+    overlay::{peers, underlay::Underlay, vxlan},
 };
 
 /// How long a run that started with its routes in the kernel keeps every one of them while
@@ -79,7 +85,10 @@ pub struct Speaker {
 }
 
 struct PeerView {
+    /// The node (mesh) or `bgppeer/NAME` (configured).
     node: String,
+    /// The AS configured for the peer, shown until the session has negotiated.
+    as_number: u32,
     passive: bool,
     status: watch::Receiver<PeerStatus>,
 }
@@ -89,8 +98,12 @@ struct RouteView {
     installed: u32,
     refused: Vec<String>,
     problem: Option<String>,
-    /// Mesh peers whose subnet route is in the kernel.
+    /// Why BGPPeers that select this node are not peered (see [`routes::configured`]).
+    peer_problems: Vec<String>,
+    /// Other nodes whose subnet route is in the kernel.
     reached: u32,
+    /// Nodes on other subnets that are not routed, and why (see [`cross_subnet::split`]).
+    cross_subnet: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -121,7 +134,7 @@ impl Speaker {
                 BgpPeerStatus {
                     node: p.node.clone(),
                     address: *address,
-                    as_number: s.negotiated.as_ref().map_or(self.as_number, |n| n.peer_asn),
+                    as_number: s.negotiated.as_ref().map_or(p.as_number, |n| n.peer_asn),
                     state: s.state.to_string(),
                     passive: p.passive,
                     uptime_seconds: s.uptime().map(|u| u.as_secs()),
@@ -133,6 +146,13 @@ impl Speaker {
             })
             .collect();
         let r = lock(&self.routes);
+        let problems: Vec<String> = r
+            .problem
+            .iter()
+            .chain(&r.peer_problems)
+            .chain(&r.cross_subnet)
+            .cloned()
+            .collect();
         BgpStatus {
             as_number: self.as_number,
             router_id: Some(self.router_id),
@@ -140,7 +160,7 @@ impl Speaker {
             peers,
             refused: r.refused.clone(),
             routes: r.installed,
-            problem: r.problem.clone(),
+            problem: (!problems.is_empty()).then(|| problems.join("; ")),
         }
     }
 
@@ -165,11 +185,27 @@ impl Speaker {
             })
             .collect();
         let r = lock(&self.routes);
-        let problem = r.problem.iter().cloned().chain(down).collect::<Vec<_>>();
+        let problem = r
+            .problem
+            .iter()
+            .chain(&r.peer_problems)
+            .chain(&r.cross_subnet)
+            .cloned()
+            .chain(down)
+            .collect::<Vec<_>>();
         OverlayStatus {
             peers: r.reached,
             problem: (!problem.is_empty()).then(|| problem.join("; ")),
         }
+    }
+
+    /// Each session's status channel, by peer address, with the name `status` shows: for
+    /// counting session flaps (`metrics::bgp`), which a status poll would miss.
+    pub fn sessions(&self) -> Vec<(Ipv4Addr, String, watch::Receiver<PeerStatus>)> {
+        lock(&self.peers)
+            .iter()
+            .map(|(address, p)| (*address, p.node.clone(), p.status.clone()))
+            .collect()
     }
 }
 
@@ -183,10 +219,55 @@ impl Drop for Task {
 }
 
 struct Peer {
-    node: String,
+    wanted: Wanted,
     generation: u64,
     session: Session,
     _forward: Task,
+}
+
+/// A session as it should run; a session whose `Wanted` changes is started again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Wanted {
+    /// The node (mesh) or `bgppeer/NAME` (configured).
+    label: String,
+    as_number: u32,
+    passive: bool,
+    hold_seconds: u16,
+    keepalive_seconds: u16,
+    password: Option<Vec<u8>>,
+}
+
+/// The session a configured peer should have: its timers, or the node's; its password
+/// file read now. The error names the BGPPeer and the file.
+fn configured_session(bgp: &BgpConfig, c: &ConfiguredPeer) -> Result<Wanted, String> {
+    let hold_seconds = c.hold_seconds.unwrap_or(bgp.hold_seconds);
+    let keepalive_seconds = if hold_seconds == 0 {
+        0
+    } else {
+        c.keepalive_seconds
+            .unwrap_or(bgp.keepalive_seconds)
+            .clamp(1, hold_seconds / 3)
+    };
+    let password = match &c.password_file {
+        None => None,
+        Some(path) => {
+            let mut bytes = std::fs::read(path).map_err(|e| {
+                format!("BGPPeer {}: spec.passwordFile: reading {path}: {e}", c.name)
+            })?;
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            Some(bytes)
+        }
+    };
+    Ok(Wanted {
+        label: format!("bgppeer/{}", c.name),
+        as_number: c.as_number,
+        passive: c.passive,
+        hold_seconds,
+        keepalive_seconds,
+        password,
+    })
 }
 
 type Tagged = (Ipv4Addr, u64, SessionEvent);
@@ -197,14 +278,24 @@ struct Mesh {
     speaker: Arc<Speaker>,
     handle: rtnetlink::Handle,
     underlay: Underlay,
+    /// The VXLAN device of the cross-subnet fallback (`bgp.cross_subnet`).
+    fallback: Option<vxlan::Device>,
     cluster: ClusterCidr,
     listener: Listener,
     sessions: BTreeMap<Ipv4Addr, Peer>,
     learned: Learned,
     records: BTreeMap<String, NodeRecord>,
     records_loaded: bool,
+    /// The BGPPeers in etcd (all of them; [`routes::configured`] picks this node's).
+    bgp_peers: Vec<BgpPeer>,
+    peers_loaded: bool,
+    /// The configured peers this node has sessions with: address -> BGPPeer name.
+    configured: BTreeMap<Ipv4Addr, String>,
     announced: Option<Ipv4Network>,
     events: mpsc::UnboundedSender<Tagged>,
+    /// A session ended with [`Session::shutdown`] has let go of its peer's address on the
+    /// listener: a session for the same address can start now.
+    ended: mpsc::UnboundedSender<()>,
     next_generation: u64,
     /// Peers that sent End-of-RIB since their session came up.
     end_of_rib: BTreeSet<Ipv4Addr>,
@@ -216,12 +307,14 @@ struct Mesh {
 }
 
 impl Mesh {
-    fn session_config(&self, peer: Ipv4Addr, passive: bool) -> SessionConfig {
+    fn session_config(&self, peer: Ipv4Addr, wanted: &Wanted) -> SessionConfig {
         let bgp = &self.config.bgp;
-        let mut f = fsm::Config::new(bgp.as_number, self.speaker.router_id, bgp.as_number);
-        f.hold_time = bgp.hold_seconds;
-        f.keepalive = Some(bgp.keepalive_seconds);
-        f.passive = passive;
+        // The peer's AS decides: the cluster's is iBGP (LOCAL_PREF sent, AS_PATH empty),
+        // any other eBGP (no LOCAL_PREF, AS_PATH starting with ours).
+        let mut f = fsm::Config::new(bgp.as_number, self.speaker.router_id, wanted.as_number);
+        f.hold_time = wanted.hold_seconds;
+        f.keepalive = Some(wanted.keepalive_seconds);
+        f.passive = wanted.passive;
         f.connect_retry = CONNECT_RETRY;
         f.idle_hold = CONNECT_RETRY;
         f.graceful_restart = Some(GracefulRestartConfig {
@@ -233,11 +326,12 @@ impl Mesh {
         let mut s = SessionConfig::new(f, peer);
         s.peer_port = bgp.listen_port;
         s.local_address = Some(self.underlay.ip);
-        s.md5_password.clone_from(&bgp.password);
+        s.md5_password.clone_from(&wanted.password);
         s
     }
 
-    /// Starts sessions with new mesh peers and ends those with nodes gone from etcd. No
+    /// Starts sessions with new peers (mesh and configured), ends those with nodes gone
+    /// from etcd or BGPPeers removed, and starts again those whose settings changed. No
     /// session starts before the node holds its subnet: a session that came up first
     /// would send an empty table and End-of-RIB, and a peer keeping this node's routes
     /// through a restart would drop them.
@@ -245,41 +339,122 @@ impl Mesh {
         if !self.records_loaded || self.announced.is_none() {
             return;
         }
-        let mesh: BTreeMap<Ipv4Addr, MeshPeer> = routes::mesh(
+        let bgp = &self.config.bgp;
+        let mesh = if bgp.mesh {
+            routes::mesh(
+                &self.config.node_name,
+                self.underlay.ip,
+                &self.cluster,
+                self.records.values(),
+            )
+        } else {
+            BTreeMap::new()
+        };
+        let (configured, mut problems) = routes::configured(
             &self.config.node_name,
             self.underlay.ip,
-            &self.cluster,
-            self.records.values(),
+            &self.bgp_peers,
+            &mesh,
         );
+        let mut wanted: BTreeMap<Ipv4Addr, Wanted> = mesh
+            .into_iter()
+            .map(|(address, m)| {
+                let w = Wanted {
+                    label: m.node,
+                    as_number: bgp.as_number,
+                    passive: m.passive,
+                    hold_seconds: bgp.hold_seconds,
+                    keepalive_seconds: bgp.keepalive_seconds,
+                    password: bgp.password.clone(),
+                };
+                (address, w)
+            })
+            .collect();
+        // Configured peers whose session cannot start (their password file): shown as
+        // Idle with the reason.
+        let mut failed: BTreeMap<Ipv4Addr, PeerView> = BTreeMap::new();
+        for (address, c) in &configured {
+            match configured_session(bgp, c) {
+                Ok(w) => {
+                    wanted.insert(*address, w);
+                }
+                Err(e) => {
+                    let status = PeerStatus {
+                        peer: *address,
+                        state: State::Idle,
+                        established_at: None,
+                        prefixes_sent: 0,
+                        prefixes_received: 0,
+                        prefixes_stale: 0,
+                        last_error: Some(e.clone()),
+                        negotiated: None,
+                    };
+                    failed.insert(
+                        *address,
+                        PeerView {
+                            node: format!("bgppeer/{}", c.name),
+                            as_number: c.as_number,
+                            passive: c.passive,
+                            status: watch::channel(status).1,
+                        },
+                    );
+                    problems.push(e);
+                }
+            }
+        }
+        self.configured = configured.into_iter().map(|(a, c)| (a, c.name)).collect();
+        for p in &problems {
+            tracing::debug!("BGP: {p}");
+        }
+        lock(&self.speaker.routes).peer_problems = problems;
         let gone: Vec<Ipv4Addr> = self
             .sessions
             .iter()
-            .filter(|(a, p)| mesh.get(a).is_none_or(|m| m.node != p.node))
+            .filter(|(a, p)| wanted.get(a) != Some(&p.wanted))
             .map(|(a, _)| *a)
             .collect();
         for address in gone {
             if let Some(peer) = self.sessions.remove(&address) {
-                info!(peer = %address, node = %peer.node, "BGP: the node left etcd; ending its session");
+                let why = match wanted.get(&address) {
+                    Some(_) => "its settings changed; starting it again",
+                    None if peer.wanted.label.starts_with("bgppeer/") => {
+                        "the BGPPeer is gone or no longer selects this node; ending its session"
+                    }
+                    None => "the node left etcd; ending its session",
+                };
+                info!(peer = %address, node = %peer.wanted.label, "BGP: {why}");
                 lock(&self.speaker.peers).remove(&address);
                 self.learned.remove(&address);
                 self.end_of_rib.remove(&address);
-                tokio::spawn(peer.session.shutdown());
+                let ended = self.ended.clone();
+                tokio::spawn(async move {
+                    peer.session.shutdown().await;
+                    let _ = ended.send(());
+                });
             }
         }
-        for (address, m) in mesh {
+        {
+            let mut views = lock(&self.speaker.peers);
+            views.retain(|a, _| wanted.contains_key(a));
+            views.extend(failed);
+        }
+        for (address, w) in wanted {
             if self.sessions.contains_key(&address) {
                 continue;
             }
-            let config = self.session_config(address, m.passive);
+            let config = self.session_config(address, &w);
+            // Fails while an ended session for the address still holds it on the listener
+            // (it is started again when that one is done), or on a bad setting; the
+            // periodic pass tries again.
             let (session, mut rx) = match Session::start(config, Some(&self.listener)) {
                 Ok(s) => s,
                 Err(e) => {
-                    warn!(peer = %address, "BGP: starting the session: {e}");
+                    info!(peer = %address, node = %w.label, "BGP: the session cannot start yet: {e}");
                     continue;
                 }
             };
-            if let Some(subnet) = self.announced {
-                session.announce(subnet, self.underlay.ip);
+            for prefix in self.announcements(address) {
+                session.announce(prefix, self.underlay.ip);
             }
             self.next_generation += 1;
             let generation = self.next_generation;
@@ -291,19 +466,20 @@ impl Mesh {
                     }
                 }
             }));
-            info!(peer = %address, node = %m.node, passive = m.passive, "BGP: session started");
+            info!(peer = %address, node = %w.label, as_number = w.as_number, passive = w.passive, "BGP: session started");
             lock(&self.speaker.peers).insert(
                 address,
                 PeerView {
-                    node: m.node.clone(),
-                    passive: m.passive,
+                    node: w.label.clone(),
+                    as_number: w.as_number,
+                    passive: w.passive,
                     status: session.watch_status(),
                 },
             );
             self.sessions.insert(
                 address,
                 Peer {
-                    node: m.node,
+                    wanted: w,
                     generation,
                     session,
                     _forward: forward,
@@ -312,24 +488,44 @@ impl Mesh {
         }
     }
 
-    /// The lease changed: announce the new subnet, withdraw the old.
+    /// What this node announces to `peer` now (see [`routes::announcements`]).
+    fn announcements(&self, peer: Ipv4Addr) -> Vec<Ipv4Network> {
+        routes::announcements(
+            self.announced,
+            self.config
+                .bgp
+                .announce_service_cidr
+                .then_some(self.config.service_cidr),
+            self.configured.contains_key(&peer),
+        )
+    }
+
+    /// The lease changed: announce the new subnet, withdraw the old (and the Service CIDR
+    /// with it when the lease is lost).
     fn set_local(&mut self, subnet: Option<Ipv4Network>) {
         if subnet == self.announced {
             return;
         }
-        for peer in self.sessions.values() {
-            if let Some(old) = self.announced {
-                peer.session.withdraw(old);
+        let before: BTreeMap<Ipv4Addr, Vec<Ipv4Network>> = self
+            .sessions
+            .keys()
+            .map(|a| (*a, self.announcements(*a)))
+            .collect();
+        self.announced = subnet;
+        for (address, peer) in &self.sessions {
+            let now = self.announcements(*address);
+            let old = before.get(address).map_or(&[][..], Vec::as_slice);
+            for prefix in old.iter().filter(|p| !now.contains(p)) {
+                peer.session.withdraw(*prefix);
             }
-            if let Some(new) = subnet {
-                peer.session.announce(new, self.underlay.ip);
+            for prefix in now.iter().filter(|p| !old.contains(p)) {
+                peer.session.announce(*prefix, self.underlay.ip);
             }
         }
         match subnet {
             Some(s) => info!(subnet = %s, "BGP: announcing the node's pod subnet"),
             None => info!("BGP: the lease is lost; the pod subnet is withdrawn"),
         }
-        self.announced = subnet;
         self.sync_sessions();
     }
 
@@ -379,6 +575,7 @@ impl Mesh {
             return;
         }
         let all_sent = self.records_loaded
+            && self.peers_loaded
             && self.announced.is_some()
             && self.sessions.keys().all(|a| self.end_of_rib.contains(a));
         let grace = converge_grace(&self.config.bgp);
@@ -398,10 +595,26 @@ impl Mesh {
     /// everything is in place.
     async fn reconcile(&mut self) -> bool {
         self.check_converged();
-        let (desired, refused) = routes::desired(&self.learned, self.records.values());
+        let (desired, refused) = routes::desired(
+            &self.learned,
+            self.records.values(),
+            &self.configured,
+            self.underlay.ip,
+            self.config.service_cidr,
+        );
+        let split = cross_subnet::split(
+            desired,
+            self.underlay.network(),
+            self.fallback.is_some(),
+            self.records.values(),
+        );
+        let desired = split.plain;
+        let mut refused = refused;
+        refused.extend(split.refused);
         for r in &refused {
             tracing::debug!("BGP: refused {r}");
         }
+        lock(&self.speaker.routes).cross_subnet = split.problem;
         let current = match kernel::read(&self.handle, &self.underlay, &self.cluster).await {
             Ok(c) => c,
             Err(e) => {
@@ -414,7 +627,7 @@ impl Mesh {
             }
         };
         let changes = routes::diff(&desired, &current, self.converged);
-        let failed = if changes.is_empty() {
+        let mut failed = if changes.is_empty() {
             Vec::new()
         } else {
             let failed = kernel::apply(&self.handle, &self.underlay, &changes).await;
@@ -430,27 +643,63 @@ impl Mesh {
             }
             failed
         };
-        let mesh = routes::mesh(
-            &self.config.node_name,
-            self.underlay.ip,
-            &self.cluster,
-            self.records.values(),
-        );
+        if let Some(device) = &self.fallback {
+            failed.extend(self.reconcile_fallback(device, &split.vxlan).await);
+        }
         let reached = self
             .records
             .values()
             .filter(|r| {
-                mesh.contains_key(&r.underlay_ip) && desired.get(&r.subnet) == Some(&r.underlay_ip)
+                r.name != self.config.node_name
+                    && (desired.get(&r.subnet) == Some(&r.underlay_ip)
+                        || split.vxlan.routes.contains_key(&r.subnet))
             })
             .count();
         let ok = failed.is_empty();
+        let installed = desired.len() + split.vxlan.routes.len();
         let mut view = lock(&self.speaker.routes);
-        view.installed =
-            u32::try_from(desired.len().saturating_sub(failed.len())).unwrap_or(u32::MAX);
+        view.installed = u32::try_from(installed.saturating_sub(failed.len())).unwrap_or(u32::MAX);
         view.reached = u32::try_from(reached).unwrap_or(u32::MAX);
         view.refused = refused;
         view.problem = (!ok).then(|| failed.join("; "));
         ok
+    }
+}
+
+impl Mesh {
+    /// The fallback's pass: the VXLAN device holds the entries for the nodes on other
+    /// subnets, as the VXLAN mode's pass does for every node. Like the plain routes, nothing
+    /// is removed before the sessions have converged after a restart. Returns the steps
+    /// that failed.
+    async fn reconcile_fallback(
+        &self,
+        device: &vxlan::Device,
+        desired: &peers::Programmed,
+    ) -> Vec<String> {
+        let current = match vxlan::read_programmed(&self.handle, device, &self.cluster).await {
+            Ok(c) => c,
+            Err(e) => return vec![format!("reading {}'s entries: {e}", vxlan::DEVICE)],
+        };
+        let mut changes = peers::diff(desired, &current);
+        if !self.converged {
+            changes.del_routes.clear();
+            changes.del_neighbours.clear();
+            changes.del_fdb.clear();
+        }
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        let failed = vxlan::apply(&self.handle, device, &changes).await;
+        info!(
+            peers = desired.routes.len(),
+            changed = changes.count(),
+            failed = failed.len(),
+            "BGP: cross-subnet VXLAN entries reconciled"
+        );
+        for f in &failed {
+            warn!("BGP: {f}");
+        }
+        failed
     }
 }
 
@@ -481,15 +730,76 @@ fn removed_from(message: &NetlinkMessage<RouteNetlinkMessage>, device: u32) -> b
     }
 }
 
-/// Whether the kernel holds routes of an earlier run: the restart keeps them, and says so.
+/// Whether the kernel holds routes of an earlier run (plain, or through the fallback's
+/// device): the restart keeps them, and says so.
 pub async fn routes_kept(
     handle: &rtnetlink::Handle,
     underlay: &Underlay,
     cluster: &ClusterCidr,
+    fallback: Option<&vxlan::Device>,
 ) -> bool {
-    kernel::read(handle, underlay, cluster)
+    let plain = kernel::read(handle, underlay, cluster)
         .await
-        .is_ok_and(|r| !r.is_empty())
+        .is_ok_and(|r| !r.is_empty());
+    let tunnelled = match fallback {
+        Some(device) => vxlan::read_programmed(handle, device, cluster)
+            .await
+            .is_ok_and(|p| !p.routes.is_empty()),
+        None => false,
+    };
+    plain || tunnelled
+}
+
+/// The VXLAN device of the cross-subnet fallback: with `bgp.cross_subnet` created, or kept
+/// with its entries when a run of this mode left it (a restart); without it, a device an
+/// earlier run left (the VXLAN mode's, or the fallback's) is removed with its entries. A
+/// device of the VXLAN mode (it has the node's VTEP address, which this mode gives no
+/// node) is made anew.
+pub async fn fallback_device(
+    handle: &rtnetlink::Handle,
+    config: &Config,
+    underlay: &Underlay,
+) -> anyhow::Result<Option<vxlan::Device>> {
+    use anyhow::Context as _;
+    let remove = || async {
+        let removed = twill_netlink::delete_link(handle, vxlan::DEVICE)
+            .await
+            .with_context(|| format!("removing the VXLAN device {}", vxlan::DEVICE))?;
+        if removed {
+            info!(
+                device = vxlan::DEVICE,
+                "removed the VXLAN device of an earlier run"
+            );
+        }
+        anyhow::Ok(())
+    };
+    if !config.bgp.cross_subnet {
+        remove().await?;
+        return Ok(None);
+    }
+    if let Ok(index) = twill_netlink::link_index(handle, vxlan::DEVICE).await
+        && twill_netlink::ipv4_addresses(handle, index)
+            .await
+            .is_ok_and(|a| !a.is_empty())
+    {
+        remove().await?;
+    }
+    let settings = vxlan::Settings {
+        vni: config.vxlan_vni,
+        port: config.vxlan_port,
+        mtu: underlay.mtu.saturating_sub(OverlayMode::Vxlan.overhead()),
+    };
+    let device = vxlan::ensure_device(handle, underlay, settings)
+        .await
+        .with_context(|| format!("creating the VXLAN device {}", vxlan::DEVICE))?;
+    info!(
+        device = vxlan::DEVICE,
+        vni = settings.vni,
+        port = settings.port,
+        mac = %peers::format_mac(&device.mac),
+        "cross-subnet fallback: nodes on other subnets are reached through VXLAN"
+    );
+    Ok(Some(device))
 }
 
 /// Binds the BGP port before anything else starts, so a taken port stops the start.
@@ -506,12 +816,16 @@ pub async fn run(
     speaker: Arc<Speaker>,
     handle: rtnetlink::Handle,
     underlay: Underlay,
+    fallback: Option<vxlan::Device>,
     listener: Listener,
     restarting: bool,
 ) {
     let (records_tx, mut records_rx) = watch::channel(None);
     tokio::spawn(watch_records(config.clone(), records_tx));
+    let (peers_tx, mut peers_rx) = watch::channel(None);
+    tokio::spawn(watch_peers(config.clone(), peers_tx));
     let (events, mut events_rx) = mpsc::unbounded_channel();
+    let (ended, mut ended_rx) = mpsc::unbounded_channel();
     let mut local = speaker.local.subscribe();
     let mut mesh = Mesh {
         cluster: config.cluster,
@@ -519,13 +833,18 @@ pub async fn run(
         speaker,
         handle,
         underlay,
+        fallback,
         listener,
         sessions: BTreeMap::new(),
         learned: Learned::new(),
         records: BTreeMap::new(),
         records_loaded: false,
+        bgp_peers: Vec::new(),
+        peers_loaded: false,
+        configured: BTreeMap::new(),
         announced: None,
         events,
+        ended,
         next_generation: 0,
         end_of_rib: BTreeSet::new(),
         converged: !restarting,
@@ -565,6 +884,17 @@ pub async fn run(
                 mesh.sync_sessions();
                 soon(&mut pending, SETTLE);
             }
+            changed = peers_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if let Some(peers) = peers_rx.borrow_and_update().clone() {
+                    mesh.bgp_peers = peers;
+                    mesh.peers_loaded = true;
+                }
+                mesh.sync_sessions();
+                soon(&mut pending, SETTLE);
+            }
             changed = local.changed() => {
                 if changed.is_err() {
                     return;
@@ -577,7 +907,11 @@ pub async fn run(
                     soon(&mut pending, SETTLE);
                 }
             }
+            Some(()) = ended_rx.recv() => {
+                mesh.sync_sessions();
+            }
             _ = tick.tick() => {
+                mesh.sync_sessions();
                 if !mesh.reconcile().await {
                     soon(&mut pending, RETRY);
                 }
@@ -592,7 +926,10 @@ pub async fn run(
                     None => std::future::pending().await,
                 }
             } => {
-                if removed_from(&message, mesh.underlay.index) {
+                let device = mesh.fallback.as_ref().map(|d| d.index);
+                if removed_from(&message, mesh.underlay.index)
+                    || device.is_some_and(|d| removed_from(&message, d))
+                {
                     soon(&mut pending, DRIFT_DEBOUNCE);
                 }
             }
@@ -609,6 +946,35 @@ pub async fn run(
             }
         }
     }
+}
+
+/// A stored BGPPeer; `None` for every other key.
+fn parse_peer(key: &str, value: &[u8]) -> Option<BgpPeer> {
+    key.strip_prefix(cluster::OBJECTS)?
+        .starts_with("bgppeers/")
+        .then_some(())?;
+    match serde_json::from_slice::<Object>(value).ok()? {
+        Object::BgpPeer(p) => Some(p),
+        _ => None,
+    }
+}
+
+/// The BGPPeers in etcd, followed as the other loops follow the store: a snapshot, then
+/// changes; sent on when they differ from the last. While etcd is unreachable the last
+/// ones stand.
+async fn watch_peers(config: Config, out: watch::Sender<Option<Vec<BgpPeer>>>) {
+    crate::watch::follow(&config, "BGP peers", parse_peer, |store, _| {
+        let peers: Vec<BgpPeer> = store.values().cloned().collect();
+        out.send_if_modified(|last| {
+            if last.as_ref() == Some(&peers) {
+                false
+            } else {
+                *last = Some(peers);
+                true
+            }
+        });
+    })
+    .await;
 }
 
 fn parse(kv: &etcd_client::KeyValue) -> Option<(String, NodeRecord)> {
@@ -693,5 +1059,61 @@ async fn watch_records(config: Config, out: watch::Sender<Option<BTreeMap<String
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(
+        hold: Option<u16>,
+        keepalive: Option<u16>,
+        password_file: Option<String>,
+    ) -> ConfiguredPeer {
+        ConfiguredPeer {
+            name: "tor".into(),
+            as_number: 65001,
+            passive: true,
+            hold_seconds: hold,
+            keepalive_seconds: keepalive,
+            password_file,
+        }
+    }
+
+    #[test]
+    fn a_configured_session_takes_its_timers_or_the_nodes_and_reads_its_password() {
+        let bgp = BgpConfig::default(); // hold 9, keepalive 3
+        let w = configured_session(&bgp, &peer(None, None, None)).unwrap();
+        assert_eq!(
+            w,
+            Wanted {
+                label: "bgppeer/tor".into(),
+                as_number: 65001,
+                passive: true,
+                hold_seconds: 9,
+                keepalive_seconds: 3,
+                password: None,
+            }
+        );
+        // The node's keepalive is kept to a third of the peer's hold time.
+        let w = configured_session(&bgp, &peer(Some(6), None, None)).unwrap();
+        assert_eq!((w.hold_seconds, w.keepalive_seconds), (6, 2));
+        let w = configured_session(&bgp, &peer(Some(30), Some(10), None)).unwrap();
+        assert_eq!((w.hold_seconds, w.keepalive_seconds), (30, 10));
+        let w = configured_session(&bgp, &peer(Some(0), None, None)).unwrap();
+        assert_eq!((w.hold_seconds, w.keepalive_seconds), (0, 0));
+
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, b"s3cret\n").unwrap();
+        let path = file.path().display().to_string();
+        let w = configured_session(&bgp, &peer(None, None, Some(path))).unwrap();
+        assert_eq!(w.password.as_deref(), Some(&b"s3cret"[..]));
+        let e = configured_session(&bgp, &peer(None, None, Some("/nonexistent/pw".into())))
+            .unwrap_err();
+        assert!(
+            e.starts_with("BGPPeer tor: spec.passwordFile: reading /nonexistent/pw: "),
+            "{e}"
+        );
     }
 }

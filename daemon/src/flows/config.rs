@@ -1,8 +1,12 @@
 //! The `[flows]` section of `twilld.toml`: what the datapath records, how big its ring is,
-//! how many records the daemon keeps, and the optional JSON lines file. Pure: checked
-//! here, each error naming its key (`flows.ring_bytes: ...`).
+//! how many records the daemon keeps, the optional JSON lines file and the optional TCP
+//! listener for other nodes' `netctl monitor`. Pure: checked here, each error naming its
+//! key (`flows.ring_bytes: ...`).
 
-use std::path::PathBuf;
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use serde::Deserialize;
 use twill_abi::flow::{
@@ -62,6 +66,8 @@ pub struct FileFlows {
     keep: Option<u32>,
     file: Option<PathBuf>,
     file_max_bytes: Option<u64>,
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 /// The checked section.
@@ -75,6 +81,29 @@ pub struct FlowsConfig {
     /// JSON lines, one record a line; `None`: no file.
     pub file: Option<PathBuf>,
     pub file_max_bytes: u64,
+    /// The TCP listener for the flow API (`flows.listen`) and the file with its token;
+    /// `None`: records are served on the unix socket only.
+    pub remote: Option<RemoteFlows>,
+}
+
+/// The flow API over TCP (`twill_api::remote`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteFlows {
+    pub listen: SocketAddr,
+    /// Read at start: a client must send its first line.
+    pub token_file: PathBuf,
+}
+
+impl RemoteFlows {
+    /// The address other nodes reach the listener at: `listen`, with an unspecified
+    /// address (`0.0.0.0`) replaced by the node's underlay address.
+    pub fn advertised(&self, underlay: std::net::Ipv4Addr) -> SocketAddr {
+        if self.listen.ip().is_unspecified() {
+            SocketAddr::new(IpAddr::V4(underlay), self.listen.port())
+        } else {
+            self.listen
+        }
+    }
 }
 
 impl Default for FlowsConfig {
@@ -85,6 +114,7 @@ impl Default for FlowsConfig {
             keep: DEFAULT_KEEP,
             file: None,
             file_max_bytes: DEFAULT_FILE_MAX_BYTES,
+            remote: None,
         }
     }
 }
@@ -128,12 +158,52 @@ impl FileFlows {
                 format!("{file_max_bytes} is less than {MIN_FILE_MAX_BYTES}"),
             ));
         }
+        let remote = match (self.listen.as_deref(), self.token_file) {
+            (None | Some(""), None) => None,
+            (None | Some(""), Some(_)) => {
+                return Err((
+                    "flows.token_file",
+                    "is set without flows.listen (the token is only for the TCP listener)"
+                        .to_owned(),
+                ));
+            }
+            (Some(text), token_file) => {
+                let listen: SocketAddr = text.parse().map_err(|_| {
+                    (
+                        "flows.listen",
+                        format!(
+                            "{text:?} is not an address and port (\"IP:PORT\", e.g. \"0.0.0.0:{}\")",
+                            twill_api::remote::DEFAULT_FLOWS_PORT
+                        ),
+                    )
+                })?;
+                if listen.port() == 0 {
+                    return Err(("flows.listen", format!("{text:?}: the port must not be 0")));
+                }
+                let Some(token_file) = token_file else {
+                    return Err((
+                        "flows.token_file",
+                        "is needed with flows.listen: the listener serves only clients that \
+                         send this token"
+                            .to_owned(),
+                    ));
+                };
+                if !token_file.is_absolute() {
+                    return Err((
+                        "flows.token_file",
+                        format!("{} is not an absolute path", token_file.display()),
+                    ));
+                }
+                Some(RemoteFlows { listen, token_file })
+            }
+        };
         Ok(FlowsConfig {
             mode: self.mode.unwrap_or(defaults.mode),
             ring_bytes,
             keep,
             file,
             file_max_bytes,
+            remote,
         })
     }
 }
@@ -174,6 +244,23 @@ mod tests {
             Some(std::path::Path::new("/var/log/twill/flows.jsonl"))
         );
         assert_eq!(c.flows.file_max_bytes, 1 << 20);
+        assert_eq!(c.flows.remote, None);
+        let remote =
+            parse("[flows]\nlisten = \"0.0.0.0:9963\"\ntoken_file = \"/etc/twill/flows.token\"\n")
+                .unwrap()
+                .flows
+                .remote
+                .unwrap();
+        assert_eq!(remote.listen, "0.0.0.0:9963".parse().unwrap());
+        assert_eq!(
+            remote.advertised("172.30.0.12".parse().unwrap()),
+            "172.30.0.12:9963".parse().unwrap()
+        );
+        let own: RemoteFlows = RemoteFlows {
+            listen: "10.0.0.5:9963".parse().unwrap(),
+            ..remote
+        };
+        assert_eq!(own.advertised("172.30.0.12".parse().unwrap()), own.listen);
         let off = parse("[flows]\nmode = \"off\"\nfile = \"\"\n").unwrap();
         assert_eq!(
             (off.flows.mode.code(), off.flows.file),
@@ -200,6 +287,26 @@ mod tests {
             (
                 "[flows]\nfile_max_bytes = 10",
                 "flows.file_max_bytes: 10 is less than 4096",
+            ),
+            (
+                "[flows]\nlisten = \"0.0.0.0:9963\"",
+                "flows.token_file: is needed with flows.listen",
+            ),
+            (
+                "[flows]\ntoken_file = \"/etc/twill/flows.token\"",
+                "flows.token_file: is set without flows.listen",
+            ),
+            (
+                "[flows]\nlisten = \"9963\"\ntoken_file = \"/t\"",
+                "flows.listen: \"9963\" is not an address and port",
+            ),
+            (
+                "[flows]\nlisten = \"0.0.0.0:0\"\ntoken_file = \"/t\"",
+                "flows.listen: \"0.0.0.0:0\": the port must not be 0",
+            ),
+            (
+                "[flows]\nlisten = \"0.0.0.0:9963\"\ntoken_file = \"token\"",
+                "flows.token_file: token is not an absolute path",
             ),
             ("[flows]\nmode = \"all\"", "unknown variant `all`"),
             ("[flows]\nsize = 1", "unknown field `size`"),

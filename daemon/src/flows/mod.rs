@@ -11,13 +11,15 @@
 //! The records go to a bounded in-memory ring ([`FlowLog`]) that the socket server answers
 //! long polls from, and optionally to a JSON lines file. `TWILL_FLOW_LOST` (records the
 //! ring had no room for) is read every second and reported with every answer and in
-//! STATUS.
+//! STATUS. With `flows.listen` the same answers are served over TCP to clients that send
+//! the node's token ([`remote`]), for `netctl monitor` on other nodes.
 
 pub mod config;
 mod file;
 mod log;
 mod names;
 mod record;
+mod remote;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -53,12 +55,23 @@ const LOST_EVERY: Duration = Duration::from_secs(1);
 /// daemon runs, so an entry never goes stale, only unused).
 const TABLE_CACHE: usize = 4096;
 
-/// Sets the record mode and starts the reader and the name follower. The log exists
-/// (for STATUS) even when records are off.
-pub fn start(config: &Config, node: &Arc<Node>, handle: rtnetlink::Handle) {
+/// Sets the record mode and starts the reader, the name follower and the TCP listener
+/// (`flows.listen`). The log exists (for STATUS) even when records are off. Errs only when
+/// the listener's token cannot be read or its address bound: the daemon does not start.
+pub fn start(config: &Config, node: &Arc<Node>, handle: rtnetlink::Handle) -> anyhow::Result<()> {
     let flows = &config.flows;
     let log = Arc::new(FlowLog::new(config.node_name.clone(), flows.clone()));
     let _ = node.flows.set(log.clone());
+    if let Some(remote) = &flows.remote {
+        let (listener, token) = remote::bind(remote)?;
+        tokio::spawn(remote::serve(listener, token, node.clone()));
+    }
+    start_reader(config, node, handle, log);
+    Ok(())
+}
+
+fn start_reader(config: &Config, node: &Arc<Node>, handle: rtnetlink::Handle, log: Arc<FlowLog>) {
+    let flows = &config.flows;
     match node.with_dataplane(|d| d.datapath.set_flow_mode(flows.mode.code())) {
         Some(Err(e)) => {
             let problem = format!(

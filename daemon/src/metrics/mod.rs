@@ -5,13 +5,15 @@
 //! errors of the reconcile loops, socket request latency, the Service maps as last
 //! written), and what is read when Prometheus scrapes ([`scrape`]: the datapath's
 //! counters, policy verdicts, map fill, lease and etcd health). Nothing is read from the
-//! kernel between scrapes.
+//! kernel between scrapes. BGP session flaps are the exception: counted as they happen
+//! ([`bgp`]), since a scrape would miss a session that went down and up between two.
 //!
 //! Cardinality is bounded by construction: labels take values from fixed lists (loops,
 //! requests, directions, reasons, map names), except the per-rule policy counters, which
-//! are bounded by the policy counter map. No label names a pod.
+//! are bounded by the policy counter map, and the BGP ones, bounded by the speaker's peers.
+//! No label names a pod.
 
-pub mod http;
+pub mod bgp;
 pub mod scrape;
 
 use std::{

@@ -19,42 +19,18 @@ use std::{
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric as _},
-    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    encoding::DescriptorEncoder,
     registry::{Registry, Unit},
 };
 use tracing::warn;
 use twill_abi::maps;
 use twill_api::{MapFill, NodeStatus, PolicyPodReport, Request, Response, RuleCount};
+use twill_metrics_http::{
+    Format, Render,
+    encode::{counter, counters, gauge, gauges},
+};
 
 use crate::node::Node;
-
-/// The two text formats Prometheus reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// `application/openmetrics-text` 1.0.0, what Prometheus asks for first.
-    OpenMetrics,
-    /// The Prometheus text format 0.0.4, for clients that do not ask for OpenMetrics
-    /// (`curl`, `promtool check metrics`).
-    Prometheus,
-}
-
-impl Format {
-    /// The format an `Accept` header asks for.
-    pub fn accepted(accept: Option<&str>) -> Self {
-        match accept {
-            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
-            _ => Format::Prometheus,
-        }
-    }
-
-    pub const fn content_type(self) -> &'static str {
-        match self {
-            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-        }
-    }
-}
 
 /// Answers scrapes for one node.
 pub struct Scraper {
@@ -64,6 +40,7 @@ pub struct Scraper {
     registry: Registry,
     denied: Mutex<DeniedTotals>,
     walks: Arc<Mutex<Walks>>,
+    flaps: Arc<super::bgp::SessionFlaps>,
 }
 
 /// The walks of the counted maps.
@@ -80,7 +57,9 @@ impl Scraper {
     /// of the counted maps.
     pub fn new(node: Arc<Node>, pin_dir: PathBuf, map_walk: Duration) -> Self {
         let registry = node.instruments.registry();
+        let flaps = super::bgp::SessionFlaps::start(node.clone());
         Self {
+            flaps,
             node,
             pin_dir,
             map_walk,
@@ -209,6 +188,7 @@ impl Scraper {
             denied,
             maps,
             services,
+            flaps: self.flaps.counts(),
         }
     }
 }
@@ -304,54 +284,26 @@ struct Snapshot {
     denied: Vec<(&'static str, &'static str, u64)>,
     maps: Vec<MapFill>,
     services: Option<super::ServiceFill>,
+    /// BGP session flaps by peer.
+    flaps: Vec<(String, u64)>,
 }
+
+/// The states a BGP session is counted in, as `netctl bgp peers` names them.
+const BGP_STATES: [&str; 6] = [
+    "Idle",
+    "Connect",
+    "Active",
+    "OpenSent",
+    "OpenConfirm",
+    "Established",
+];
 
 type Labels<const N: usize> = [(&'static str, String); N];
 
-fn counters<L: EncodeLabelSet>(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: impl IntoIterator<Item = (L, u64)>,
-) -> std::fmt::Result {
-    let mut rows = rows.into_iter().peekable();
-    if rows.peek().is_none() {
-        return Ok(());
+impl Render for Scraper {
+    fn render(&self, format: Format) -> Result<String, std::fmt::Error> {
+        Scraper::render(self, format)
     }
-    let mut metric = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in rows {
-        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-fn gauges<L: EncodeLabelSet, N: EncodeGaugeValue>(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: impl IntoIterator<Item = (L, N)>,
-) -> std::fmt::Result {
-    let mut rows = rows.into_iter().peekable();
-    if rows.peek().is_none() {
-        return Ok(());
-    }
-    let mut metric = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in rows {
-        ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-/// A gauge without labels.
-fn gauge(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    value: impl EncodeGaugeValue,
-) -> std::fmt::Result {
-    let metric = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-    ConstGauge::new(value).encode(metric)
 }
 
 impl Collector for Snapshot {
@@ -495,6 +447,10 @@ impl Collector for Snapshot {
                 None,
                 i64::from(s.overlay.peers),
             )?;
+            encode_flows(&mut enc, &s.flows)?;
+            if let Some(bgp) = &s.bgp {
+                encode_bgp(&mut enc, bgp, &self.flaps)?;
+            }
             gauges(
                 &mut enc,
                 "twill_background_work_queued",
@@ -520,6 +476,82 @@ impl Collector for Snapshot {
         }
         Ok(())
     }
+}
+
+/// The flow records' counts, when records are on: read, lost by the datapath's ring,
+/// pushed out of the daemon's memory, kept.
+fn encode_flows(enc: &mut DescriptorEncoder, f: &twill_api::flow::FlowStatus) -> std::fmt::Result {
+    if f.mode == "off" {
+        return Ok(());
+    }
+    counter(
+        enc,
+        "twill_flow_records_read",
+        "Flow records twilld read from the datapath's ring since it started",
+        f.read,
+    )?;
+    counter(
+        enc,
+        "twill_flow_records_lost",
+        "Flow records the datapath's ring had no room for (TWILL_FLOW_LOST), since the \
+         ring was created",
+        f.lost,
+    )?;
+    counter(
+        enc,
+        "twill_flow_records_evicted",
+        "Flow records pushed out of twilld's memory (flows.keep) since it started: gone for \
+         readers that had not fetched them",
+        f.read.saturating_sub(f.kept),
+    )?;
+    gauge(
+        enc,
+        "twill_flow_records_kept",
+        "Flow records in twilld's memory (at most flows.keep)",
+        None,
+        f.kept as i64,
+    )
+}
+
+/// The BGP speaker's sessions: by state, prefixes per peer, flaps per peer.
+fn encode_bgp(
+    enc: &mut DescriptorEncoder,
+    bgp: &twill_api::BgpStatus,
+    flaps: &[(String, u64)],
+) -> std::fmt::Result {
+    gauges(
+        enc,
+        "twill_bgp_sessions",
+        "BGP sessions of this node's speaker, by RFC 4271 state",
+        BGP_STATES.map(|state| {
+            let n = bgp.peers.iter().filter(|p| p.state == state).count() as i64;
+            ([("state", state)], n)
+        }),
+    )?;
+    let peer = |name: &str| -> Labels<1> { [("peer", name.to_owned())] };
+    gauges(
+        enc,
+        "twill_bgp_prefixes_received",
+        "Prefixes a BGP peer announced to this node (stale ones of a restarting peer \
+         included)",
+        bgp.peers
+            .iter()
+            .map(|p| (peer(&p.node), i64::from(p.prefixes_received))),
+    )?;
+    gauges(
+        enc,
+        "twill_bgp_prefixes_sent",
+        "Prefixes this node announced to a BGP peer",
+        bgp.peers
+            .iter()
+            .map(|p| (peer(&p.node), i64::from(p.prefixes_sent))),
+    )?;
+    counters(
+        enc,
+        "twill_bgp_session_flaps",
+        "Times an established BGP session went down, since twilld started",
+        flaps.iter().map(|(name, n)| (peer(name), *n)),
+    )
 }
 
 #[cfg(test)]
@@ -621,6 +653,7 @@ mod tests {
                 backends: 5,
                 members: 5,
             }),
+            flaps: vec![("node2".into(), 3)],
         });
         for want in [
             "# TYPE twill_datapath_packets_total counter",
@@ -638,15 +671,55 @@ mod tests {
             assert!(text.contains(want), "{want} in:\n{text}");
         }
         assert!(!text.contains("twill_datapath_bytes_total{direction=\"host-socket\""));
+        // No status: no lease, flow or BGP series (flaps come from the watcher, not it).
+        assert!(!text.contains("twill_flow_records"), "{text}");
+        assert!(!text.contains("twill_bgp_sessions"), "{text}");
         // No status: no lease or etcd series rather than made-up zeros.
         assert!(!text.contains("twill_lease_held"), "{text}");
     }
 
     #[test]
-    fn the_accept_header_picks_the_format() {
-        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-        assert_eq!(Format::accepted(Some(prometheus)), Format::OpenMetrics);
-        assert_eq!(Format::accepted(Some("*/*")), Format::Prometheus);
-        assert_eq!(Format::accepted(None), Format::Prometheus);
+    fn flow_record_loss_and_bgp_sessions_come_from_the_status() {
+        let status: NodeStatus = serde_json::from_value(serde_json::json!({
+            "node": "node1", "subnet": null, "etcd_reachable": true,
+            "available_addresses": 250, "not_ready": null,
+            "flows": {"mode": "packets", "kept": 100, "keep": 100, "newest": 900,
+                      "read": 900, "lost": 1541, "file": null, "problems": []},
+            "bgp": {"as_number": 64512, "router_id": null, "announced": null, "peers": [
+                {"node": "node2", "address": "172.30.0.12", "as_number": 64512,
+                 "state": "Established", "passive": false, "uptime_seconds": 5,
+                 "prefixes_sent": 1, "prefixes_received": 2, "last_error": null},
+                {"node": "node3", "address": "172.30.0.13", "as_number": 64512,
+                 "state": "Active", "passive": true, "uptime_seconds": null,
+                 "prefixes_sent": 0, "prefixes_received": 0, "last_error": null}]}
+        }))
+        .unwrap();
+        let text = render(Snapshot {
+            status: Some(status),
+            etcd_last_ok: None,
+            datapath: None,
+            rules: Vec::new(),
+            denied: Vec::new(),
+            maps: Vec::new(),
+            services: None,
+            flaps: vec![("node2".into(), 1), ("node3".into(), 0)],
+        });
+        for want in [
+            "# TYPE twill_flow_records_lost_total counter",
+            "twill_flow_records_lost_total 1541",
+            "twill_flow_records_read_total 900",
+            "twill_flow_records_evicted_total 800",
+            "twill_flow_records_kept 100",
+            "twill_bgp_sessions{state=\"Established\"} 1",
+            "twill_bgp_sessions{state=\"Active\"} 1",
+            "twill_bgp_sessions{state=\"Idle\"} 0",
+            "twill_bgp_prefixes_received{peer=\"node2\"} 2",
+            "twill_bgp_prefixes_sent{peer=\"node2\"} 1",
+            "twill_bgp_prefixes_received{peer=\"node3\"} 0",
+            "# TYPE twill_bgp_session_flaps_total counter",
+            "twill_bgp_session_flaps_total{peer=\"node2\"} 1",
+        ] {
+            assert!(text.contains(want), "{want} in:\n{text}");
+        }
     }
 }

@@ -30,7 +30,18 @@ pub struct Underlay {
     pub name: String,
     pub index: u32,
     pub ip: Ipv4Addr,
+    /// The prefix length of `ip` on the interface: its subnet is the directly connected
+    /// segment.
+    pub prefix: u8,
     pub mtu: u32,
+}
+
+impl Underlay {
+    /// The directly connected subnet (`ip`/`prefix`).
+    pub fn network(&self) -> ipnetwork::Ipv4Network {
+        ipnetwork::Ipv4Network::new(self.ip, self.prefix)
+            .expect("the kernel reports IPv4 prefix lengths of at most 32")
+    }
 }
 
 /// Finds the underlay interface (`ip route show default`, then `ip addr show dev X`).
@@ -67,16 +78,17 @@ pub async fn detect(handle: &Handle, name: Option<&str>) -> Result<Underlay, Und
     let link_name =
         twill_netlink::link_name(&link).map_or_else(|| format!("#{index}"), str::to_owned);
     let mtu = twill_netlink::link_mtu(&link).unwrap_or(1500);
-    let ip = twill_netlink::ipv4_addresses(handle, index)
+    let (ip, prefix) = twill_netlink::ipv4_addresses(handle, index)
         .await
         .map_err(|e| UnderlayError::Addresses(link_name.clone(), e.to_string()))?
         .first()
-        .map(|(ip, _)| *ip)
+        .copied()
         .ok_or_else(|| UnderlayError::NoAddress(link_name.clone()))?;
     Ok(Underlay {
         name: link_name,
         index,
         ip,
+        prefix: prefix.min(32),
         mtu,
     })
 }

@@ -568,6 +568,14 @@ impl PolicyState {
     }
 }
 
+impl PolicyState {
+    /// Whether a full pass over a snapshot of the store has written every local pod's
+    /// policy (what makes maps that started empty safe to switch programs to).
+    pub fn refilled(&self) -> bool {
+        self.last_view.is_some()
+    }
+}
+
 /// Names for flow records: which compiled table a table id or a pod stands for.
 impl PolicyState {
     /// The compiled table written under `id` (bit `i` of a direction is the rule

@@ -41,7 +41,10 @@ fn decode(store: &Store) -> Decoded<'_> {
                 Object::Service(s) => services.push(s),
                 Object::Pod(p) => pod_objects.push(p),
                 Object::EndpointSlice(s) => slices.push(s),
-                Object::Namespace(_) | Object::NetworkPolicy(_) | Object::FqdnPolicy(_) => {}
+                Object::Namespace(_)
+                | Object::NetworkPolicy(_)
+                | Object::FqdnPolicy(_)
+                | Object::BgpPeer(_) => {}
             },
             Entry::Pod(r) => {
                 placements.insert(
