@@ -15,7 +15,7 @@ use std::{
     io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::AsFd as _,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant as StdInstant},
 };
 
@@ -239,15 +239,24 @@ impl Session {
     pub fn abort(self) {}
 }
 
-/// A listening socket shared by the sessions of several peers; connections from other
-/// addresses are closed.
+/// A listening socket shared by the sessions of several peers. A connection from an
+/// address with no session is held for [`UNREGISTERED_GRACE`] in case one registers (a
+/// node that has just joined is connected to before its own speaker has started its
+/// sessions; closing the connection would cost the connecting peer its idle hold time);
+/// then it is closed.
 #[derive(Debug)]
 pub struct Listener {
     shared: Arc<ListenerShared>,
     _accept: Task,
 }
 
-type Registrations = Mutex<HashMap<Ipv4Addr, mpsc::UnboundedSender<TcpStream>>>;
+/// The sessions by peer address, and whether each has an MD5 password.
+type Registrations = Mutex<HashMap<Ipv4Addr, (mpsc::UnboundedSender<TcpStream>, bool)>>;
+
+/// How long a connection from an address no session has registered is held for one.
+pub const UNREGISTERED_GRACE: Duration = Duration::from_secs(2);
+/// How often a held connection looks for its session.
+const UNREGISTERED_POLL: Duration = Duration::from_millis(10);
 
 #[derive(Debug)]
 struct ListenerShared {
@@ -289,7 +298,7 @@ impl Listener {
                     "a session for this peer already uses the listener",
                 ));
             }
-            peers.insert(peer, tx);
+            peers.insert(peer, (tx, md5.is_some()));
         }
         let incoming = Incoming {
             rx,
@@ -313,15 +322,51 @@ async fn accept_loop(shared: Arc<ListenerShared>) {
                     .lock()
                     .expect("registrations lock")
                     .get(from.ip())
-                    .cloned();
-                if let Some(session) = session {
-                    let _ = session.send(stream);
+                    .map(|(tx, _)| tx.clone());
+                match session {
+                    Some(session) => {
+                        let _ = session.send(stream);
+                    }
+                    None => {
+                        tokio::spawn(hold_unregistered(
+                            Arc::downgrade(&shared),
+                            *from.ip(),
+                            stream,
+                        ));
+                    }
                 }
-                // A connection from an address that is no peer is dropped: closed.
             }
             Ok(_) => {}
             // Out of descriptors and the like: try again shortly rather than spin.
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Holds a connection from `peer`, which no session has registered, until one does (it
+/// gets the connection) or [`UNREGISTERED_GRACE`] has passed or the listener is gone (the
+/// connection is closed). A session with an MD5 password never gets it: the connection was
+/// accepted without the key.
+async fn hold_unregistered(shared: Weak<ListenerShared>, peer: Ipv4Addr, stream: TcpStream) {
+    let deadline = Instant::now() + UNREGISTERED_GRACE;
+    while Instant::now() < deadline {
+        tokio::time::sleep(UNREGISTERED_POLL).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let session = shared
+            .peers
+            .lock()
+            .expect("registrations lock")
+            .get(&peer)
+            .cloned();
+        match session {
+            Some((tx, false)) => {
+                let _ = tx.send(stream);
+                return;
+            }
+            Some((_, true)) => return,
+            None => {}
         }
     }
 }
@@ -798,4 +843,81 @@ async fn write_loop(
         return;
     }
     let _ = timeout(FLUSH_TIMEOUT, write.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(router_id: Ipv4Addr, passive: bool) -> fsm::Config {
+        let mut f = fsm::Config::new(64512, router_id, 64512);
+        f.passive = passive;
+        f.connect_retry = Duration::from_secs(5);
+        f.idle_hold = Duration::from_secs(5);
+        f
+    }
+
+    /// A peer that connects before this side's session exists (a node that has just
+    /// joined) is established as soon as the session registers, not after its idle hold
+    /// time (5 s here) and a second attempt.
+    #[test]
+    fn a_connection_that_comes_before_its_session_is_handed_to_it() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (joiner, member) = (Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2));
+            let listener = Listener::bind(SocketAddrV4::new(joiner, 0)).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let mut c = SessionConfig::new(config(member, false), joiner);
+            c.peer_port = port;
+            c.local_address = Some(member);
+            let (active, _events) = Session::start(c, None).unwrap();
+            // The connection arrives and waits for a session.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let started = StdInstant::now();
+            let (passive, _events) = Session::start(
+                SessionConfig::new(config(joiner, true), member),
+                Some(&listener),
+            )
+            .unwrap();
+            let mut status = passive.watch_status();
+            timeout(
+                Duration::from_secs(2),
+                status.wait_for(|s| s.state == State::Established),
+            )
+            .await
+            .expect("established within 2 s of the session's start")
+            .unwrap();
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
+            assert_eq!(active.status().state, State::Established);
+        });
+    }
+
+    /// A connection from an address no session ever registers is closed once the grace
+    /// has passed.
+    #[test]
+    fn a_connection_from_no_peer_is_closed_after_the_grace() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = Listener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
+            let address = listener.local_addr().unwrap();
+            let mut stream = TcpStream::connect(address).await.unwrap();
+            let started = StdInstant::now();
+            let mut byte = [0u8; 1];
+            let read = timeout(UNREGISTERED_GRACE * 2, stream.read(&mut byte))
+                .await
+                .expect("closed within twice the grace");
+            assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+            assert!(started.elapsed() >= UNREGISTERED_GRACE - Duration::from_millis(100));
+        });
+    }
 }

@@ -13,7 +13,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader},
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -25,13 +25,10 @@ use std::{
 
 use ipnetwork::Ipv4Network;
 use twill_lab::{Host, Lab, LabSpec};
-use twill_netns::NetNs;
-use twill_tests::{
-    cni,
-    daemon::Twilld,
-    require_root,
-    scripts::{ECHO, PROBE},
-};
+use twill_tests::{daemon::Twilld, require_root, scripts::ECHO};
+
+mod common;
+use common::{Pod, add_pod, cmd, link_mtu, sibling, twill_routes, until};
 
 const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
 /// Hold 3 s (keepalive 1 s) so a frozen node goes quickly; graceful restart 15 s, longer
@@ -54,86 +51,6 @@ try:\n\
 except Exception as e:\n\
 \x20   print('stopped', time.monotonic(), e, flush=True)\n";
 
-fn sibling(name: &str) -> PathBuf {
-    Path::new(TWILLD).with_file_name(name)
-}
-
-struct Pod {
-    netns: String,
-    ip: Ipv4Addr,
-}
-
-impl Pod {
-    fn spawn(&self, mut cmd: Command) -> Child {
-        let ns = NetNs::from_path(&self.netns).unwrap();
-        ns.run(move || cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn())
-            .unwrap()
-            .unwrap()
-    }
-
-    fn output(&self, cmd: Command) -> String {
-        let out = self.spawn(cmd).wait_with_output().unwrap();
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    }
-
-    fn python(script: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new("python3");
-        cmd.arg("-c").arg(script).args(args);
-        cmd
-    }
-
-    fn reaches(&self, to: &Pod) -> bool {
-        self.output(Self::python(PROBE, &[&to.ip.to_string(), "2"]))
-            .starts_with("ok")
-    }
-
-    fn mtu(&self) -> u32 {
-        // Not /sys/class/net: sysfs shows the namespace it was mounted in.
-        link_mtu(&self.output(cmd("ip", &["-o", "link", "show", "eth0"])))
-    }
-}
-
-/// The MTU in `ip -o link show` output.
-fn link_mtu(text: &str) -> u32 {
-    text.split_whitespace()
-        .skip_while(|w| *w != "mtu")
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or_else(|| panic!("no mtu in {text}"))
-}
-
-fn cmd(program: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(program);
-    c.args(args);
-    c
-}
-
-fn add_pod(lab: &mut Lab, host: &Host, daemon: &Twilld, name: &str) -> Pod {
-    let args = format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
-    let (netns, ip) = cni::add_pod(&sibling("twill"), lab, host, daemon, name, &args);
-    Pod { netns, ip }
-}
-
-/// `ip -4 route show proto 66` in the host's namespace: destination -> "via X dev Y".
-fn twill_routes(host: &Host) -> BTreeMap<String, String> {
-    let out = Command::new("ip")
-        .args(["-n", &host.plan.netns, "-4", "route", "show", "proto", "66"])
-        .output()
-        .expect("ip route");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (dst, rest) = l.split_once(' ')?;
-            rest.starts_with("via ")
-                .then(|| (dst.to_owned(), rest.trim().to_owned()))
-        })
-        .collect()
-}
-
 /// What each node's kernel must hold: the other nodes' subnets via their underlay
 /// addresses on eth0.
 fn expected_routes(nodes: &[Host], subnets: &[Ipv4Network]) -> Vec<BTreeMap<String, String>> {
@@ -150,17 +67,6 @@ fn expected_routes(nodes: &[Host], subnets: &[Ipv4Network]) -> Vec<BTreeMap<Stri
                 .collect()
         })
         .collect()
-}
-
-fn until(what: &str, limit: Duration, check: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if check() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn all_established(d: &Twilld, peers: usize) -> bool {

@@ -12,124 +12,23 @@
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use ipnetwork::Ipv4Network;
-use twill_lab::{Host, Lab, LabSpec};
-use twill_netns::NetNs;
-use twill_tests::{
-    cni,
-    daemon::Twilld,
-    require_root,
-    scripts::{ECHO, PROBE},
-};
+use twill_lab::{Lab, LabSpec};
+use twill_tests::{daemon::Twilld, require_root, scripts::ECHO};
+
+mod common;
+use common::{add_pod, cmd, ip, link_mtu, twill_routes, until};
 
 const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
 const CONFIG: &str = "[network]\noverlay = \"bgp\"\nresync_seconds = 1\n\
 [bgp]\nhold_seconds = 3\nkeepalive_seconds = 1\nrestart_seconds = 15\n";
 const DEVICE: &str = "twill-vxlan";
-
-fn sibling(name: &str) -> PathBuf {
-    Path::new(TWILLD).with_file_name(name)
-}
-
-struct Pod {
-    netns: String,
-    ip: Ipv4Addr,
-}
-
-impl Pod {
-    fn spawn(&self, mut cmd: Command) -> Child {
-        let ns = NetNs::from_path(&self.netns).unwrap();
-        ns.run(move || cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn())
-            .unwrap()
-            .unwrap()
-    }
-
-    fn output(&self, cmd: Command) -> String {
-        let out = self.spawn(cmd).wait_with_output().unwrap();
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    }
-
-    fn reaches(&self, to: &Pod) -> bool {
-        self.output(cmd("python3", &["-c", PROBE, &to.ip.to_string(), "2"]))
-            .starts_with("ok")
-    }
-
-    fn mtu(&self) -> u32 {
-        link_mtu(&self.output(cmd("ip", &["-o", "link", "show", "eth0"])))
-    }
-
-    /// A ping of `size` bytes of payload with DF set: whether it was answered.
-    fn df_ping(&self, to: &Pod, size: u32) -> bool {
-        let size = size.to_string();
-        let to = to.ip.to_string();
-        let args = ["-M", "do", "-s", &size, "-c", "2", "-W", "1", &to];
-        self.output(cmd("ping", &args)).contains(" 0% packet loss")
-    }
-}
-
-fn cmd(program: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(program);
-    c.args(args);
-    c
-}
-
-/// The MTU in `ip -o link show` output.
-fn link_mtu(text: &str) -> u32 {
-    text.split_whitespace()
-        .skip_while(|w| *w != "mtu")
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or_else(|| panic!("no mtu in {text}"))
-}
-
-fn add_pod(lab: &mut Lab, host: &Host, daemon: &Twilld, name: &str) -> Pod {
-    let args = format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
-    let (netns, ip) = cni::add_pod(&sibling("twill"), lab, host, daemon, name, &args);
-    Pod { netns, ip }
-}
-
-/// `ip OPTS` in the host's namespace, stdout.
-fn ip(host: &Host, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["-n", &host.plan.netns])
-        .args(args)
-        .output()
-        .expect("ip");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `ip -4 route show proto 66` with a gateway: destination -> "via X dev Y [onlink]".
-fn twill_routes(host: &Host) -> BTreeMap<String, String> {
-    ip(host, &["-4", "route", "show", "proto", "66"])
-        .lines()
-        .filter_map(|l| {
-            let (dst, rest) = l.split_once(' ')?;
-            rest.starts_with("via ")
-                .then(|| (dst.to_owned(), rest.trim().to_owned()))
-        })
-        .collect()
-}
-
-fn until(what: &str, limit: Duration, check: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if check() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn established(d: &Twilld, peers: usize) -> bool {
     d.status()

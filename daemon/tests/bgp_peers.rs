@@ -28,13 +28,10 @@ use std::{
 
 use ipnetwork::Ipv4Network;
 use twill_lab::{Host, Lab, LabSpec};
-use twill_netns::NetNs;
-use twill_tests::{
-    cni,
-    daemon::Twilld,
-    require_root,
-    scripts::{ECHO, PROBE},
-};
+use twill_tests::{daemon::Twilld, require_root, scripts::ECHO};
+
+mod common;
+use common::{Pod, add_pod, sibling, twill_routes, until};
 
 const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
 const BIRD_IP: &str = "172.30.0.101";
@@ -44,10 +41,6 @@ const TOR_OWN: &str = "192.0.2.0/24";
 /// Hold 3 s so sessions come and go quickly; the cluster's AS is the default 64512.
 const CONFIG: &str = "[network]\noverlay = \"bgp\"\nresync_seconds = 1\n\
 [bgp]\nhold_seconds = 3\nkeepalive_seconds = 1\nrestart_seconds = 15\n";
-
-fn sibling(name: &str) -> PathBuf {
-    Path::new(TWILLD).with_file_name(name)
-}
 
 /// BIRD 2 in a lab host's namespace (`bird -c CONF -s SOCK -f`), stopped when dropped; its
 /// log is printed when a test fails.
@@ -190,56 +183,6 @@ template bgp twill_node {{
     config
 }
 
-struct Pod {
-    netns: String,
-    ip: Ipv4Addr,
-}
-
-impl Pod {
-    fn spawn(&self, mut cmd: Command) -> Child {
-        let ns = NetNs::from_path(&self.netns).unwrap();
-        ns.run(move || cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn())
-            .unwrap()
-            .unwrap()
-    }
-
-    fn python(script: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new("python3");
-        cmd.arg("-c").arg(script).args(args);
-        cmd
-    }
-
-    fn reaches(&self, to: &Pod) -> bool {
-        let out = self
-            .spawn(Self::python(PROBE, &[&to.ip.to_string(), "2"]))
-            .wait_with_output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).starts_with("ok")
-    }
-}
-
-fn add_pod(lab: &mut Lab, host: &Host, daemon: &Twilld, name: &str) -> Pod {
-    let args = format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
-    let (netns, ip) = cni::add_pod(&sibling("twill"), lab, host, daemon, name, &args);
-    Pod { netns, ip }
-}
-
-/// `ip -4 route show proto 66` in the host's namespace: destination -> "via X dev Y".
-fn twill_routes(host: &Host) -> BTreeMap<String, String> {
-    let out = Command::new("ip")
-        .args(["-n", &host.plan.netns, "-4", "route", "show", "proto", "66"])
-        .output()
-        .expect("ip route");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (dst, rest) = l.split_once(' ')?;
-            rest.starts_with("via ")
-                .then(|| (dst.to_owned(), rest.trim().to_owned()))
-        })
-        .collect()
-}
-
 /// Every node's kernel holds the other nodes' subnets via their underlay addresses, and
 /// nothing else of twill's.
 fn routed_everywhere(nodes: &[Host], subnets: &[Ipv4Network]) -> bool {
@@ -255,17 +198,6 @@ fn routed_everywhere(nodes: &[Host], subnets: &[Ipv4Network]) -> bool {
             .collect();
         twill_routes(n) == want
     })
-}
-
-fn until(what: &str, limit: Duration, check: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if check() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The states of the daemon's sessions: peer name -> state.

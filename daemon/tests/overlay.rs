@@ -145,9 +145,14 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Du
 fn pods_on_every_node_reach_pods_on_every_other_node_with_their_own_addresses() {
     let mut c = Cluster::new(3);
     let pods: Vec<Pod> = (0..3).map(|i| c.pod(i, &format!("pod{i}"))).collect();
+    // What an operator waits for: the programs attached and the overlay to both peers
+    // programmed (on a loaded machine a node may still be reading the others' records).
     for d in &c.daemons {
         d.wait_status("pod programs attached", Duration::from_secs(10), |s| {
             s.background.attaching == 0
+        });
+        d.wait_status("both peers programmed", Duration::from_secs(10), |s| {
+            s.overlay.peers == 2
         });
     }
     for (i, from) in pods.iter().enumerate() {
