@@ -304,7 +304,8 @@ pub struct BgpStatus {
 /// One BGP session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BgpPeerStatus {
-    /// The node at the other end, from its node record.
+    /// Who is at the other end: a node (its name, from its node record) or a configured
+    /// peer (`bgppeer/<name>`, the BGPPeer object).
     pub node: String,
     pub address: Ipv4Addr,
     pub as_number: u32,
