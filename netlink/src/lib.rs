@@ -231,6 +231,38 @@ pub async fn ipv4_routes(
     .await?)
 }
 
+/// The IPv4 gateway routes that `protocol` installed through link `index`
+/// (`ip -4 route show proto PROTOCOL dev INDEX`, those with a `via`): destination,
+/// prefix length and gateway.
+pub async fn ipv4_gateway_routes(
+    handle: &Handle,
+    protocol: u8,
+    index: u32,
+) -> Result<Vec<(Ipv4Addr, u8, Ipv4Addr)>, StepError> {
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
+    let mut out = Vec::new();
+    for r in ipv4_routes(handle).await? {
+        if r.header.protocol != RouteProtocol::from(protocol) {
+            continue;
+        }
+        let (mut oif, mut dst, mut via) = (None, None, None);
+        for a in &r.attributes {
+            match a {
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = Some(*g),
+                _ => {}
+            }
+        }
+        if let (Some(i), Some(d), Some(g)) = (oif, dst, via)
+            && i == index
+        {
+            out.push((d, r.header.destination_prefix_length, g));
+        }
+    }
+    Ok(out)
+}
+
 /// IPv4 addresses on a link with their prefix lengths (`ip -4 addr show dev INDEX`).
 pub async fn ipv4_addresses(handle: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, StepError> {
     let messages: Vec<_> = dump(|| {

@@ -9,7 +9,7 @@
 
 use std::net::Ipv4Addr;
 
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use netlink_packet_route::route::{RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, RouteMessageBuilder};
 use twill_ipam::ClusterCidr;
 use twill_netlink::StepError;
@@ -24,26 +24,13 @@ pub async fn read(
     cluster: &ClusterCidr,
 ) -> Result<Routes, StepError> {
     let mut out = Routes::new();
-    let routes: Vec<RouteMessage> = twill_netlink::ipv4_routes(h).await?;
-    for r in routes {
-        if r.header.protocol != RouteProtocol::Other(RTPROT_TWILL) {
-            continue;
-        }
-        let (mut oif, mut dst, mut via) = (None, None, None);
-        for a in &r.attributes {
-            match a {
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = Some(*g),
-                _ => {}
-            }
-        }
-        if let (Some(i), Some(d), Some(g)) = (oif, dst, via)
-            && i == underlay.index
-            && let Ok(net) = ipnetwork::Ipv4Network::new(d, r.header.destination_prefix_length)
+    for (dst, prefix, via) in
+        twill_netlink::ipv4_gateway_routes(h, RTPROT_TWILL, underlay.index).await?
+    {
+        if let Ok(net) = ipnetwork::Ipv4Network::new(dst, prefix)
             && cluster.network().contains(net.network())
         {
-            out.insert(net, g);
+            out.insert(net, via);
         }
     }
     Ok(out)

@@ -31,7 +31,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etcd_client::{EventType, GetOptions, WatchOptions};
 use futures::StreamExt as _;
 use ipnetwork::Ipv4Network;
 use rtnetlink::{
@@ -977,89 +976,30 @@ async fn watch_peers(config: Config, out: watch::Sender<Option<Vec<BgpPeer>>>) {
     .await;
 }
 
-fn parse(kv: &etcd_client::KeyValue) -> Option<(String, NodeRecord)> {
-    let key = kv.key_str().ok()?;
-    let name = key.strip_prefix(cluster::NODES)?.to_owned();
-    let record: NodeRecord = serde_json::from_slice(kv.value()).ok()?;
-    Some((name, record))
+fn parse_record(key: &str, value: &[u8]) -> Option<NodeRecord> {
+    key.strip_prefix(cluster::NODES)?;
+    serde_json::from_slice(value).ok()
 }
 
-/// The node records: a snapshot, then a watch; reconnects when etcd goes away. While etcd
-/// is unreachable the last records stand, and the routing stays as it is.
+/// The node records, by node name, after each change (a snapshot, then the store's watch;
+/// reconnects when etcd goes away). While etcd is unreachable, or replaced by an empty
+/// one, the last records stand and the routing stays as it is.
 async fn watch_records(config: Config, out: watch::Sender<Option<BTreeMap<String, NodeRecord>>>) {
-    loop {
-        let mut client = match crate::connect(&config).await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("BGP: {e:#}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+    crate::watch::follow(&config, "BGP node records", parse_record, |store, _| {
+        let records: BTreeMap<String, NodeRecord> = store
+            .iter()
+            .filter_map(|(key, r)| Some((key.strip_prefix(cluster::NODES)?.to_owned(), r.clone())))
+            .collect();
+        out.send_if_modified(|last| {
+            if last.as_ref() == Some(&records) {
+                false
+            } else {
+                *last = Some(records);
+                true
             }
-        };
-        let snapshot = match client
-            .get(cluster::NODES, Some(GetOptions::new().with_prefix()))
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("BGP: reading node records: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let revision = snapshot.header().map_or(0, |h| h.revision());
-        let mut records: BTreeMap<String, NodeRecord> =
-            snapshot.kvs().iter().filter_map(parse).collect();
-        if out.send(Some(records.clone())).is_err() {
-            return;
-        }
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1);
-        let mut stream = match client.watch(cluster::NODES, Some(options)).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("BGP: watching node records: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        loop {
-            let response = match stream.message().await {
-                Ok(Some(r)) if !r.canceled() => r,
-                Ok(_) => {
-                    warn!("BGP: the node record watch ended; starting over");
-                    break;
-                }
-                Err(e) => {
-                    warn!("BGP: watching node records: {e}; starting over");
-                    break;
-                }
-            };
-            for event in response.events() {
-                let Some(kv) = event.kv() else { continue };
-                match event.event_type() {
-                    EventType::Put => {
-                        if let Some((name, record)) = parse(kv) {
-                            records.insert(name, record);
-                        }
-                    }
-                    EventType::Delete => {
-                        if let Some(name) = kv
-                            .key_str()
-                            .ok()
-                            .and_then(|k| k.strip_prefix(cluster::NODES))
-                        {
-                            records.remove(name);
-                        }
-                    }
-                }
-            }
-            if out.send(Some(records.clone())).is_err() {
-                return;
-            }
-        }
-    }
+        });
+    })
+    .await;
 }
 
 #[cfg(test)]

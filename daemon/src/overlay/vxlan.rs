@@ -12,7 +12,7 @@ use netlink_packet_route::{
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
     },
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
+    route::{RouteMessage, RouteProtocol},
 };
 use rtnetlink::{Handle, LinkVxlan, RouteMessageBuilder};
 use twill_ipam::ClusterCidr;
@@ -158,27 +158,11 @@ pub async fn read_programmed(
     cluster: &ClusterCidr,
 ) -> Result<Programmed, StepError> {
     let mut p = Programmed::default();
-    let routes: Vec<RouteMessage> = twill_netlink::ipv4_routes(h).await?;
-    for r in routes {
-        if r.header.protocol != RouteProtocol::Other(RTPROT_TWILL) {
-            continue;
-        }
-        let mut oif = None;
-        let mut dst = None;
-        let mut via = None;
-        for a in &r.attributes {
-            match a {
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = Some(*g),
-                _ => {}
-            }
-        }
-        if let (Some(i), Some(d), Some(g)) = (oif, dst, via)
-            && i == device.index
-            && let Ok(net) = ipnetwork::Ipv4Network::new(d, r.header.destination_prefix_length)
-        {
-            p.routes.insert(net, g);
+    for (dst, prefix, via) in
+        twill_netlink::ipv4_gateway_routes(h, RTPROT_TWILL, device.index).await?
+    {
+        if let Ok(net) = ipnetwork::Ipv4Network::new(dst, prefix) {
+            p.routes.insert(net, via);
         }
     }
     for (family, fdb) in [(AddressFamily::Inet, false), (AddressFamily::Bridge, true)] {
