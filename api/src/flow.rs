@@ -3,7 +3,10 @@
 //! state. The JSON shape is stable: every field is always present (`null` when not
 //! known), fields are only ever added, and `docs/observability.md` documents each one.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,17 +21,20 @@ pub struct FlowEvent {
     pub time: String,
     /// The node whose program wrote it.
     pub node: String,
-    /// `new` (a new connection), `drop`, `refused` (a Service without backends) or
-    /// `packet` (any other packet; per-packet mode only).
+    /// `new` (a new connection), `drop`, `refused` (a Service without backends),
+    /// `packet` (any other packet; per-packet mode only) or `dns` (a query the node's
+    /// twill-dnsd answered; `dns` says what it asked and got).
     pub kind: String,
-    /// `forwarded`, `dropped` or `refused`.
+    /// `forwarded`, `dropped` or `refused` (also a DNS query FQDNPolicy refused the name of).
     pub verdict: String,
     /// What the program did with it: the reason name of `netctl bpf metrics`
-    /// (`service-translated`, `drop-policy-denied`, ...).
+    /// (`service-translated`, `drop-policy-denied`, ...); for `dns` records, what answered
+    /// (`dns-zone`, `dns-cache`, `dns-upstream`, `dns-fqdn-denied`, `dns-not-ready`).
     pub reason: String,
-    /// `from-pod`, `to-pod`, `from-world` or `from-overlay`: which way it travelled.
+    /// `from-pod`, `to-pod`, `from-world` or `from-overlay`: which way it travelled;
+    /// `from-host` for a DNS query that did not come from a pod.
     pub direction: String,
-    /// The program that saw it (`twill_from_pod`, ...).
+    /// The program that saw it (`twill_from_pod`, ...; `twill-dnsd` for `dns` records).
     pub program: String,
     /// `TCP`, `UDP`, `ICMP`, or `proto-N`; `null` when the packet could not be read.
     pub protocol: Option<String>,
@@ -51,6 +57,55 @@ pub struct FlowEvent {
     pub bytes: u32,
     /// The interface the program runs on.
     pub interface: String,
+    /// `dns` records: the query and its answer.
+    pub dns: Option<FlowDns>,
+}
+
+/// A DNS query that the node's twill-dnsd answered, and its answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FlowDns {
+    /// The name asked, lower case, with the final dot (`web.default.svc.cluster.local.`).
+    pub query: String,
+    /// The type asked (`A`, `AAAA`, `SRV`, `PTR`, ...).
+    pub qtype: String,
+    /// The answer's response code (`NOERROR`, `NXDOMAIN`, `SERVFAIL`, ...).
+    pub rcode: String,
+    /// What answered: `zone` (the cluster zone), `cache`, `upstream` (also a stale answer
+    /// or SERVFAIL when every upstream failed), `fqdn-denied` (NXDOMAIN: no FQDNPolicy rule
+    /// of the pod names it) or `not-ready` (SERVFAIL: the zone is not read yet).
+    pub answered_by: String,
+    /// The addresses of the answer's A and AAAA records.
+    pub addresses: Vec<String>,
+    /// The targets of the answer's CNAME records.
+    pub cnames: Vec<String>,
+    /// The lowest TTL in the answer section, seconds.
+    pub ttl: Option<u32>,
+    /// From the query's arrival to its answer, microseconds.
+    pub latency_us: u64,
+    /// The answer was truncated (TC): the client should ask again over TCP.
+    pub truncated: bool,
+}
+
+/// A DNS query record as twill-dnsd hands it to its node's twilld
+/// ([`crate::Request::DnsQueries`]), which names its client and keeps it with the flow
+/// records.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DnsQueryRecord {
+    /// When the answer was sent, Unix milliseconds.
+    pub unix_ms: u64,
+    pub client: Option<SocketAddrV4>,
+    /// The address the server received it on.
+    pub server: Option<SocketAddrV4>,
+    /// `UDP` or `TCP`.
+    pub transport: String,
+    /// The same query from the same client with the same answer, folded into this record
+    /// (at most one record a second for each).
+    pub repeats: u32,
+    /// `fqdn-denied`: every FQDNPolicy that selects the client.
+    pub fqdn_policies: Vec<String>,
+    pub dns: FlowDns,
 }
 
 /// One end of a flow.
@@ -124,6 +179,11 @@ pub struct FlowStatus {
     /// Records the datapath's ring had no room for, since the ring was created (it is
     /// pinned, so this survives daemon restarts).
     pub lost: u64,
+    /// DNS query records taken from twill-dnsd since the daemon started.
+    pub dns_taken: u64,
+    /// DNS query records twill-dnsd could not hand over, as it last said (since it
+    /// started).
+    pub dns_lost: u64,
     /// The JSON lines file, when one is written.
     pub file: Option<String>,
     /// What is wrong (the ring could not be read, the file not written).
@@ -196,6 +256,7 @@ mod tests {
             "repeats",
             "bytes",
             "interface",
+            "dns",
         ] {
             assert!(json.get(field).is_some(), "{field} missing in {json}");
         }

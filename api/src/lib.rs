@@ -132,7 +132,18 @@ pub enum Request {
     /// [`MAX_FLOWS_WAIT_MS`]) for one. An `after` beyond the newest record means the
     /// daemon restarted since: its records are then sent from the oldest.
     Flows { after: u64, max: u32, wait_ms: u32 },
+    /// DNS query records from the node's twill-dnsd, to be named and kept with the flow
+    /// records (at most [`MAX_DNS_QUERIES`] a request). `lost`: records twill-dnsd could
+    /// not hand over since it started.
+    DnsQueries {
+        queries: Vec<flow::DnsQueryRecord>,
+        #[serde(default)]
+        lost: u64,
+    },
 }
+
+/// The most records one [`Request::DnsQueries`] carries.
+pub const MAX_DNS_QUERIES: usize = 1000;
 
 /// The most records one [`Request::Flows`] answer carries.
 pub const MAX_FLOWS: u32 = 5000;
@@ -409,6 +420,11 @@ pub enum Response {
         /// Records the datapath's ring had no room for, since the ring was created.
         lost: u64,
     },
+    /// [`Request::DnsQueries`]: how many records were taken (the others did not fit in
+    /// the daemon's queue).
+    Taken {
+        taken: u32,
+    },
     Error {
         kind: ErrorKind,
         message: String,
@@ -653,6 +669,35 @@ mod tests {
             line.starts_with(r#"{"api":1,"result":"flows","records":[{"seq":0,"#),
             "{line}"
         );
+        assert_eq!(decode_response(&line).unwrap(), resp);
+    }
+
+    #[test]
+    fn dns_query_records_and_their_answer_are_as_documented() {
+        let req = Request::DnsQueries {
+            queries: vec![flow::DnsQueryRecord {
+                unix_ms: 5,
+                client: Some("10.244.1.5:41000".parse().unwrap()),
+                transport: "UDP".into(),
+                ..Default::default()
+            }],
+            lost: 2,
+        };
+        let line = serde_json::to_string(&Envelope {
+            api: API_VERSION,
+            body: &req,
+        })
+        .unwrap();
+        assert!(
+            line.starts_with(
+                r#"{"api":1,"op":"dns_queries","queries":[{"unix_ms":5,"client":"10.244.1.5:41000","server":null,"#
+            ),
+            "{line}"
+        );
+        assert_eq!(decode_request(&line).unwrap(), req);
+        let resp = Response::Taken { taken: 1 };
+        let line = encode_response(&resp);
+        assert_eq!(line.trim_end(), r#"{"api":1,"result":"taken","taken":1}"#);
         assert_eq!(decode_response(&line).unwrap(), resp);
     }
 

@@ -622,7 +622,7 @@ impl Node {
             }
             Request::AttachPod { .. } | Request::Policy => unreachable!("answered in handle"),
             // Long polls: the socket server answers them without a blocking thread.
-            Request::Flows { .. } => error(
+            Request::Flows { .. } | Request::DnsQueries { .. } => error(
                 ErrorKind::BadRequest,
                 "flow records are answered by the socket server".to_owned(),
             ),

@@ -66,6 +66,14 @@ async fn answer(stream: UnixStream, node: Arc<Node>) -> std::io::Result<()> {
             max,
             wait_ms,
         }) => crate::flows::answer(&node, after, max, wait_ms).await,
+        // twill-dnsd's records: queued for the flow reader at once.
+        Ok(twill_api::Request::DnsQueries { queries, lost }) => match node.flows.get() {
+            Some(log) => log.take_dns(queries, lost),
+            None => Response::Error {
+                kind: ErrorKind::Internal,
+                message: "this node keeps no flow records".to_owned(),
+            },
+        },
         // Requests are short and touch a small file; run them off the reactor threads.
         Ok(request) => {
             let started = std::time::Instant::now();

@@ -56,6 +56,15 @@ struct FileConfig {
     fqdn: FileFqdn,
     #[serde(default)]
     metrics: FileMetrics,
+    #[serde(default)]
+    records: FileRecords,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRecords {
+    enabled: Option<bool>,
+    twilld_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,6 +193,9 @@ pub struct Config {
     pub fqdn: FqdnConfig,
     /// Where `/metrics` is served (`[metrics] listen`); `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// The node's twilld socket, which query records go to (`[records]`); `None`: no
+    /// records (`records.enabled = false`).
+    pub records: Option<PathBuf>,
 }
 
 impl Config {
@@ -402,10 +414,20 @@ impl Config {
             })?),
         };
 
+        let records = match file.records.enabled {
+            Some(false) => None,
+            _ => Some(
+                file.records
+                    .twilld_socket
+                    .unwrap_or_else(|| PathBuf::from(twill_api::DEFAULT_SOCKET)),
+            ),
+        };
+
         Ok(Config {
             intercept,
             fqdn,
             metrics_listen,
+            records,
             listen,
             zone,
             etcd_endpoints,
@@ -665,6 +687,21 @@ serve_stale_recheck_seconds = 5
         ] {
             assert_eq!(key_of(&format!("{l}{section}")), key, "{section}");
         }
+    }
+
+    #[test]
+    fn records_go_to_twilld_unless_turned_off() {
+        let l = "listen = [\"10.244.1.1:53\"]\n";
+        assert_eq!(
+            parse(l).unwrap().records,
+            Some(PathBuf::from("/run/twill/twilld.sock"))
+        );
+        let c = parse(&format!("{l}[records]\ntwilld_socket = \"/tmp/t.sock\"\n")).unwrap();
+        assert_eq!(c.records, Some(PathBuf::from("/tmp/t.sock")));
+        let c = parse(&format!("{l}[records]\nenabled = false\n")).unwrap();
+        assert_eq!(c.records, None);
+        let err = parse(&format!("{l}[records]\nsocket = \"/x\"\n")).unwrap_err();
+        assert!(err.to_string().contains("socket"), "{err}");
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub enum Verdict {
 /// One rule of one policy, as a selected pod gets it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Grant {
+    /// `namespace/name` of its policy.
+    policy: String,
     selectors: Vec<FqdnSelector>,
     any_port: bool,
     ports: Vec<FqdnPort>,
@@ -118,8 +120,18 @@ impl FqdnRules {
                 .filter(|p| p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels))
             {
                 let grants = by_pod.entry(*ip).or_default();
+                if policy.egress.is_empty() {
+                    // It allows nothing; kept so that the pod's policies name it.
+                    grants.push(Grant {
+                        policy: format!("{}/{}", policy.namespace, policy.name),
+                        selectors: Vec::new(),
+                        any_port: false,
+                        ports: Vec::new(),
+                    });
+                }
                 grants.extend(policy.egress.iter().map(|rule| {
                     Grant {
+                        policy: format!("{}/{}", policy.namespace, policy.name),
                         selectors: rule.to_fqdns.clone(),
                         any_port: rule.any_port(),
                         ports: rule
@@ -145,6 +157,17 @@ impl FqdnRules {
     /// Whether some FQDNPolicy selects the pod at `pod`.
     pub fn selects(&self, pod: Ipv4Addr) -> bool {
         self.by_pod.contains_key(&pod)
+    }
+
+    /// `namespace/name` of every FQDNPolicy that selects the pod at `pod`, each once.
+    pub fn policies(&self, pod: Ipv4Addr) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for g in self.by_pod.get(&pod).into_iter().flatten() {
+            if !names.contains(&g.policy) {
+                names.push(g.policy.clone());
+            }
+        }
+        names
     }
 
     /// Whether any pod is selected at all.

@@ -14,5 +14,6 @@ pub mod forward;
 pub mod fqdn;
 pub mod intercept;
 pub mod metrics;
+pub mod records;
 pub mod server;
 pub mod source;

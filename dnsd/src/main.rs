@@ -10,6 +10,7 @@ use twill_dnsd::{
     forward::Forwarder,
     fqdn::{self, FqdnRules, Learner},
     intercept, metrics,
+    records::Recorder,
     server::{Listeners, Responder, TcpLimits},
     source,
 };
@@ -128,7 +129,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (rules_tx, rules_rx) = tokio::sync::watch::channel(Arc::new(FqdnRules::default()));
     let forwarder = Arc::new(Forwarder::new(config.forward.clone()));
     let learner = Arc::new(Learner::new(config.fqdn.clone()));
+    let recorder = match &config.records {
+        Some(socket) => {
+            info!("query records go to twilld at {}", socket.display());
+            Some(Recorder::start(socket.clone()).context("starting the query recorder")?)
+        }
+        None => None,
+    };
     let page = Arc::new(metrics::Page {
+        records: recorder.as_ref().map(|r| Arc::clone(r.counts())),
         stats: Arc::clone(forwarder.stats()),
         forwarder: Arc::clone(&forwarder),
         learner: Arc::clone(&learner),
@@ -138,9 +147,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         info!("serving /metrics on {addr}");
         tokio::spawn(twill_metrics_http::serve(listener, page, "twill-dnsd"))
     });
-    let responder = Arc::new(
-        Responder::new(zone_rx, forwarder).with_fqdn(rules_rx.clone(), Arc::clone(&learner)),
-    );
+    let mut responder =
+        Responder::new(zone_rx, forwarder).with_fqdn(rules_rx.clone(), Arc::clone(&learner));
+    if let Some(recorder) = recorder {
+        responder = responder.with_records(recorder);
+    }
+    let responder = Arc::new(responder);
     let sweeping = tokio::spawn(fqdn::keep_swept(learner, rules_rx, SWEEP_EVERY));
     let limits = TcpLimits {
         idle_timeout: config.tcp_idle_timeout,

@@ -25,7 +25,7 @@ use twill_metrics_http::{
     encode::{self, counter, gauge},
 };
 
-use crate::{forward::Forwarder, fqdn::Learner, source::CurrentZone};
+use crate::{forward::Forwarder, fqdn::Learner, records::RecordCounts, source::CurrentZone};
 
 /// Where an answer came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,6 +204,8 @@ pub struct Page {
     pub forwarder: Arc<Forwarder>,
     pub learner: Arc<Learner>,
     pub zone: CurrentZone,
+    /// Query records' counts (`None`: `records.enabled = false`).
+    pub records: Option<Arc<RecordCounts>>,
 }
 
 impl Render for Page {
@@ -230,6 +232,8 @@ struct Snapshot {
     fqdn_denied: u64,
     fqdn_learned: u64,
     fqdn_failed: u64,
+    /// Sent, lost, folded.
+    records: Option<[u64; 3]>,
 }
 
 impl Snapshot {
@@ -250,6 +254,10 @@ impl Snapshot {
             fqdn_denied: read(&page.learner.denied),
             fqdn_learned: read(&page.learner.learned),
             fqdn_failed: read(&page.learner.failed),
+            records: page
+                .records
+                .as_ref()
+                .map(|r| [read(&r.sent), read(&r.lost), read(&r.folded)]),
         }
     }
 }
@@ -318,6 +326,15 @@ impl Collector for Snapshot {
                 .iter()
                 .map(|u| (u.name(), self.upstream[*u as usize])),
         )?;
+        if let Some([sent, lost, folded]) = self.records {
+            counters(
+                &mut enc,
+                "twill_dns_query_records",
+                "Answered queries recorded for twilld's flow records, by outcome: sent (twilld took them, repeats included) or lost (no room, or twilld did not take them); folded: of those, how many were counted as another record's repeats",
+                "outcome",
+                [("sent", sent), ("lost", lost), ("folded", folded)],
+            )?;
+        }
         {
             let metric = enc.encode_descriptor(
                 "twill_dns_upstream_query_duration",
@@ -414,6 +431,7 @@ mod tests {
             fqdn_denied: 1,
             fqdn_learned: 2,
             fqdn_failed: 0,
+            records: Some([7, 2, 4]),
         };
         let mut registry = Registry::default();
         registry.register_collector(Box::new(snapshot));
@@ -430,6 +448,9 @@ mod tests {
             "twill_dns_cache_bytes 300",
             "twill_dns_zone_loaded 1",
             "twill_dns_fqdn_learned_total 2",
+            "twill_dns_query_records_total{outcome=\"sent\"} 7",
+            "twill_dns_query_records_total{outcome=\"lost\"} 2",
+            "twill_dns_query_records_total{outcome=\"folded\"} 4",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }

@@ -20,7 +20,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -45,6 +45,7 @@ use crate::{
     forward::{Forwarder, error_reply},
     fqdn::{CurrentRules, Learned, Learner, Verdict},
     metrics::{Dropped, Source, Stats},
+    records::{self, Answered, Recorder},
     source::CurrentZone,
 };
 
@@ -64,6 +65,15 @@ const UDP_STOP_CHECK: Duration = Duration::from_millis(200);
 /// How many times an answer sent from a task is tried while the socket's send buffer is
 /// full, a millisecond apart.
 const UDP_SEND_TRIES: usize = 20;
+
+/// Who asked a query, where and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Asked {
+    pub client: SocketAddr,
+    /// The address the query came to.
+    pub server: SocketAddr,
+    pub transport: Transport,
+}
 
 /// What [`Responder::respond_now`] can do for a query without waiting.
 pub enum Now {
@@ -85,6 +95,8 @@ pub struct Responder {
     fqdn: Option<(CurrentRules, Arc<Learner>)>,
     /// The forwarder's counters, which count the server's queries too.
     stats: Arc<Stats>,
+    /// Where query records go (`[records]`).
+    records: Option<Arc<Recorder>>,
 }
 
 /// [`Now`], with where the answer came from.
@@ -120,7 +132,35 @@ impl Responder {
             forwarder,
             answers: std::sync::Mutex::new(AnswerCache::new(KEPT_ANSWERS)),
             fqdn: None,
+            records: None,
         }
+    }
+
+    /// Hands a record of every answer to `recorder`.
+    pub fn with_records(mut self, recorder: Arc<Recorder>) -> Responder {
+        self.records = Some(recorder);
+        self
+    }
+
+    /// A record of `answer` for the recorder, if there is one.
+    fn record(&self, asked: Asked, source: Source, answer: &[u8], started: Instant) {
+        let Some(recorder) = &self.records else {
+            return;
+        };
+        let fqdn_policies = match (source, &self.fqdn, asked.client.ip()) {
+            (Source::FqdnDenied, Some((rules, _)), IpAddr::V4(pod)) => rules.borrow().policies(pod),
+            _ => Vec::new(),
+        };
+        recorder.record(Answered {
+            unix_ms: records::unix_ms_now(),
+            client: asked.client,
+            server: asked.server,
+            transport: asked.transport,
+            source,
+            answer: answer.to_vec(),
+            latency: started.elapsed(),
+            fqdn_policies,
+        });
     }
 
     /// Enforces FQDNPolicy on forwarded queries: `rules` from the store, addresses written
@@ -200,10 +240,12 @@ impl Responder {
 
     /// What can be answered at once, without waiting: from the zone, or a fresh cache
     /// entry. [`Now::Later`] when the query must go upstream ([`Self::respond`]).
-    pub fn respond_now(&self, query: &[u8], transport: Transport, client: IpAddr) -> Now {
-        match self.answer_now(query, transport, client) {
+    pub fn respond_now(&self, query: &[u8], asked: Asked) -> Now {
+        let started = Instant::now();
+        match self.answer_now(query, asked.transport, asked.client.ip()) {
             Answer::Send(answer, source) => {
                 self.stats.answered(source, &answer);
+                self.record(asked, source, &answer, started);
                 Now::Send(answer)
             }
             Answer::Nothing => {
@@ -303,15 +345,12 @@ impl Responder {
     /// The response to the message `query` that came over `transport`, encoded within that
     /// transport's size limit; `None` when nothing is to be sent. Before the first zone is
     /// in, every query gets SERVFAIL (the client retries, and caches nothing).
-    pub async fn respond(
-        &self,
-        query: &[u8],
-        transport: Transport,
-        client: IpAddr,
-    ) -> Option<Vec<u8>> {
-        match self.answer(query, transport, client).await {
+    pub async fn respond(&self, query: &[u8], asked: Asked) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        match self.answer(query, asked.transport, asked.client.ip()).await {
             Some((answer, source)) => {
                 self.stats.answered(source, &answer);
+                self.record(asked, source, &answer, started);
                 Some(answer)
             }
             None => {
@@ -425,6 +464,7 @@ impl Listeners {
             let addr = socket.local_addr().context("a udp socket's address")?;
             info!("serving udp on {addr}");
             let udp = UdpServer {
+                local: addr,
                 socket: Arc::new(socket),
                 responder: Arc::clone(&responder),
                 permits: Arc::clone(&udp_permits),
@@ -464,6 +504,8 @@ impl Listeners {
 
 /// One UDP socket, served by a thread of its own ([`UdpServer::serve`]).
 struct UdpServer {
+    /// The socket's own address.
+    local: SocketAddr,
     socket: Arc<UdpSocket>,
     responder: Arc<Responder>,
     /// One per query answered in a task.
@@ -509,10 +551,15 @@ impl UdpServer {
                 let query = &buffers[at][..length];
                 // Zone answers and cache hits are sent from here, without a task; only
                 // what goes upstream waits in one.
-                match self.responder.respond_now(query, Transport::Udp, peer.ip()) {
+                let asked = Asked {
+                    client: peer,
+                    server: self.local,
+                    transport: Transport::Udp,
+                };
+                match self.responder.respond_now(query, asked) {
                     Now::Send(answer) => answers.push((answer, from)),
                     Now::Nothing => {}
-                    Now::Later => self.answer_later(query, peer),
+                    Now::Later => self.answer_later(query, asked),
                 }
             }
             self.send(&mut sending, &mut answers);
@@ -592,17 +639,20 @@ impl UdpServer {
 
     /// Answers `query` from `peer` in a task on the runtime, if fewer than
     /// [`MAX_UDP_IN_FLIGHT`] are; drops it otherwise.
-    fn answer_later(&self, query: &[u8], peer: SocketAddr) {
+    fn answer_later(&self, query: &[u8], asked: Asked) {
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             self.responder.stats.dropped(Dropped::Overload);
-            debug!("udp query from {peer} dropped: {MAX_UDP_IN_FLIGHT} queries in flight");
+            debug!(
+                "udp query from {} dropped: {MAX_UDP_IN_FLIGHT} queries in flight",
+                asked.client
+            );
             return;
         };
         self.runtime.spawn(answer_in_task(
             Arc::clone(&self.socket),
             Arc::clone(&self.responder),
             query.to_vec(),
-            peer,
+            asked,
             permit,
         ));
     }
@@ -614,12 +664,13 @@ async fn answer_in_task(
     socket: Arc<UdpSocket>,
     responder: Arc<Responder>,
     query: Vec<u8>,
-    peer: SocketAddr,
+    asked: Asked,
     _permit: OwnedSemaphorePermit,
 ) {
-    let Some(answer) = responder.respond(&query, Transport::Udp, peer.ip()).await else {
+    let Some(answer) = responder.respond(&query, asked).await else {
         return;
     };
+    let peer = asked.client;
     let to = SockaddrStorage::from(peer);
     for _ in 0..UDP_SEND_TRIES {
         match sendto(socket.as_raw_fd(), &answer, &to, MsgFlags::MSG_DONTWAIT) {
@@ -677,7 +728,7 @@ async fn serve_tcp(
         let responder = Arc::clone(&responder);
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = tcp_connection(stream, peer.ip(), responder, idle_timeout).await {
+            if let Err(e) = tcp_connection(stream, peer, responder, idle_timeout).await {
                 debug!("tcp connection from {peer}: {e:#}");
             }
         });
@@ -688,11 +739,16 @@ async fn serve_tcp(
 /// `idle_timeout`; writes each answer when it is ready.
 async fn tcp_connection(
     stream: TcpStream,
-    client: IpAddr,
+    client: SocketAddr,
     responder: Arc<Responder>,
     idle_timeout: Duration,
 ) -> anyhow::Result<()> {
     let _ = stream.set_nodelay(true);
+    let asked = Asked {
+        client,
+        server: stream.local_addr().context("a tcp connection's address")?,
+        transport: Transport::Tcp,
+    };
     let (mut reader, mut writer) = stream.into_split();
     let (answers, mut to_write) = mpsc::channel::<Vec<u8>>(MAX_TCP_PIPELINE);
     let writing = tokio::spawn(async move {
@@ -734,7 +790,7 @@ async fn tcp_connection(
         let answers = answers.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some(response) = responder.respond(&query, Transport::Tcp, client).await {
+            if let Some(response) = responder.respond(&query, asked).await {
                 // The writer is gone when the connection failed; nothing to do then.
                 let _ = answers.send(response).await;
             }

@@ -158,6 +158,18 @@ fn echo_server(host: &Host) -> Guard {
     Guard(host.spawn(cmd).expect("start an echo server"))
 }
 
+/// `f`'s first `Some`, tried every 100 ms for up to `limit`.
+fn within_value<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn fqdn_drops(node: &Host) -> u64 {
     twill_bpf::read_metrics(&node.bpffs_dir)
         .expect("read the node's metrics")
@@ -231,11 +243,13 @@ fn an_fqdn_policy_opens_only_addresses_its_names_resolved_to() {
              [etcd]\nendpoints = [\"{}\"]\n\
              [forward]\nupstreams = [\"{ip1}:53\"]\ntimeout_ms = 500\n\
              [intercept]\nservice_ip = \"{DNS_VIP}\"\npin_dir = \"{}\"\n\
-             [fqdn]\nmin_ttl_seconds = {}\n",
+             [fqdn]\nmin_ttl_seconds = {}\n\
+             [records]\ntwilld_socket = \"{}\"\n",
             node.plan.underlay_ip,
             lab.etcd_endpoint(),
             node.bpffs_dir.display(),
-            MIN_TTL.as_secs()
+            MIN_TTL.as_secs(),
+            daemons[0].socket.display()
         ),
     )
     .expect("write the dnsd config");
@@ -272,6 +286,39 @@ fn an_fqdn_policy_opens_only_addresses_its_names_resolved_to() {
     assert!(
         dnsd.log_text().contains("which no rule allows"),
         "counted and said"
+    );
+    // And recorded: `netctl monitor` shows the query refused, and the policy that did it.
+    let denied = within_value("the denied query's record", Duration::from_secs(5), || {
+        let out = twill_tests::netctl(
+            &netctl,
+            &lab,
+            &[
+                "monitor",
+                "--dns",
+                "denied.example",
+                "--pod",
+                "default/client",
+                "-o",
+                "json",
+            ],
+            "",
+        );
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["dns"]["qtype"] == "A")
+    });
+    assert_eq!(denied["kind"], "dns", "{denied}");
+    assert_eq!(denied["verdict"], "refused", "{denied}");
+    assert_eq!(denied["reason"], "dns-fqdn-denied", "{denied}");
+    assert_eq!(denied["dns"]["rcode"], "NXDOMAIN", "{denied}");
+    assert_eq!(
+        denied["policy"]["egress"]["verdict"], "fqdn-denied",
+        "{denied}"
+    );
+    assert_eq!(
+        denied["policy"]["egress"]["isolated_by"],
+        serde_json::json!(["default/client-egress"]),
+        "{denied}"
     );
 
     // An allowed name: its address opens at once, at the rule's port only.

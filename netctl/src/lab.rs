@@ -591,9 +591,11 @@ fn start_dns(lab: &Lab) -> anyhow::Result<()> {
         config.push_str(&format!(
             "[forward]\nupstreams = [{upstreams}]\n\
              [intercept]\nservice_ip = \"{LAB_DNS_IP}\"\npin_dir = \"{}\"\n\
-             [metrics]\nlisten = \"{}:{LAB_DNS_METRICS_PORT}\"\n",
+             [metrics]\nlisten = \"{}:{LAB_DNS_METRICS_PORT}\"\n\
+             [records]\ntwilld_socket = \"{}\"\n",
             node.bpffs_dir.display(),
-            node.plan.underlay_ip
+            node.plan.underlay_ip,
+            DaemonPaths::of(&node).socket.display()
         ));
         let args = vec![
             "run".to_owned(),

@@ -69,7 +69,8 @@ pub struct MonitorFlags {
     /// forwarded, dropped or refused.
     #[arg(long)]
     verdict: Vec<String>,
-    /// A reason name (`netctl bpf metrics`): drop-policy-denied, no-backend, ...
+    /// A reason name (`netctl bpf metrics`: drop-policy-denied, no-backend, ...; DNS
+    /// queries: dns-zone, dns-cache, dns-upstream, dns-fqdn-denied, dns-not-ready).
     #[arg(long)]
     reason: Vec<String>,
     /// TCP, UDP, ICMP, SCTP.
@@ -84,6 +85,9 @@ pub struct MonitorFlags {
     /// A policy that allowed or isolated it, NAMESPACE/NAME.
     #[arg(long, value_name = "NS/NAME")]
     policy: Vec<String>,
+    /// A DNS query for NAME (`*.NAME`: any name under it).
+    #[arg(long, value_name = "NAME")]
+    dns: Vec<String>,
     /// Negates the filter flag after it: `--not --reason no-backend`.
     #[arg(long, action = ArgAction::Append, num_args = 0, default_missing_value = "true")]
     not: Vec<bool>,
@@ -531,6 +535,21 @@ pub fn line(e: &FlowEvent) -> String {
         .into_iter()
         .filter_map(|(d, s)| side(d, s.as_ref()?))
         .collect();
+    if let Some(d) = &e.dns {
+        out.push_str(&format!(" {} {} {}", d.qtype, d.query, d.rcode));
+        let answer: Vec<String> = d
+            .cnames
+            .iter()
+            .map(|c| format!("cname {c}"))
+            .chain(d.addresses.iter().cloned())
+            .collect();
+        if !answer.is_empty() {
+            out.push_str(&format!(" {}", answer.join(",")));
+        }
+        if d.truncated {
+            out.push_str(" truncated");
+        }
+    }
     if !policy.is_empty() {
         out.push_str(&format!(" [{}]", policy.join("; ")));
     }
@@ -703,6 +722,34 @@ mod tests {
         assert_eq!(
             line(&malformed),
             "10:59:55.123 node1 default/client(?) -> ? ? DROPPED drop-malformed"
+        );
+        let dns = FlowEvent {
+            kind: "dns".into(),
+            verdict: "forwarded".into(),
+            reason: "dns-upstream".into(),
+            protocol: Some("UDP".into()),
+            destination: FlowEndpoint {
+                ip: Some("172.30.0.2".parse().unwrap()),
+                port: Some(53),
+                node: Some("node1".into()),
+                ..FlowEndpoint::default()
+            },
+            service: None,
+            backend: None,
+            dns: Some(twill_api::flow::FlowDns {
+                query: "www.example.com.".into(),
+                qtype: "A".into(),
+                rcode: "NOERROR".into(),
+                cnames: vec!["web.example.net.".into()],
+                addresses: vec!["192.0.2.7".into(), "192.0.2.8".into()],
+                ..Default::default()
+            }),
+            ..event()
+        };
+        assert_eq!(
+            line(&dns),
+            "10:59:55.123 node1 default/client(10.244.1.3:40000) -> node/node1(172.30.0.2:53) UDP \
+             FORWARDED dns-upstream A www.example.com. NOERROR cname web.example.net.,192.0.2.7,192.0.2.8"
         );
     }
 

@@ -7,6 +7,7 @@
 //! workspace's binaries (`cargo build`). One lab for the whole run, about 10 s.
 
 use std::{
+    net::SocketAddrV4,
     process::{Command, Output},
     thread,
     time::{Duration, Instant},
@@ -17,7 +18,7 @@ use nix::{
     unistd::Pid,
 };
 use twill_lab::{Lab, Manifest, plan::random_name};
-use twill_tests::{alive, leftovers, require_root};
+use twill_tests::{alive, leftovers, prometheus::Prometheus, require_root};
 
 const NETCTL: &str = env!("CARGO_BIN_EXE_netctl");
 /// The Service the pods look up, and its ClusterIP.
@@ -100,6 +101,38 @@ fn in_pod(lab: &str, pod: &str, command: &[&str]) -> Run {
     Run {
         out,
         took: started.elapsed(),
+    }
+}
+
+/// The newest DNS query record on `node` for `query` that `pick` accepts, as `netctl
+/// monitor -o json --dns` prints it; waits up to 5 s for it (records reach twilld in
+/// batches, a few times a second).
+fn dns_records(
+    lab: &str,
+    node: &str,
+    query: &str,
+    pick: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = netctl(&[
+            "monitor", "--lab", lab, "--node", node, "--dns", query, "-o", "json",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let found = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON record"))
+            .filter(|r| pick(r))
+            .last();
+        if let Some(r) = found {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no DNS record of {query} on {node}:\n{}",
+            text(&out)
+        );
+        thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -254,6 +287,66 @@ fn pods_resolve_through_resolv_conf_glibc_dig_the_upstream_its_cache_and_stale_a
     );
     let filled = Instant::now();
     assert_eq!(forwarded.addresses(), [EXT1_IP], "{}", forwarded.describe());
+
+    // Every query is a record in `netctl monitor`, with the pod that asked and the answer:
+    // twill-dnsd hands them to its node's twilld.
+    let upstream = dns_records(&name, "node1", "ext1.lab.example", |r| {
+        r["dns"]["qtype"] == "A" && r["dns"]["answered_by"] == "upstream"
+    });
+    assert_eq!(upstream["kind"], "dns", "{upstream}");
+    assert_eq!(upstream["verdict"], "forwarded", "{upstream}");
+    assert_eq!(upstream["reason"], "dns-upstream", "{upstream}");
+    assert_eq!(upstream["program"], "twill-dnsd", "{upstream}");
+    assert_eq!(upstream["direction"], "from-pod", "{upstream}");
+    assert_eq!(upstream["source"]["pod"], "demo-node1", "{upstream}");
+    assert_eq!(upstream["source"]["node"], "node1", "{upstream}");
+    assert_eq!(upstream["dns"]["query"], "ext1.lab.example.", "{upstream}");
+    assert_eq!(upstream["dns"]["rcode"], "NOERROR", "{upstream}");
+    assert_eq!(
+        upstream["dns"]["addresses"],
+        serde_json::json!([EXT1_IP]),
+        "{upstream}"
+    );
+    assert_eq!(upstream["dns"]["ttl"], UPSTREAM_TTL, "{upstream}");
+    // The cluster zone's answers on node2, found and not found, for the pod there.
+    let zone = dns_records(&name, "node2", "web.shop.svc.cluster.local", |r| {
+        r["dns"]["qtype"] == "A"
+    });
+    assert_eq!(zone["reason"], "dns-zone", "{zone}");
+    assert_eq!(zone["source"]["pod"], "client", "{zone}");
+    assert_eq!(zone["source"]["namespace"], "shop", "{zone}");
+    assert_eq!(
+        zone["dns"]["addresses"],
+        serde_json::json!([WEB_IP]),
+        "{zone}"
+    );
+    let missing = dns_records(&name, "node2", "no-such-svc.shop.svc.cluster.local", |r| {
+        r["dns"]["qtype"] == "A"
+    });
+    assert_eq!(missing["dns"]["rcode"], "NXDOMAIN", "{missing}");
+    assert_eq!(
+        missing["dns"]["addresses"],
+        serde_json::json!([]),
+        "{missing}"
+    );
+    // The human line says the same.
+    let human = netctl(&[
+        "monitor",
+        "--lab",
+        &name,
+        "--node",
+        "node1",
+        "--dns",
+        "ext1.lab.example",
+    ]);
+    assert!(
+        text(&human)
+            .lines()
+            .any(|l| l.contains("default/demo-node1(")
+                && l.contains("A ext1.lab.example. NOERROR 172.30.0.101")),
+        "{}",
+        text(&human)
+    );
     let txt = in_pod(
         &name,
         "demo-node1",
@@ -368,6 +461,59 @@ fn pods_resolve_through_resolv_conf_glibc_dig_the_upstream_its_cache_and_stale_a
     );
     assert!(refused.took < ONE_SECOND, "{}", refused.describe());
     eprintln!("upstream killed: stale answer (dig) in {:?}", refused.took);
+
+    // Debian's Prometheus on ext1 scrapes both nodes' twill-dnsd (port 9153): queries,
+    // cache hits, upstream latency and the query records, as stored by Prometheus.
+    let ext1 = lab.externals()[0].clone();
+    let targets: Vec<(String, SocketAddrV4)> = lab
+        .nodes()
+        .iter()
+        .map(|n| {
+            (
+                n.name().to_owned(),
+                SocketAddrV4::new(n.plan.underlay_ip, 9153),
+            )
+        })
+        .collect();
+    let prometheus = Prometheus::start_jobs(&ext1, &[("twill-dnsd", targets)]);
+    prometheus.wait_for("both servers scraped", "sum(up{job=\"twill-dnsd\"})", |v| {
+        v == 2.0
+    });
+    for (what, query, at_least) in [
+        (
+            "node2's queries",
+            "sum(twill_dns_queries_total{node=\"node2\"})",
+            10.0,
+        ),
+        (
+            "node1's cache hits",
+            "twill_dns_answers_total{node=\"node1\",source=\"cache\"}",
+            1.0,
+        ),
+        (
+            "node1's stale answers",
+            "twill_dns_stale_answers_total{node=\"node1\"}",
+            1.0,
+        ),
+        (
+            "node1's upstream latency",
+            "twill_dns_upstream_query_duration_seconds_count{node=\"node1\"}",
+            1.0,
+        ),
+        (
+            "node2's records taken by its twilld",
+            "twill_dns_query_records_total{node=\"node2\",outcome=\"sent\"}",
+            5.0,
+        ),
+    ] {
+        prometheus.wait_for(what, query, |v| v >= at_least);
+    }
+    assert_eq!(
+        prometheus.value("sum(twill_dns_query_records_total{outcome=\"lost\"})"),
+        0.0,
+        "no query record lost"
+    );
+    drop(prometheus);
 
     let down = netctl(&["lab", "down", &name]);
     assert!(down.status.success(), "{}", text(&down));

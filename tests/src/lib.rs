@@ -130,6 +130,8 @@ pub fn netctl(bin: &std::path::Path, lab: &twill_lab::Lab, args: &[&str], stdin:
     text
 }
 
+pub mod prometheus;
+
 pub mod packet {
     use super::Ipv4Addr;
 

@@ -11,9 +11,15 @@ use std::{
     time::Duration,
 };
 
-use twill_api::{Response, flow::FlowStatus};
+use twill_api::{
+    ErrorKind, Response,
+    flow::{DnsQueryRecord, FlowStatus},
+};
 
-use super::{config::FlowsConfig, record::Kept};
+use super::{config::FlowMode, config::FlowsConfig, record::Kept};
+
+/// Batches of DNS query records waiting for the reader to name them, at most.
+const DNS_BATCHES: usize = 64;
 
 pub struct FlowLog {
     node: String,
@@ -21,6 +27,9 @@ pub struct FlowLog {
     inner: Mutex<Inner>,
     /// The newest record's number, for waiting readers.
     newest: tokio::sync::watch::Sender<u64>,
+    /// To the reader, which names DNS query records with the datapath's (set when it
+    /// starts).
+    dns: std::sync::OnceLock<tokio::sync::mpsc::Sender<Vec<DnsQueryRecord>>>,
 }
 
 #[derive(Default)]
@@ -32,6 +41,9 @@ struct Inner {
     read: u64,
     /// `TWILL_FLOW_LOST` as last read.
     lost: u64,
+    /// DNS query records taken, and twill-dnsd's count of those it could not hand over.
+    dns_taken: u64,
+    dns_lost: u64,
     /// What is wrong, by what it concerns (`ring`, `file`, ...).
     problems: BTreeMap<&'static str, String>,
 }
@@ -46,6 +58,49 @@ impl FlowLog {
                 ..Inner::default()
             }),
             newest: tokio::sync::watch::Sender::new(0),
+            dns: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The reader's end of the DNS query records' queue; `None` once it is taken.
+    pub fn dns_queue(&self) -> Option<tokio::sync::mpsc::Receiver<Vec<DnsQueryRecord>>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(DNS_BATCHES);
+        self.dns.set(tx).ok().map(|()| rx)
+    }
+
+    /// The answer to `Request::DnsQueries`: queued for the reader, or not taken at all
+    /// when its queue is full (twill-dnsd counts them as lost).
+    pub fn take_dns(&self, queries: Vec<DnsQueryRecord>, lost: u64) -> Response {
+        if self.config.mode == FlowMode::Off {
+            return Response::Error {
+                kind: ErrorKind::BadRequest,
+                message: format!(
+                    "flow records are off on {} (flows.mode = \"off\" in its configuration)",
+                    self.node
+                ),
+            };
+        }
+        let Some(tx) = self.dns.get() else {
+            return Response::Error {
+                kind: ErrorKind::Internal,
+                message: format!("{} does not read flow records yet", self.node),
+            };
+        };
+        self.lock().dns_lost = lost;
+        if queries.len() > twill_api::MAX_DNS_QUERIES {
+            return Response::Error {
+                kind: ErrorKind::BadRequest,
+                message: format!(
+                    "{} DNS query records in one request; at most {}",
+                    queries.len(),
+                    twill_api::MAX_DNS_QUERIES
+                ),
+            };
+        }
+        let n = queries.len() as u32;
+        match tx.try_send(queries) {
+            Ok(()) => Response::Taken { taken: n },
+            Err(_) => Response::Taken { taken: 0 },
         }
     }
 
@@ -69,8 +124,12 @@ impl FlowLog {
                 k.seq = inner.next;
                 inner.next += 1;
                 inner.records.push_back(k.clone());
+                if k.dns.is_some() {
+                    inner.dns_taken += 1;
+                } else {
+                    inner.read += 1;
+                }
             }
-            inner.read += batch.len() as u64;
             let keep = self.config.keep as usize;
             let excess = inner.records.len().saturating_sub(keep);
             inner.records.drain(..excess);
@@ -105,6 +164,8 @@ impl FlowLog {
             newest: inner.next - 1,
             read: inner.read,
             lost: inner.lost,
+            dns_taken: inner.dns_taken,
+            dns_lost: inner.dns_lost,
             file: self.config.file.as_ref().map(|f| f.display().to_string()),
             problems: inner.problems.values().cloned().collect(),
         }
@@ -185,6 +246,7 @@ mod tests {
                 egress: None,
                 ingress: None,
                 interface: Arc::from("eth0"),
+                dns: None,
             })
             .collect()
     }

@@ -104,7 +104,9 @@ fn start_reader(config: &Config, node: &Arc<Node>, handle: rtnetlink::Handle, lo
         })
         .await;
     });
+    let dns = log.dns_queue().expect("the reader is started once");
     let reader = Reader {
+        dns,
         log,
         node: node.clone(),
         names: names_rx,
@@ -142,6 +144,8 @@ pub async fn answer(node: &Node, after: u64, max: u32, wait_ms: u32) -> Response
 }
 
 struct Reader {
+    /// DNS query records from twill-dnsd (`Request::DnsQueries`).
+    dns: tokio::sync::mpsc::Receiver<Vec<twill_api::flow::DnsQueryRecord>>,
     log: Arc<FlowLog>,
     node: Arc<Node>,
     names: tokio::sync::watch::Receiver<Arc<Names>>,
@@ -181,6 +185,19 @@ impl LocalPods {
         }
         local
     }
+}
+
+/// Who is at `addr`: a pod by the store's placements or this node's allocations
+/// (`local`, read once when first needed), else a node.
+fn who(node: &Node, names: &Names, local: &mut Option<LocalPods>, addr: Ipv4Addr) -> Option<Who> {
+    if let Some(p) = names.pod(addr) {
+        return Some(Who::Pod(p.clone()));
+    }
+    let local = local.get_or_insert_with(|| LocalPods::of(node, names));
+    if let Some(p) = local.by_ip.get(&addr) {
+        return Some(Who::Pod(p.clone()));
+    }
+    names.node(addr).map(|n| Who::Node(n.clone()))
 }
 
 impl Reader {
@@ -249,6 +266,7 @@ impl Reader {
                         tokio::task::yield_now().await;
                     }
                 }
+                Some(batch) = self.dns.recv() => self.keep_dns(batch),
                 _ = lost_tick.tick() => {
                     match twill_bpf::read_flows_lost(&self.pin_dir) {
                         Ok(lost) => {
@@ -279,7 +297,7 @@ impl Reader {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i128);
         let offset = unix_ns - i128::from(twill_bpf::monotonic_ns());
-        let mut kept: Vec<Kept> = batch
+        let kept: Vec<Kept> = batch
             .into_iter()
             .map(|r| {
                 let interface = self
@@ -287,17 +305,7 @@ impl Reader {
                     .get(&r.ifindex)
                     .cloned()
                     .unwrap_or_else(|| Arc::from(format!("if{}", r.ifindex)));
-                let mut who = |wire: u32| -> Option<Who> {
-                    let addr = ip(wire);
-                    if let Some(p) = names.pod(addr) {
-                        return Some(Who::Pod(p.clone()));
-                    }
-                    let local = local.get_or_insert_with(|| LocalPods::of(&self.node, &names));
-                    if let Some(p) = local.by_ip.get(&addr) {
-                        return Some(Who::Pod(p.clone()));
-                    }
-                    names.node(addr).map(|n| Who::Node(n.clone()))
-                };
+                let mut who = |wire: u32| who(&self.node, &names, &mut local, ip(wire));
                 let (mut source, mut destination, mut backend, mut service) =
                     (None, None, None, None);
                 if has_addresses(&r) {
@@ -337,9 +345,26 @@ impl Reader {
                     backend,
                     service,
                     interface,
+                    dns: None,
                 }
             })
             .collect();
+        self.store(kept);
+    }
+
+    /// Names twill-dnsd's query records and keeps them.
+    fn keep_dns(&mut self, batch: Vec<twill_api::flow::DnsQueryRecord>) {
+        let names = self.names.borrow().clone();
+        let mut local: Option<LocalPods> = None;
+        let kept: Vec<Kept> = batch
+            .into_iter()
+            .filter_map(|q| Kept::of_dns(q, |addr| who(&self.node, &names, &mut local, addr)))
+            .collect();
+        self.store(kept);
+    }
+
+    /// Keeps named records, and writes them to the file.
+    fn store(&mut self, mut kept: Vec<Kept>) {
         self.log.push(&mut kept);
         if let Some(file) = self.file.as_mut() {
             let node = self.node.name();

@@ -16,7 +16,9 @@ use twill_abi::{
     metrics::{Direction, Reason},
     programs,
 };
-use twill_api::flow::{FlowEndpoint, FlowEvent, FlowPolicy, FlowService, PolicySide};
+use twill_api::flow::{
+    DnsQueryRecord, FlowDns, FlowEndpoint, FlowEvent, FlowPolicy, FlowService, PolicySide,
+};
 use twill_policy::EndpointPolicy;
 
 use super::names::{PodName, ServiceName};
@@ -73,6 +75,107 @@ pub struct Kept {
     pub egress: Option<Arc<TableNames>>,
     pub ingress: Option<Arc<TableNames>>,
     pub interface: Arc<str>,
+    /// A DNS query record from twill-dnsd (`record` then holds only its addresses, ports
+    /// and protocol).
+    pub dns: Option<Arc<KeptDns>>,
+}
+
+/// What a DNS query record adds to [`Kept`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptDns {
+    pub dns: FlowDns,
+    pub repeats: u32,
+    pub fqdn_policies: Vec<String>,
+}
+
+/// The program name of DNS query records.
+pub const DNSD: &str = "twill-dnsd";
+
+impl Kept {
+    /// A DNS query record as twill-dnsd handed it over, its ends named by `who`; `None`
+    /// without a client address.
+    pub fn of_dns(q: DnsQueryRecord, mut who: impl FnMut(Ipv4Addr) -> Option<Who>) -> Option<Kept> {
+        let client = q.client?;
+        let wire = |ip: Ipv4Addr| u32::from(ip).to_be();
+        let record = FlowRecord {
+            src_ip: wire(*client.ip()),
+            src_port: client.port().to_be(),
+            dst_ip: q.server.map_or(0, |s| wire(*s.ip())),
+            dst_port: q.server.map_or(0, |s| s.port().to_be()),
+            protocol: if q.transport.eq_ignore_ascii_case("tcp") {
+                6
+            } else {
+                17
+            },
+            ..FlowRecord::default()
+        };
+        Some(Kept {
+            seq: 0,
+            unix_ms: q.unix_ms,
+            source: who(*client.ip()),
+            destination: q.server.and_then(|s| who(*s.ip())),
+            record,
+            backend: None,
+            service: None,
+            egress: None,
+            ingress: None,
+            interface: Arc::from(""),
+            dns: Some(Arc::new(KeptDns {
+                dns: q.dns,
+                repeats: q.repeats,
+                fqdn_policies: q.fqdn_policies,
+            })),
+        })
+    }
+
+    /// The JSON shape of a DNS query record.
+    fn dns_event(&self, node: &str, d: &KeptDns) -> FlowEvent {
+        let r = &self.record;
+        let denied = d.dns.answered_by == "fqdn-denied";
+        FlowEvent {
+            seq: self.seq,
+            time: twill_api::flow::rfc3339_ms(self.unix_ms),
+            node: node.to_owned(),
+            kind: "dns".to_owned(),
+            verdict: if denied { "refused" } else { "forwarded" }.to_owned(),
+            reason: format!("dns-{}", d.dns.answered_by),
+            direction: match self.source {
+                Some(Who::Pod(_)) => "from-pod",
+                _ => "from-host",
+            }
+            .to_owned(),
+            program: DNSD.to_owned(),
+            protocol: Some(protocol_name(r.protocol)),
+            source: endpoint(
+                r.src_ip,
+                Some(u16::from_be(r.src_port)),
+                self.source.as_ref(),
+                true,
+            ),
+            destination: endpoint(
+                r.dst_ip,
+                (r.dst_ip != 0).then(|| u16::from_be(r.dst_port)),
+                self.destination.as_ref(),
+                r.dst_ip != 0,
+            ),
+            service: None,
+            backend: None,
+            reply: Some(false),
+            policy: FlowPolicy {
+                egress: denied.then(|| PolicySide {
+                    verdict: "fqdn-denied".to_owned(),
+                    policy: d.fqdn_policies.first().cloned(),
+                    rule: None,
+                    isolated_by: d.fqdn_policies.clone(),
+                }),
+                ingress: None,
+            },
+            repeats: d.repeats,
+            bytes: 0,
+            interface: String::new(),
+            dns: Some(d.dns.clone()),
+        }
+    }
 }
 
 pub fn ip(wire: u32) -> Ipv4Addr {
@@ -196,6 +299,9 @@ fn endpoint(ip_wire: u32, port: Option<u16>, who: Option<&Who>, read: bool) -> F
 impl Kept {
     /// The record's JSON shape, as written by the node `node`.
     pub fn event(&self, node: &str) -> FlowEvent {
+        if let Some(d) = &self.dns {
+            return self.dns_event(node, d);
+        }
         let r = &self.record;
         let read = has_addresses(r);
         let ports = read && matches!(r.protocol, 6 | 17 | 132);
@@ -249,6 +355,7 @@ impl Kept {
             repeats: u32::from(r.repeats),
             bytes: r.len,
             interface: self.interface.to_string(),
+            dns: None,
         }
     }
 }
@@ -286,6 +393,7 @@ mod tests {
             egress: None,
             ingress: None,
             interface: Arc::from("tw0123456789ab"),
+            dns: None,
         }
     }
 
@@ -344,7 +452,8 @@ mod tests {
                     "isolated_by": []}, "ingress": null},
                 "repeats": 0,
                 "bytes": 60,
-                "interface": "tw0123456789ab"
+                "interface": "tw0123456789ab",
+                "dns": null
             })
         );
     }
@@ -424,5 +533,67 @@ mod tests {
         assert_eq!(e.destination.ip, None);
         assert_eq!(e.reply, None);
         assert!(e.backend.is_none() && e.service.is_none());
+    }
+
+    #[test]
+    fn a_dns_query_names_its_pod_and_says_what_it_asked_and_got() {
+        let q = DnsQueryRecord {
+            unix_ms: 1_796_122_795_123,
+            client: Some("10.244.1.5:41000".parse().unwrap()),
+            server: Some("172.30.0.2:53".parse().unwrap()),
+            transport: "UDP".into(),
+            repeats: 2,
+            fqdn_policies: vec!["default/egress-dns".into()],
+            dns: FlowDns {
+                query: "x.example.".into(),
+                qtype: "A".into(),
+                rcode: "NXDOMAIN".into(),
+                answered_by: "fqdn-denied".into(),
+                ..FlowDns::default()
+            },
+        };
+        let k = Kept::of_dns(q, |ip| match ip.to_string().as_str() {
+            "10.244.1.5" => Some(pod("default", "client", "node1")),
+            "172.30.0.2" => Some(Who::Node(Arc::from("node1"))),
+            _ => None,
+        })
+        .unwrap();
+        let e = k.event("node1");
+        assert_eq!(
+            (e.kind.as_str(), e.verdict.as_str(), e.reason.as_str()),
+            ("dns", "refused", "dns-fqdn-denied")
+        );
+        assert_eq!(
+            (e.direction.as_str(), e.program.as_str()),
+            ("from-pod", "twill-dnsd")
+        );
+        assert_eq!(e.protocol.as_deref(), Some("UDP"));
+        assert_eq!(e.source.pod.as_deref(), Some("client"));
+        assert_eq!(e.source.port, Some(41000));
+        assert_eq!(e.destination.node.as_deref(), Some("node1"));
+        assert_eq!(e.destination.port, Some(53));
+        assert_eq!(e.repeats, 2);
+        let side = e.policy.egress.unwrap();
+        assert_eq!(side.verdict, "fqdn-denied");
+        assert_eq!(side.isolated_by, ["default/egress-dns"]);
+        assert_eq!(e.dns.unwrap().query, "x.example.");
+        // An answered query is forwarded, and says nothing of policy.
+        let q = DnsQueryRecord {
+            client: Some("172.30.0.9:5000".parse().unwrap()),
+            transport: "TCP".into(),
+            dns: FlowDns {
+                answered_by: "zone".into(),
+                ..FlowDns::default()
+            },
+            ..DnsQueryRecord::default()
+        };
+        let e = Kept::of_dns(q, |_| None).unwrap().event("node1");
+        assert_eq!(
+            (e.verdict.as_str(), e.reason.as_str(), e.direction.as_str()),
+            ("forwarded", "dns-zone", "from-host")
+        );
+        assert_eq!(e.protocol.as_deref(), Some("TCP"));
+        assert!(e.destination.ip.is_none() && e.policy.egress.is_none());
+        assert!(Kept::of_dns(DnsQueryRecord::default(), |_| None).is_none());
     }
 }

@@ -91,7 +91,7 @@ impl CniRequest {
             Request::Lookup { .. } => CniRequest::Lookup,
             Request::Gc { .. } => CniRequest::Gc,
             Request::Status => CniRequest::Status,
-            Request::Policy | Request::Flows { .. } => return None,
+            Request::Policy | Request::Flows { .. } | Request::DnsQueries { .. } => return None,
         })
     }
 

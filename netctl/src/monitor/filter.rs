@@ -29,11 +29,13 @@ pub enum Field {
     Service,
     /// `NAMESPACE/NAME`: the policy of either direction's verdict, or one isolating it.
     Policy,
+    /// A DNS query's name (`*.NAME`: any name under it).
+    Dns,
 }
 
 impl Field {
     /// Every field with its flag (without the dashes).
-    pub const ALL: [(Field, &'static str); 10] = [
+    pub const ALL: [(Field, &'static str); 11] = [
         (Field::Pod, "pod"),
         (Field::Namespace, "namespace"),
         (Field::From, "from"),
@@ -44,6 +46,7 @@ impl Field {
         (Field::Port, "port"),
         (Field::Service, "service"),
         (Field::Policy, "policy"),
+        (Field::Dns, "dns"),
     ];
 
     pub fn flag(self) -> &'static str {
@@ -56,6 +59,20 @@ impl Field {
 }
 
 pub const VERDICTS: [&str; 3] = ["forwarded", "dropped", "refused"];
+
+/// The reasons of DNS query records (twill-dnsd's, not the datapath's).
+pub const DNS_REASONS: [&str; 5] = [
+    "dns-zone",
+    "dns-cache",
+    "dns-upstream",
+    "dns-fqdn-denied",
+    "dns-not-ready",
+];
+
+/// A DNS name as compared: lower case, without the final dot.
+fn dns_name(text: &str) -> String {
+    text.trim_end_matches('.').to_ascii_lowercase()
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Value {
@@ -115,6 +132,7 @@ impl Filters {
                     let known: Vec<&str> = twill_abi::metrics::Reason::ALL
                         .iter()
                         .map(|r| r.name())
+                        .chain(DNS_REASONS)
                         .collect();
                     if !known.contains(&text.as_str()) {
                         return Err(format!(
@@ -135,6 +153,16 @@ impl Filters {
                         ));
                     }
                     Value::Text(p)
+                }
+                Field::Dns => {
+                    let name = dns_name(&text);
+                    let bare = name.strip_prefix("*.").unwrap_or(&name);
+                    if bare.is_empty() || bare.contains('*') || bare.contains(' ') {
+                        return Err(format!(
+                            "--dns {text:?}: expected a DNS name, or *.NAME for any name under it"
+                        ));
+                    }
+                    Value::Text(name)
                 }
                 Field::Port => Value::Port(
                     text.parse()
@@ -193,6 +221,15 @@ impl Filter {
                 .as_deref()
                 .is_some_and(|x| x.eq_ignore_ascii_case(p)),
             (Field::Port, Value::Port(p)) => ends(e).any(|end| end.port == Some(*p)),
+            (Field::Dns, Value::Text(wanted)) => e.dns.as_ref().is_some_and(|d| {
+                let name = dns_name(&d.query);
+                match wanted.strip_prefix("*.") {
+                    Some(parent) => name
+                        .strip_suffix(parent)
+                        .is_some_and(|head| head.ends_with('.')),
+                    None => name == *wanted,
+                }
+            }),
             (Field::Service, Value::Named(ns, name)) => e
                 .service
                 .as_ref()
@@ -431,9 +468,42 @@ mod tests {
             ),
             (&["--port", "http"], "expected a port number"),
             (&["--protocol", "tcpx"], "expected TCP, UDP"),
+            (&["--dns", "a.*.example"], "expected a DNS name"),
+            (&["--reason", "dns-nope"], "dns-zone, dns-cache"),
         ] {
             let err = pass(args).unwrap_err();
             assert!(err.contains(want), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn dns_filters_match_a_name_or_the_names_under_one() {
+        let query = |name: &str| FlowEvent {
+            kind: "dns".into(),
+            reason: "dns-upstream".into(),
+            dns: Some(twill_api::flow::FlowDns {
+                query: name.into(),
+                ..Default::default()
+            }),
+            ..FlowEvent::default()
+        };
+        let events = [
+            query("www.example.com."),
+            query("example.com."),
+            query("notexample.com."),
+            FlowEvent::default(),
+        ];
+        let pass = |field: Field, value: &str, negated: bool| -> Vec<usize> {
+            let f = Filters::new(vec![(field, value.to_owned(), negated)]).unwrap();
+            (0..events.len())
+                .filter(|i| f.matches(&events[*i]))
+                .collect()
+        };
+        assert_eq!(pass(Field::Dns, "Example.com", false), [1]);
+        assert_eq!(pass(Field::Dns, "example.com.", false), [1]);
+        assert_eq!(pass(Field::Dns, "*.example.com", false), [0]);
+        assert_eq!(pass(Field::Dns, "*.com", false), [0, 1, 2]);
+        assert_eq!(pass(Field::Dns, "*.example.com", true), [1, 2, 3]);
+        assert_eq!(pass(Field::Reason, "dns-upstream", false), [0, 1, 2]);
     }
 }
