@@ -262,6 +262,8 @@ pub struct Cluster {
     /// Node name -> the version of the twilld that wrote its record (records of older
     /// daemons have none).
     pub node_versions: BTreeMap<String, String>,
+    /// Node name -> where its twilld serves flow records over TCP (`flows.listen`).
+    pub node_flows: BTreeMap<String, String>,
     /// Subnet key and holder.
     pub subnets: Vec<(String, SubnetRecord)>,
 }
@@ -332,6 +334,9 @@ impl Cluster {
                 if let Ok(r) = serde_json::from_slice::<cluster::VersionedNodeRecord>(&value) {
                     if let Some(v) = r.version {
                         c.node_versions.insert(r.record.name.clone(), v);
+                    }
+                    if let Some(addr) = r.flows_listen {
+                        c.node_flows.insert(r.record.name.clone(), addr.to_string());
                     }
                     c.nodes.push(r.record);
                 }
@@ -982,6 +987,7 @@ fn nodes(c: &Cluster) -> (Table, Vec<Item>) {
         .into_iter()
         .map(|mut r| {
             r.version = c.node_versions.get(&r.name).cloned();
+            r.flows_listen = c.node_flows.get(&r.name).cloned();
             r
         })
         .map(|r| {
@@ -1005,6 +1011,9 @@ fn nodes(c: &Cluster) -> (Table, Vec<Item>) {
             }
             if let Some(version) = &r.version {
                 annotations.insert("twill.io/twilld-version".into(), json!(version));
+            }
+            if let Some(flows) = &r.flows_listen {
+                annotations.insert("twill.io/flows-listen".into(), json!(flows));
             }
             if !annotations.is_empty() {
                 metadata["annotations"] = serde_json::Value::Object(annotations);
@@ -1030,6 +1039,7 @@ fn nodes(c: &Cluster) -> (Table, Vec<Item>) {
                 wide: vec![
                     r.vtep_mac.clone().unwrap_or_else(|| "-".into()),
                     r.version.clone().unwrap_or_else(|| "-".into()),
+                    r.flows_listen.clone().unwrap_or_else(|| "-".into()),
                 ],
             }
         })
@@ -1037,7 +1047,7 @@ fn nodes(c: &Cluster) -> (Table, Vec<Item>) {
     (
         Table {
             header: &["STATUS", "UNDERLAY IP", "POD SUBNET"],
-            wide: &["VTEP MAC", "VERSION"],
+            wide: &["VTEP MAC", "VERSION", "FLOWS"],
         },
         items,
     )
@@ -1192,6 +1202,8 @@ struct NodeRow {
     vtep_mac: Option<String>,
     /// The twilld version its record names.
     version: Option<String>,
+    /// Its flow API over TCP (`flows.listen`).
+    flows_listen: Option<String>,
 }
 
 /// Live nodes from their records; nodes whose record expired but whose subnet is still
@@ -1208,6 +1220,7 @@ fn node_rows(nodes: &[NodeRecord], subnets: &[(String, SubnetRecord)]) -> Vec<No
                 subnet: r.subnet,
                 vtep_mac: r.vtep_mac.clone(),
                 version: None,
+                flows_listen: None,
             },
         );
     }
@@ -1224,6 +1237,7 @@ fn node_rows(nodes: &[NodeRecord], subnets: &[(String, SubnetRecord)]) -> Vec<No
                     subnet,
                     vtep_mac: None,
                     version: None,
+                    flows_listen: None,
                 },
             );
         }

@@ -176,6 +176,21 @@ fn lab_up_runs_daemons_and_pods_that_reach_each_other_and_down_removes_it_all() 
         3,
         "{table}"
     );
+    // -o wide: each node's flow API, as its record publishes it (the lab serves it on the
+    // node's underlay address, port 9963).
+    let wide = netctl(&["get", "nodes", "--lab", &name, "-o", "wide"]);
+    let wide = text(&wide);
+    assert!(
+        wide.lines().next().unwrap_or("").ends_with("FLOWS"),
+        "{wide}"
+    );
+    assert_eq!(
+        wide.lines()
+            .filter(|l| l.trim_end().ends_with(":9963"))
+            .count(),
+        3,
+        "{wide}"
+    );
     // Pod records reach etcd asynchronously, within moments of the ADD.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let (pods, web_record) = loop {
