@@ -477,6 +477,13 @@ fn node_problems(r: &NodeReport) -> Vec<String> {
             s.flows.lost
         ));
     }
+    if s.flows.dns_lost > 0 {
+        out.push(format!(
+            "{name}: DNS query records lost: {} (twill-dnsd could not hand them to twilld: \
+             see its log and twill_dns_query_records_total)",
+            s.flows.dns_lost
+        ));
+    }
     out.extend(
         s.flows
             .problems
@@ -502,6 +509,12 @@ fn yes_no(b: bool) -> &'static str {
 fn flows_text(f: &FlowStatus) -> String {
     if f.mode.is_empty() || f.mode == "off" {
         return "off".into();
+    }
+    if f.dns_taken > 0 || f.dns_lost > 0 {
+        return format!(
+            "{} (read {}, lost {}; dns {}, lost {})",
+            f.mode, f.read, f.lost, f.dns_taken, f.dns_lost
+        );
     }
     format!("{} (read {}, lost {})", f.mode, f.read, f.lost)
 }
@@ -668,7 +681,8 @@ mod tests {
                 "overlay": {"peers": 1, "problem": null},
                 "policy": {"synced": true, "problems": [], "maps": []},
                 "flows": {"mode": "connections", "kept": 0, "keep": 10, "newest": 0,
-                          "read": 0, "lost": 7, "file": null, "problems": []},
+                          "read": 0, "lost": 7, "dns_lost": 3, "file": null,
+                          "problems": []},
             }),
             vec![MapFill {
                 name: "TWILL_CT".into(),
@@ -684,6 +698,8 @@ mod tests {
                 "node2: reaches 1 of 2 peer node(s)",
                 "node2: flow records lost: 7 since its ring was made (the ring was full: raise \
                  flows.ring_bytes, or use flows.mode = \"connections\")",
+                "node2: DNS query records lost: 3 (twill-dnsd could not hand them to twilld: \
+                 see its log and twill_dns_query_records_total)",
             ]
         );
     }
