@@ -288,6 +288,15 @@ async fn daemon(config: Config, bumped: Vec<String>) -> anyhow::Result<()> {
             "pod traffic leaving the cluster is masqueraded"
         );
     }
+    // Not fatal: pods reach each other without it; the node's conntrack, where something
+    // enables it, then holds one-way entries for their flows (see `masquerade`).
+    match masquerade::ensure_untracked(config.cluster.network()) {
+        Ok(()) => info!(
+            chain = masquerade::UNTRACKED_CHAIN,
+            "pod-to-pod traffic is not connection-tracked"
+        ),
+        Err(e) => warn!("leaving pod-to-pod traffic connection-tracked: {e}"),
+    }
 
     let state = state::StateDir::open(&config.state_dir)?;
     let service_cidr = Some((

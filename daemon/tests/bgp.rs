@@ -2,12 +2,13 @@
 //! "bgp"`, pods wired through the CNI binary. The iBGP mesh comes up; every node routes the
 //! other nodes' pod subnets via their underlay addresses with twill's protocol; pods on
 //! different nodes reach each other with plain IPv4 on the underlay (no VXLAN) at the
-//! underlay's MTU; a `twilld` killed and restarted keeps every route in every kernel and a
-//! TCP stream across nodes running; a node killed for good is withdrawn after the graceful
-//! restart time, and a frozen one after the hold time. A speaker with a node record of its
-//! own is peered with as soon as the record appears; what it announces that etcd does not
-//! give it is refused and reported; drift is repaired and foreign routes stay. MD5
-//! passwords match or the mismatch is reported.
+//! underlay's MTU, also past a node firewall that drops what conntrack calls INVALID
+//! (twill leaves pod-to-pod traffic untracked); a `twilld` killed and restarted keeps
+//! every route in every kernel and a TCP stream across nodes running; a node killed for
+//! good is withdrawn after the graceful restart time, and a frozen one after the hold
+//! time. A speaker with a node record of its own is peered with as soon as the record
+//! appears; what it announces that etcd does not give it is refused and reported; drift
+//! is repaired and foreign routes stay. MD5 passwords match or the mismatch is reported.
 
 use std::{
     collections::BTreeMap,
@@ -243,6 +244,32 @@ fn nodes_route_pods_over_an_ibgp_mesh_and_survive_restarts() {
     for (from, to) in [(&a, &b), (&b, &c), (&c, &a), (&a, &c)] {
         assert!(from.reaches(to), "{} does not reach {}", from.ip, to.ip);
     }
+    // A node firewall that drops what conntrack calls INVALID (a common hardening rule)
+    // lets pods on different nodes talk: the programs send each flow past one node's stack
+    // in one direction, so a tracked flow would be one-way and its packets INVALID; twill
+    // leaves pod-to-pod traffic untracked.
+    let firewall = |op: &str| {
+        for n in &nodes {
+            let rule = format!("-w {op} FORWARD -m conntrack --ctstate INVALID -j DROP");
+            let out = Command::new("ip")
+                .args(["netns", "exec", &n.plan.netns, "iptables"])
+                .args(rule.split(' '))
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "iptables {rule}: {stderr}");
+        }
+    };
+    firewall("-A");
+    for (from, to) in [(&a, &b), (&b, &c), (&c, &a)] {
+        assert!(
+            from.reaches(to),
+            "{} does not reach {} past a node's INVALID drop",
+            from.ip,
+            to.ip
+        );
+    }
+    firewall("-D");
     // Pod MTU = underlay MTU, and a DF ping of that size passes.
     let underlay_mtu: u32 = {
         let out = Command::new("ip")

@@ -11,8 +11,24 @@
 //! `-Q 10000 -v`: the latency of every answer). Also twill-dnsd's RSS with the Services.
 //! Twilld's interception (Service IP -> this server) is not in this benchmark.
 //!
+//! The latency runs are set up so that they time the server and not the machine:
+//! - dnsperf `-v` flushes stdout before every line, so each answer is one `write`. Into a
+//!   pipe, each of those wakes the reader (this process, on either CPU) and the answers
+//!   that arrive meanwhile are stamped late. Its stdout goes to a file on tmpfs instead.
+//! - On a shared machine a compiler job on CPU 0 or 1 makes dnsperf or the server wait
+//!   for the CPU, for milliseconds. For the latency runs only, dnsperf and every thread
+//!   of both servers run SCHED_RR (priority 1), so other work cannot preempt them. At
+//!   10,000 queries/s each uses a fraction of its CPU, and the kernel's RT throttling
+//!   leaves the rest of the machine at least 5%. The full-load runs stay SCHED_OTHER.
+//!   Not SCHED_FIFO: at the end of a run dnsperf's receive thread spins (its stop pipe
+//!   stays readable) until the send thread has seen the end, and at FIFO on one CPU the
+//!   send thread would never run again; at RR it runs after one time slice.
+//! - What neither can remove is the hypervisor taking the vCPUs away (steal time): the
+//!   steal during each latency run is printed next to its figures.
+//!
 //! Run as root with `scripts/bench`. SERVICES=N, ROUNDS=N and SECONDS_PER_RUN=N change the
-//! defaults (10000, 3, 5).
+//! defaults (10000, 3, 5). LATENCY_SCHED=other runs the latency runs without SCHED_RR,
+//! to see what the machine's other work adds.
 
 use std::{
     collections::BTreeMap,
@@ -160,9 +176,27 @@ fn dig(ns: &NetNs, server: Ipv4Addr, port: u16, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// One dnsperf run from `ns`; its stdout.
-fn dnsperf(ns: &NetNs, server: Ipv4Addr, port: u16, data: &Path, extra: &[String]) -> String {
+/// How dnsperf is run.
+#[derive(Clone, Copy)]
+enum Client<'a> {
+    /// Output through a pipe, as any process: for the full-load runs.
+    Plain,
+    /// Output into the file `sink` (on tmpfs), and SCHED_RR when `realtime`: for the
+    /// latency runs, where every answer is a line.
+    Latency { sink: &'a Path, realtime: bool },
+}
+
+/// One dnsperf run from `ns`, on CPU 0; its stdout.
+fn dnsperf(
+    ns: &NetNs,
+    server: Ipv4Addr,
+    port: u16,
+    data: &Path,
+    extra: &[String],
+    client: Client<'_>,
+) -> String {
     let mut args: Vec<String> = vec![
+        "taskset".into(),
         "-c".into(),
         "0".into(),
         "dnsperf".into(),
@@ -176,14 +210,91 @@ fn dnsperf(ns: &NetNs, server: Ipv4Addr, port: u16, data: &Path, extra: &[String
         "2".into(),
     ];
     args.extend_from_slice(extra);
-    let out = run_in(ns, "taskset", &args);
-    assert!(
-        out.status.success(),
-        "dnsperf {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let (sink, realtime) = match client {
+        Client::Plain => {
+            let out = run_in(ns, &args[0], &args[1..]);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        Client::Latency { sink, realtime } => (sink, realtime),
+    };
+    if realtime {
+        args.splice(0..0, ["chrt", "-r", "1"].map(str::to_owned));
+    }
+    let file = fs::File::create(sink).expect("create dnsperf's output file");
+    let mut cmd = Command::new(&args[0]);
+    cmd.args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("dup dnsperf's output file"))
+        .stderr(file);
+    let status = ns
+        .run(move || cmd.status())
+        .expect("enter the namespace")
+        .unwrap_or_else(|e| panic!("run {}: {e}", args[0]));
+    let out = fs::read_to_string(sink).expect("read dnsperf's output file");
+    let _ = fs::remove_file(sink);
+    assert!(status.success(), "{}: {out}", args.join(" "));
+    out
+}
+
+/// Sets the scheduling policy of every thread of the processes `pids` (`chrt -a`); whether
+/// it could.
+fn set_sched(pids: &[u32], realtime: bool) -> bool {
+    let policy: &[&str] = if realtime { &["-r", "1"] } else { &["-o", "0"] };
+    pids.iter().all(|pid| {
+        Command::new("chrt")
+            .arg("-a")
+            .arg("-p")
+            .args(policy)
+            .arg(pid.to_string())
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// SCHED_RR for the servers while it lives, SCHED_OTHER again when dropped.
+struct Realtime<'a>(&'a [u32]);
+
+impl<'a> Realtime<'a> {
+    fn new(pids: &'a [u32]) -> Realtime<'a> {
+        let raised = Realtime(pids);
+        assert!(set_sched(pids, true), "chrt -a -r -p 1 {pids:?}");
+        raised
+    }
+}
+
+impl Drop for Realtime<'_> {
+    fn drop(&mut self) {
+        // The servers are killed at the end anyway; nothing to do if this fails.
+        let _ = set_sched(self.0, false);
+    }
+}
+
+/// The machine's steal time so far, in ms, over all CPUs (`/proc/stat`, in USER_HZ, which
+/// is 100 on Linux).
+fn steal_ms() -> u64 {
+    fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .and_then(|l| l.split_whitespace().nth(8)?.parse::<u64>().ok())
+        .map_or(0, |ticks| ticks * 10)
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `(queries/s, lost fraction)` from dnsperf's summary.
@@ -230,6 +341,8 @@ struct Figures {
     p50: Vec<f64>,
     p99: Vec<f64>,
     lost: Vec<f64>,
+    /// Steal time during each latency run, ms.
+    steal: Vec<f64>,
 }
 
 fn unbound_config(dir: &Path, node_ip: Ipv4Addr, upstream: Ipv4Addr, services: u32) -> String {
@@ -273,7 +386,9 @@ fn main() {
     let services = env("SERVICES", 10_000);
     let rounds = env("ROUNDS", 3).max(1);
     let seconds = env("SECONDS_PER_RUN", 5).max(1).to_string();
-    for tool in ["dnsperf", "unbound", "dnsmasq", "dig", "taskset"] {
+    let realtime = std::env::var("LATENCY_SCHED").map_or(true, |v| v != "other");
+    let load_at_start = load_average();
+    for tool in ["dnsperf", "unbound", "dnsmasq", "dig", "taskset", "chrt"] {
         assert!(
             Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
@@ -434,11 +549,27 @@ fn main() {
     // Warm both caches: every external name once, at a gentle rate.
     for server in &servers {
         let warm_args = ["-n", "1", "-Q", "2000"].map(str::to_owned);
-        dnsperf(&pod, node_ip, server.port, &warm_file, &warm_args);
+        dnsperf(
+            &pod,
+            node_ip,
+            server.port,
+            &warm_file,
+            &warm_args,
+            Client::Plain,
+        );
     }
 
     let kinds = [("cluster", &cluster_file), ("external", &external_file)];
     let mut figures: BTreeMap<(&str, &str), Figures> = BTreeMap::new();
+    let server_pids = [dnsd.child.id(), unbound.child.id()];
+    let sink = PathBuf::from(format!(
+        "/dev/shm/twill-dns-perf-{}.out",
+        std::process::id()
+    ));
+    let latency_client = Client::Latency {
+        sink: &sink,
+        realtime,
+    };
     let full = ["-c", "10", "-T", "1", "-q", "500", "-l", &seconds].map(str::to_owned);
     let fixed = [
         "-c",
@@ -462,11 +593,16 @@ fn main() {
         for (kind, file) in &kinds {
             for server in &order {
                 let f = figures.entry((kind, server.name)).or_default();
-                let out = dnsperf(&pod, node_ip, server.port, file, &full);
+                let out = dnsperf(&pod, node_ip, server.port, file, &full, Client::Plain);
                 let (qps, lost) = summary(&out);
                 f.qps.push(qps);
                 f.lost.push(lost);
-                let out = dnsperf(&pod, node_ip, server.port, file, &fixed);
+                let stolen = steal_ms();
+                let out = {
+                    let _raised = realtime.then(|| Realtime::new(&server_pids));
+                    dnsperf(&pod, node_ip, server.port, file, &fixed, latency_client)
+                };
+                f.steal.push((steal_ms() - stolen) as f64);
                 let lat = latencies_ms(&out);
                 f.p50.push(percentile(lat.clone(), 50.0));
                 f.p99.push(percentile(lat, 99.0));
@@ -477,26 +613,37 @@ fn main() {
     }
     let rss_after = rss_mib(dnsd.child.id());
 
-    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "services: {services}; zone answered {:.1} s after start; rounds: {rounds} x {seconds} s per run; \
-         servers on CPU 1, dnsperf on CPU 0, from a pod namespace; load average {}",
+         servers on CPU 1, dnsperf on CPU 0, from a pod namespace; latency runs {}; \
+         load average {load_at_start} at the start, {} at the end",
         zone_loaded.as_secs_f64(),
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        if realtime { "SCHED_RR" } else { "SCHED_OTHER" },
+        load_average(),
     );
     for (kind, _) in &kinds {
         for server in &servers {
             let f = &figures[&(*kind, server.name)];
+            let each = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             println!(
-                "{kind:8} {:8} {:>9.0} q/s (lost {:.2}%); at {FIXED_RATE} q/s: p50 {:.3} ms, p99 {:.3} ms",
+                "{kind:8} {:8} {:>9.0} q/s (lost {:.2}%); at {FIXED_RATE} q/s: p50 {:.3} ms, p99 {:.3} ms \
+                 (p99 by round: {}; steal by round: {} ms)",
                 server.name,
                 median(f.qps.clone()),
                 100.0 * median(f.lost.clone()),
                 median(f.p50.clone()),
                 median(f.p99.clone()),
+                each(&f.p99),
+                f.steal
+                    .iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             );
         }
         let twill = median(figures[&(*kind, "twill")].qps.clone());

@@ -2,8 +2,10 @@
 //! names the client and keeps the record with the datapath's flow records (`netctl
 //! monitor` shows them as `dns` records).
 //!
-//! The serving threads only copy the answer into a bounded queue ([`Recorder::record`]);
-//! a thread of its own reads the answers, folds repeats and sends them to twilld's socket
+//! The serving threads only copy the answer into a bounded buffer ([`Recorder::record`]:
+//! an uncontended lock, no system call, nothing at all while twilld is away); a thread of
+//! its own takes the buffer every 20 ms, reads the answers, folds repeats and sends them to
+//! twilld's socket
 //! in batches ([`Request::DnsQueries`]). The same query from the same client with the same
 //! answer is recorded once, then at most once a second with the number of repeats folded
 //! into it, so a client asking in a loop costs a record a second, not one a query.
@@ -19,9 +21,8 @@ use std::{
     net::{IpAddr, SocketAddr, SocketAddrV4},
     path::PathBuf,
     sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -38,6 +39,8 @@ use crate::metrics::Source;
 
 /// Answers waiting to be read, at most; more are counted as lost.
 const QUEUE: usize = 16_384;
+/// How often the sender takes the waiting answers.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// How often records are sent.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// The same query from the same client with the same answer is recorded at most this
@@ -76,67 +79,112 @@ pub struct RecordCounts {
     pub folded: AtomicU64,
 }
 
+/// What the serving threads and the sender share.
+struct Shared {
+    pending: Mutex<Vec<Answered>>,
+    /// False while twilld does not take records: answers are then only counted.
+    accepting: AtomicBool,
+    counts: Arc<RecordCounts>,
+}
+
+impl Shared {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Answered>> {
+        // The buffer holds only copies of answers: a poisoned lock is taken over.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// The serving threads' end: cheap to call for every answer.
 pub struct Recorder {
-    queue: SyncSender<Answered>,
-    counts: Arc<RecordCounts>,
+    shared: Arc<Shared>,
 }
 
 impl Recorder {
     /// Starts the thread that sends records to the twilld at `socket`.
     pub fn start(socket: PathBuf) -> std::io::Result<Arc<Recorder>> {
-        let (queue, answers) = std::sync::mpsc::sync_channel(QUEUE);
-        let counts = Arc::new(RecordCounts::default());
-        let sender = Sender {
-            socket,
-            answers,
-            counts: Arc::clone(&counts),
-            folding: HashMap::new(),
-            ready: Vec::new(),
-            down_since: None,
-            retry_at: Instant::now(),
-        };
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::new()),
+            accepting: AtomicBool::new(true),
+            counts: Arc::new(RecordCounts::default()),
+        });
+        let sender = Sender::new(socket, Arc::clone(&shared));
         std::thread::Builder::new()
             .name("dns-records".to_owned())
             .spawn(move || sender.run())?;
-        Ok(Arc::new(Recorder { queue, counts }))
+        Ok(Arc::new(Recorder { shared }))
     }
 
     pub fn counts(&self) -> &Arc<RecordCounts> {
-        &self.counts
+        &self.shared.counts
     }
 
-    /// Queues one answer; counts it as lost when the queue is full.
-    pub fn record(&self, answered: Answered) {
-        match self.queue.try_send(answered) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.counts.lost.fetch_add(1, Ordering::Relaxed);
+    /// Buffers the answer `make` gives; counts it as lost, without making it, when the
+    /// buffer is full or twilld is not taking records.
+    pub fn record(&self, make: impl FnOnce() -> Answered) {
+        if self.shared.accepting.load(Ordering::Relaxed) {
+            let mut pending = self.shared.pending();
+            if pending.len() < QUEUE {
+                pending.push(make());
+                return;
             }
         }
+        self.shared.counts.lost.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// What a record is folded by: the client, the question and the answer's code and source.
+/// What a record is folded by: the client, the question (lower case, as the answer
+/// carries it), the answer's code and its source. Read from the answer's bytes without
+/// decoding it, so a folded repeat costs no decoding at all.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct FoldKey {
     client: IpAddr,
-    query: String,
-    qtype: String,
-    rcode: String,
-    answered_by: &'static str,
+    question: Vec<u8>,
+    rcode: u8,
+    source: &'static str,
+}
+
+impl FoldKey {
+    /// `None` for an answer without a plain question (no question, or a compressed name,
+    /// which servers do not send in a question): such an answer is never folded.
+    fn of(a: &Answered) -> Option<FoldKey> {
+        let b = &a.answer;
+        if b.len() < 12 || u16::from_be_bytes([b[4], b[5]]) == 0 {
+            return None;
+        }
+        let mut i = 12;
+        loop {
+            let len = usize::from(*b.get(i)?);
+            if len == 0 {
+                i += 1;
+                break;
+            }
+            if len > 63 {
+                return None;
+            }
+            i += 1 + len;
+        }
+        // QTYPE and QCLASS.
+        let question = b.get(12..i + 4)?.to_ascii_lowercase();
+        Some(FoldKey {
+            client: a.client.ip(),
+            question,
+            rcode: b[3] & 0x0f,
+            source: a.source.name(),
+        })
+    }
 }
 
 struct Folding {
     since: Instant,
-    /// Queries seen since `since` and not recorded yet, and the newest of them.
+    /// Queries seen since `since` and not recorded yet, and the newest of them (read
+    /// only when its record is made).
     repeats: u32,
-    newest: Option<DnsQueryRecord>,
+    newest: Option<Answered>,
 }
 
 struct Sender {
     socket: PathBuf,
-    answers: Receiver<Answered>,
+    shared: Arc<Shared>,
     counts: Arc<RecordCounts>,
     folding: HashMap<FoldKey, Folding>,
     ready: Vec<DnsQueryRecord>,
@@ -219,17 +267,35 @@ pub fn record_of(a: &Answered) -> Option<DnsQueryRecord> {
 }
 
 impl Sender {
+    fn new(socket: PathBuf, shared: Arc<Shared>) -> Sender {
+        Sender {
+            socket,
+            counts: Arc::clone(&shared.counts),
+            shared,
+            folding: HashMap::new(),
+            ready: Vec::new(),
+            down_since: None,
+            retry_at: Instant::now(),
+        }
+    }
+
     fn run(mut self) {
         let mut next_flush = Instant::now() + FLUSH_EVERY;
-        loop {
-            let wait = next_flush.saturating_duration_since(Instant::now());
-            match self.answers.recv_timeout(wait) {
-                Ok(a) => self.take(a),
-                Err(RecvTimeoutError::Timeout) => {}
-                // Every recorder is gone: the server stops.
-                Err(RecvTimeoutError::Disconnected) => return,
+        let mut batch = Vec::new();
+        // The recorder is gone (the server stops) when only this thread holds `shared`.
+        while Arc::strong_count(&self.shared) > 1 {
+            std::thread::sleep(DRAIN_EVERY);
+            std::mem::swap(&mut batch, &mut *self.shared.pending());
+            for a in batch.drain(..) {
+                self.take(a);
             }
-            if Instant::now() >= next_flush {
+            let now = Instant::now();
+            if self.down_since.is_some() && now >= self.retry_at {
+                // Time to try twilld again, with an empty batch: answers are taken again
+                // only once it takes that.
+                let _ = self.send(Vec::new());
+            }
+            if now >= next_flush {
                 self.flush();
                 next_flush = Instant::now() + FLUSH_EVERY;
             }
@@ -241,37 +307,35 @@ impl Sender {
             self.counts.lost.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        if v4(a.client).is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let key = FoldKey::of(&a);
+        if let Some(f) = key.as_ref().and_then(|k| self.folding.get_mut(k))
+            && now.duration_since(f.since) < FOLD_WINDOW
+        {
+            f.repeats += 1;
+            f.newest = Some(a);
+            self.counts.folded.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let Some(record) = record_of(&a) else {
             return;
         };
-        let key = FoldKey {
-            client: a.client.ip(),
-            query: record.dns.query.clone(),
-            qtype: record.dns.qtype.clone(),
-            rcode: record.dns.rcode.clone(),
-            answered_by: a.source.name(),
-        };
-        let now = Instant::now();
-        match self.folding.get_mut(&key) {
-            Some(f) if now.duration_since(f.since) < FOLD_WINDOW => {
-                f.repeats += 1;
-                f.newest = Some(record);
-                self.counts.folded.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {
-                if self.folding.len() < MAX_FOLDING || self.folding.contains_key(&key) {
-                    self.folding.insert(
-                        key,
-                        Folding {
-                            since: now,
-                            repeats: 0,
-                            newest: None,
-                        },
-                    );
-                }
-                self.ready.push(record);
-            }
+        if let Some(key) = key
+            && (self.folding.len() < MAX_FOLDING || self.folding.contains_key(&key))
+        {
+            self.folding.insert(
+                key,
+                Folding {
+                    since: now,
+                    repeats: 0,
+                    newest: None,
+                },
+            );
         }
+        self.ready.push(record);
     }
 
     /// Moves the folded repeats whose window is over to `ready`, and sends `ready`.
@@ -282,7 +346,7 @@ impl Sender {
             if now.duration_since(f.since) < FOLD_WINDOW {
                 return true;
             }
-            if let Some(mut newest) = f.newest.take() {
+            if let Some(mut newest) = f.newest.take().as_ref().and_then(record_of) {
                 // The newest stands for itself and the others of its window.
                 newest.repeats = f.repeats - 1;
                 ready.push(newest);
@@ -324,6 +388,7 @@ impl Sender {
                 let sent: u64 = sizes[..taken].iter().sum();
                 self.counts.sent.fetch_add(sent, Ordering::Relaxed);
                 self.counts.lost.fetch_add(total - sent, Ordering::Relaxed);
+                self.shared.accepting.store(true, Ordering::Relaxed);
                 if let Some(since) = self.down_since.take() {
                     info!(
                         "twilld at {} takes DNS query records again (after {:.1} s)",
@@ -345,6 +410,7 @@ impl Sender {
             self.down_since = Some(Instant::now());
         }
         self.retry_at = Instant::now() + RETRY_AFTER;
+        self.shared.accepting.store(false, Ordering::Relaxed);
         Err(())
     }
 }
@@ -444,20 +510,24 @@ mod tests {
 
     #[test]
     fn repeats_are_folded_and_counted_never_dropped() {
-        let (_queue, answers) = std::sync::mpsc::sync_channel(1);
-        let mut s = Sender {
-            socket: PathBuf::from("/nonexistent/twilld.sock"),
-            answers,
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::new()),
+            accepting: AtomicBool::new(true),
             counts: Arc::new(RecordCounts::default()),
-            folding: HashMap::new(),
-            ready: Vec::new(),
-            down_since: None,
-            retry_at: Instant::now(),
-        };
+        });
+        let mut s = Sender::new(
+            PathBuf::from("/nonexistent/twilld.sock"),
+            Arc::clone(&shared),
+        );
         let bytes = answer("a.example.", ResponseCode::NoError, Vec::new());
-        for _ in 0..5 {
+        for _ in 0..4 {
             s.take(answered(bytes.clone(), Source::Cache));
         }
+        // The same name in other case (0x20) is the same query.
+        s.take(answered(
+            answer("A.eXample.", ResponseCode::NoError, Vec::new()),
+            Source::Cache,
+        ));
         // Another answer code is another record.
         s.take(answered(
             answer("a.example.", ResponseCode::ServFail, Vec::new()),
@@ -475,8 +545,15 @@ mod tests {
         assert_eq!(s.counts.lost.load(Ordering::Relaxed), 6);
         assert_eq!(s.counts.sent.load(Ordering::Relaxed), 0);
         assert!(s.down_since.is_some());
-        // While it is down, answers are counted without being read.
-        s.take(answered(bytes, Source::Cache));
+        // The serving threads stop copying answers until it is time to try again.
+        assert!(!shared.accepting.load(Ordering::Relaxed));
+        let recorder = Recorder {
+            shared: Arc::clone(&shared),
+        };
+        recorder.record(|| unreachable!("not made while twilld is away"));
         assert_eq!(s.counts.lost.load(Ordering::Relaxed), 7);
+        // While it is down, answers taken before are counted without being read.
+        s.take(answered(bytes, Source::Cache));
+        assert_eq!(s.counts.lost.load(Ordering::Relaxed), 8);
     }
 }

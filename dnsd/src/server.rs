@@ -147,11 +147,7 @@ impl Responder {
         let Some(recorder) = &self.records else {
             return;
         };
-        let fqdn_policies = match (source, &self.fqdn, asked.client.ip()) {
-            (Source::FqdnDenied, Some((rules, _)), IpAddr::V4(pod)) => rules.borrow().policies(pod),
-            _ => Vec::new(),
-        };
-        recorder.record(Answered {
+        recorder.record(|| Answered {
             unix_ms: records::unix_ms_now(),
             client: asked.client,
             server: asked.server,
@@ -159,7 +155,12 @@ impl Responder {
             source,
             answer: answer.to_vec(),
             latency: started.elapsed(),
-            fqdn_policies,
+            fqdn_policies: match (source, &self.fqdn, asked.client.ip()) {
+                (Source::FqdnDenied, Some((rules, _)), IpAddr::V4(pod)) => {
+                    rules.borrow().policies(pod)
+                }
+                _ => Vec::new(),
+            },
         });
     }
 
