@@ -257,11 +257,16 @@ type Registrations = Mutex<HashMap<Ipv4Addr, (mpsc::UnboundedSender<TcpStream>, 
 pub const UNREGISTERED_GRACE: Duration = Duration::from_secs(2);
 /// How often a held connection looks for its session.
 const UNREGISTERED_POLL: Duration = Duration::from_millis(10);
+/// Connections from unregistered addresses held at once, at most; more are closed at once
+/// (so whoever reaches the port cannot use up the daemon's descriptors).
+const MAX_UNREGISTERED: usize = 32;
 
 #[derive(Debug)]
 struct ListenerShared {
     socket: TcpListener,
     peers: Registrations,
+    /// Connections [`hold_unregistered`] holds now.
+    held: std::sync::atomic::AtomicUsize,
 }
 
 impl Listener {
@@ -276,6 +281,7 @@ impl Listener {
         let shared = Arc::new(ListenerShared {
             socket: socket.listen(64)?,
             peers: Mutex::new(HashMap::new()),
+            held: std::sync::atomic::AtomicUsize::new(0),
         });
         let accept = Task(tokio::spawn(accept_loop(shared.clone())));
         Ok(Listener {
@@ -328,11 +334,17 @@ async fn accept_loop(shared: Arc<ListenerShared>) {
                         let _ = session.send(stream);
                     }
                     None => {
-                        tokio::spawn(hold_unregistered(
-                            Arc::downgrade(&shared),
-                            *from.ip(),
-                            stream,
-                        ));
+                        use std::sync::atomic::Ordering::Relaxed;
+                        // Over the cap the connection is closed, as before the grace.
+                        if shared.held.fetch_add(1, Relaxed) < MAX_UNREGISTERED {
+                            tokio::spawn(hold_unregistered(
+                                Arc::downgrade(&shared),
+                                *from.ip(),
+                                stream,
+                            ));
+                        } else {
+                            shared.held.fetch_sub(1, Relaxed);
+                        }
                     }
                 }
             }
@@ -348,6 +360,18 @@ async fn accept_loop(shared: Arc<ListenerShared>) {
 /// connection is closed). A session with an MD5 password never gets it: the connection was
 /// accepted without the key.
 async fn hold_unregistered(shared: Weak<ListenerShared>, peer: Ipv4Addr, stream: TcpStream) {
+    /// Gives the slot back however the hold ends.
+    struct Slot(Weak<ListenerShared>);
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            if let Some(shared) = self.0.upgrade() {
+                shared
+                    .held
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+    let _slot = Slot(shared.clone());
     let deadline = Instant::now() + UNREGISTERED_GRACE;
     while Instant::now() < deadline {
         tokio::time::sleep(UNREGISTERED_POLL).await;

@@ -66,6 +66,14 @@ const ARRAY: u32 = 2;
 const LRU_HASH: u32 = 9;
 const LPM_TRIE: u32 = 11;
 
+/// Whether the programs add entries to maps of this type themselves (conntrack, reverse
+/// NAT, affinity, flow rate limits: all LRU hashes). Only those need the second copy of a
+/// migration ([`crate::Datapath::finish_migrations`]); every other map is written by the
+/// daemon alone, which has written the new map since the load.
+pub(crate) fn datapath_writes(map_type: u32) -> bool {
+    map_type == LRU_HASH
+}
+
 fn copyable(map_type: u32) -> bool {
     matches!(map_type, HASH | ARRAY | LRU_HASH | LPM_TRIE)
 }

@@ -351,10 +351,16 @@ impl Datapath {
     /// Ends the migrations of [`Self::load_sized`] once every program of this run is
     /// attached: entries the old programs added to the old maps since the load are copied
     /// too (entries already in the new maps are kept), and the old maps are released.
+    /// Only maps the programs write get this second pass: the others (Service, policy,
+    /// node maps) hold what the daemon wrote to the new map since the load, and copying
+    /// the old one again would bring back entries it deleted or values it replaced.
     /// Returns, per migrated map, how many entries this second pass carried.
     pub fn finish_migrations(&mut self) -> Vec<(&'static str, usize)> {
         let mut out = Vec::new();
         for m in std::mem::take(&mut self.migrations) {
+            if !layout::datapath_writes(m.to.map_type) {
+                continue;
+            }
             let Ok(new) = MapData::from_pin(self.pin_dir.join(m.name)) else {
                 continue;
             };

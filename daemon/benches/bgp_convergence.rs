@@ -30,7 +30,11 @@ use etcd_client::{EventType, WatchOptions};
 use ipnetwork::Ipv4Network;
 use twill_api::cluster;
 use twill_lab::{Host, Lab, LabSpec};
-use twill_tests::{bench::etcd, daemon::Twilld, require_root};
+use twill_tests::{
+    bench::{env_or, etcd},
+    daemon::Twilld,
+    require_root,
+};
 
 use common::{Poller, median_max, ms, routes};
 
@@ -147,10 +151,7 @@ fn last_error(d: &Twilld, of: &str) -> Option<String> {
 
 fn main() {
     require_root();
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let rounds: usize = env_or("ROUNDS", 5);
     let twilld = Path::new(env!("CARGO_BIN_EXE_twilld"));
     let lab = Lab::up(&LabSpec::for_test(3, 0)).expect("lab up");
     let nodes = lab.nodes();

@@ -48,7 +48,7 @@ use twill_bgp::{
 };
 use twill_lab::{Host, Lab, LabSpec};
 use twill_tests::{
-    bench::{put_all, rss_mib},
+    bench::{env_or, put_all, rss_mib},
     daemon::Twilld,
     require_root,
 };
@@ -173,10 +173,7 @@ fn speaker(
 
 fn main() {
     require_root();
-    let count: u32 = std::env::var("NODES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let count: u32 = env_or("NODES", 1000);
     assert!((1..=1022).contains(&count), "NODES: 1..=1022");
     let twilld = Path::new(env!("CARGO_BIN_EXE_twilld"));
     let lab = Lab::up(&LabSpec::for_test(1, 1)).expect("lab up");

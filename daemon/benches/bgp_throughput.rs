@@ -16,7 +16,7 @@ use std::{path::Path, time::Duration};
 use twill_lab::{Host, Lab, LabSpec};
 use twill_netns::NetNs;
 use twill_tests::{
-    bench::{iperf, median},
+    bench::{env_or, iperf, median},
     cni,
     daemon::Twilld,
     require_root,
@@ -135,14 +135,8 @@ fn plain_lab() -> (Lab, Vec<(NetNs, String)>) {
 
 fn main() {
     require_root();
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(9);
-    let seconds: u32 = std::env::var("SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let rounds: usize = env_or("ROUNDS", 9);
+    let seconds: u32 = env_or("SECONDS", 5);
     let twilld = Path::new(env!("CARGO_BIN_EXE_twilld"));
 
     let (bgp_lab, bgp_daemons, bgp_pods) = twill_lab(twilld, BGP, "bgp");

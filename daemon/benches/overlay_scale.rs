@@ -17,7 +17,7 @@ use std::{
 use twill_api::cluster::{self, NodeRecord};
 use twill_lab::{Host, Lab, LabSpec};
 use twill_tests::{
-    bench::{etcd, rss_mib},
+    bench::{env_or, etcd, rss_mib},
     daemon::Twilld,
     require_root,
 };
@@ -88,10 +88,7 @@ fn wait_until(node: &Host, want: usize, timeout: Duration) -> Duration {
 
 fn main() {
     require_root();
-    let nodes: u32 = std::env::var("NODES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let nodes: u32 = env_or("NODES", 1000);
     let twilld = Path::new(env!("CARGO_BIN_EXE_twilld"));
     let lab = Lab::up(&LabSpec::for_test(2, 0)).expect("lab up");
     let node = lab.nodes()[0].clone();

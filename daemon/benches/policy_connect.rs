@@ -51,7 +51,7 @@ use twill_k8s::{NetworkPolicy, Object};
 use twill_lab::{Host, Lab, LabSpec};
 use twill_netns::NetNs;
 use twill_tests::{
-    bench::{accept_and_close, connect_rate, put_all},
+    bench::{accept_and_close, connect_rate, env_or, put_all},
     daemon::Twilld,
     require_root,
 };
@@ -408,14 +408,8 @@ struct Run<'a> {
 
 fn main() {
     require_root();
-    let seconds: f64 = std::env::var("SECONDS_PER_RUN")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2.0);
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let seconds: f64 = env_or("SECONDS_PER_RUN", 2.0);
+    let rounds: usize = env_or("ROUNDS", 5);
     let twilld_bin = Path::new(env!("CARGO_BIN_EXE_twilld"));
     let cni_bin = twilld_bin.with_file_name("twill");
     assert!(

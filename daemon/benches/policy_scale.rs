@@ -50,7 +50,7 @@ use twill_policy::{
     entries::{TableEntries, endpoint_entry, table_entries},
 };
 use twill_tests::{
-    bench::{etcd, put_all, rss_mib},
+    bench::{env_or, etcd, put_all, rss_mib},
     cni,
     daemon::Twilld,
     require_root,
@@ -960,16 +960,9 @@ fn met(ok: bool) -> &'static str {
 
 fn main() {
     require_root();
-    let namespaces: usize = std::env::var("NAMESPACES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let namespaces: usize = env_or("NAMESPACES", 50);
     assert!(namespaces > 0, "NAMESPACES must be at least 1");
-    let relabel_count: usize = std::env::var("RELABELS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(RELABELS)
-        .max(1);
+    let relabel_count: usize = env_or("RELABELS", RELABELS).max(1);
     let twilld = Path::new(env!("CARGO_BIN_EXE_twilld"));
     let mut lab = Lab::up(&LabSpec::for_test(2, 0)).expect("lab up");
     let node = lab.nodes()[0].clone();

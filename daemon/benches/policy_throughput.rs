@@ -28,7 +28,7 @@ use twill_k8s::Object;
 use twill_lab::{Lab, LabSpec};
 use twill_netns::NetNs;
 use twill_tests::{
-    bench::{iperf, listener as listen, put_all},
+    bench::{env_or, iperf, listener as listen, put_all},
     daemon::Twilld,
     require_root,
 };
@@ -55,14 +55,8 @@ fn measure(q: &Quartet, servers: [&NetNs; 2], rounds: usize, seconds: u32) -> [V
 
 fn main() {
     require_root();
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(7);
-    let seconds: u32 = std::env::var("SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let rounds: usize = env_or("ROUNDS", 7);
+    let seconds: u32 = env_or("SECONDS", 5);
     let twilld = Path::new(env!("CARGO_BIN_EXE_twilld"));
     let twill = twilld.with_file_name("twill");
     assert!(

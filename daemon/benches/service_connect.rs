@@ -30,7 +30,7 @@ use twill_k8s::{
 use twill_lab::{Host, Lab, LabSpec};
 use twill_netns::NetNs;
 use twill_tests::{
-    bench::{accept_and_close, connect_rate, median, put_all},
+    bench::{accept_and_close, connect_rate, env_or, median, put_all},
     cni,
     daemon::Twilld,
     require_root,
@@ -188,14 +188,8 @@ fn main() {
         return;
     }
     require_root();
-    let seconds: f64 = std::env::var("SECONDS_PER_RUN")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2.0);
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let seconds: f64 = env_or("SECONDS_PER_RUN", 2.0);
+    let rounds: usize = env_or("ROUNDS", 3);
     let twilld_bin = Path::new(env!("CARGO_BIN_EXE_twilld"));
     let cni_bin = twilld_bin.with_file_name("twill");
     assert!(

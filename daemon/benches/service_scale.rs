@@ -24,7 +24,7 @@ use twill_k8s::{
 };
 use twill_lab::{Lab, LabSpec};
 use twill_tests::{
-    bench::{put_all, rss_mib},
+    bench::{env_or, put_all, rss_mib},
     daemon::Twilld,
     require_root,
 };
@@ -156,10 +156,7 @@ fn kube_proxy_rules(services: u32) -> String {
 
 fn main() {
     require_root();
-    let services: u32 = std::env::var("SERVICES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let services: u32 = env_or("SERVICES", 10_000);
     let twilld = Path::new(env!("CARGO_BIN_EXE_twilld"));
     let lab = Lab::up(&LabSpec::for_test(2, 0)).expect("lab up");
     let node = lab.nodes()[0].clone();

@@ -403,7 +403,7 @@ async fn daemon(config: Config, bumped: Vec<String>) -> anyhow::Result<()> {
             .flows
             .remote
             .as_ref()
-            .map(|r| r.advertised(underlay.ip)),
+            .and_then(|r| r.advertised(underlay.ip)),
     };
     tokio::select! {
         () = lease_loop(&config, &spec, &node, &routing) => unreachable!("the lease loop never ends"),

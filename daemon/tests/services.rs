@@ -17,6 +17,7 @@ use twill_tests::{
     cni::{self, Outcome as _},
     daemon::Twilld,
     require_root,
+    scripts::STREAMER,
 };
 
 const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
@@ -402,19 +403,6 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
         let _ = s.wait();
     }
 }
-
-/// Sends 1 KiB every 10 ms to each connection, until it closes.
-const STREAMER: &str = "import socket,threading,time\n\
-s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-s.bind(('0.0.0.0', 8080)); s.listen(64)\n\
-def feed(c):\n\
-\x20   try:\n\
-\x20       while True:\n\
-\x20           c.sendall(b'x' * 1024); time.sleep(0.01)\n\
-\x20   except OSError:\n\
-\x20       c.close()\n\
-while True:\n\
-\x20   c, _ = s.accept(); threading.Thread(target=feed, args=(c,), daemon=True).start()\n";
 
 /// Reads from host:80 for N seconds; prints the bytes, the longest silence and any error.
 const READER: &str = "import socket,sys,json,time\n\

@@ -17,7 +17,7 @@ use twill_tests::{
     cni,
     daemon::Twilld,
     require_root,
-    scripts::{ECHO, PROBE},
+    scripts::{ECHO, PROBE, STREAMER},
 };
 
 const TWILLD: &str = env!("CARGO_BIN_EXE_twilld");
@@ -26,19 +26,6 @@ const CONFIG: &str = "[network]\nresync_seconds = 1\n[lease]\nttl_seconds = 5\n"
 fn sibling(name: &str) -> PathBuf {
     Path::new(TWILLD).with_file_name(name)
 }
-
-/// Sends 1 KiB every 10 ms to each connection on 8080, until it closes.
-const STREAMER: &str = "import socket,threading,time\n\
-s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-s.bind(('0.0.0.0', 8080)); s.listen(64)\n\
-def feed(c):\n\
-\x20   try:\n\
-\x20       while True:\n\
-\x20           c.sendall(b'x' * 1024); time.sleep(0.01)\n\
-\x20   except OSError:\n\
-\x20       c.close()\n\
-while True:\n\
-\x20   c, _ = s.accept(); threading.Thread(target=feed, args=(c,), daemon=True).start()\n";
 
 /// Reads from argv[1]:80 for argv[2] seconds; prints its local port, then (at the end)
 /// the bytes, the longest silence and any error.

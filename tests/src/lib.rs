@@ -561,6 +561,19 @@ def serve(c):\n\
 while True:\n\
 \x20   c, a = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()\n";
 
+    /// Sends 1 KiB every 10 ms to each connection on 8080, until it closes.
+    pub const STREAMER: &str = "import socket,threading,time\n\
+s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+s.bind(('0.0.0.0', 8080)); s.listen(64)\n\
+def feed(c):\n\
+\x20   try:\n\
+\x20       while True:\n\
+\x20           c.sendall(b'x' * 1024); time.sleep(0.01)\n\
+\x20   except OSError:\n\
+\x20       c.close()\n\
+while True:\n\
+\x20   c, _ = s.accept(); threading.Thread(target=feed, args=(c,), daemon=True).start()\n";
+
     /// One probe of `argv[1]`:8080 with timeout `argv[2]`: connect, send a line, read it
     /// back; prints `ok` or `denied` and the error.
     pub const PROBE: &str = "import socket,sys\n\
@@ -614,6 +627,17 @@ pub mod bench {
     }
 
     /// The median of `v` (the upper one of an even count).
+    /// The environment variable `name` parsed, or `default` when it is not set; a value
+    /// that does not parse stops the benchmark, naming the variable.
+    pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+        match std::env::var(name) {
+            Ok(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}={text:?}: not a valid value")),
+            Err(_) => default,
+        }
+    }
+
     pub fn median(mut v: Vec<f64>) -> f64 {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]

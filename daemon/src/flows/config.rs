@@ -96,12 +96,15 @@ pub struct RemoteFlows {
 
 impl RemoteFlows {
     /// The address other nodes reach the listener at: `listen`, with an unspecified
-    /// address (`0.0.0.0`) replaced by the node's underlay address.
-    pub fn advertised(&self, underlay: std::net::Ipv4Addr) -> SocketAddr {
-        if self.listen.ip().is_unspecified() {
-            SocketAddr::new(IpAddr::V4(underlay), self.listen.port())
+    /// address (`0.0.0.0`) replaced by the node's underlay address; `None` for a loopback
+    /// one (only this node reaches it, e.g. behind a TLS proxy), which is not published.
+    pub fn advertised(&self, underlay: std::net::Ipv4Addr) -> Option<SocketAddr> {
+        if self.listen.ip().is_loopback() {
+            None
+        } else if self.listen.ip().is_unspecified() {
+            Some(SocketAddr::new(IpAddr::V4(underlay), self.listen.port()))
         } else {
-            self.listen
+            Some(self.listen)
         }
     }
 }
@@ -254,13 +257,21 @@ mod tests {
         assert_eq!(remote.listen, "0.0.0.0:9963".parse().unwrap());
         assert_eq!(
             remote.advertised("172.30.0.12".parse().unwrap()),
-            "172.30.0.12:9963".parse().unwrap()
+            Some("172.30.0.12:9963".parse().unwrap())
         );
         let own: RemoteFlows = RemoteFlows {
             listen: "10.0.0.5:9963".parse().unwrap(),
             ..remote
         };
-        assert_eq!(own.advertised("172.30.0.12".parse().unwrap()), own.listen);
+        assert_eq!(
+            own.advertised("172.30.0.12".parse().unwrap()),
+            Some(own.listen)
+        );
+        let local = RemoteFlows {
+            listen: "127.0.0.1:9963".parse().unwrap(),
+            ..own
+        };
+        assert_eq!(local.advertised("172.30.0.12".parse().unwrap()), None);
         let off = parse("[flows]\nmode = \"off\"\nfile = \"\"\n").unwrap();
         assert_eq!(
             (off.flows.mode.code(), off.flows.file),

@@ -25,6 +25,44 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const REFUSAL_DELAY: Duration = Duration::from_millis(200);
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CLIENTS: usize = 64;
+/// How long a client has to send its token line, and then its request line: a client
+/// that sends nothing gives its slot back after this, not after [`CLIENT_TIMEOUT`].
+const LINE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Wrong tokens are logged at most this often (the others at debug level), so whoever
+/// reaches the port cannot flood the log.
+const WARN_EVERY_SECS: u64 = 10;
+
+/// Reads one line within [`LINE_TIMEOUT`].
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut String,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(LINE_TIMEOUT, reader.read_line(line)).await {
+        Ok(read) => read.map(|_| ()),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no line within 2 s",
+        )),
+    }
+}
+
+/// Whether a wrong token now is to be logged as a warning.
+fn warn_now() -> bool {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    now >= last + WARN_EVERY_SECS
+        && LAST
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+}
 
 /// Reads the token and binds the listener; an error stops the daemon at start, naming the
 /// key.
@@ -102,10 +140,14 @@ async fn answer(
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(twill_api::remote::MAX_TOKEN_LINE + MAX_REQUEST));
     let mut given = String::new();
-    reader.read_line(&mut given).await?;
+    read_line(&mut reader, &mut given).await?;
     let response = if !twill_api::remote::token_matches(given.trim_end_matches(['\n', '\r']), token)
     {
-        warn!(%peer, "flow API: a client sent a wrong token; refused");
+        if warn_now() {
+            warn!(%peer, "flow API: a client sent a wrong token; refused (more are logged at debug level for {WARN_EVERY_SECS} s)");
+        } else {
+            debug!(%peer, "flow API: a client sent a wrong token; refused");
+        }
         tokio::time::sleep(REFUSAL_DELAY).await;
         Response::Error {
             kind: ErrorKind::Unauthorized,
@@ -114,7 +156,7 @@ async fn answer(
         }
     } else {
         let mut line = String::new();
-        reader.read_line(&mut line).await?;
+        read_line(&mut reader, &mut line).await?;
         match decode_request(&line) {
             Ok(Request::Flows {
                 after,

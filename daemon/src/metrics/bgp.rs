@@ -56,6 +56,11 @@ async fn follow(node: Arc<Node>, flaps: Arc<SessionFlaps>) {
             continue;
         };
         for (address, name, status) in speaker.sessions() {
+            // A view no session sends to (a configured peer whose session could not
+            // start) has nothing to count: watching it would end at once, every look.
+            if status.has_changed().is_err() {
+                continue;
+            }
             let mut watched = flaps.lock();
             if watched.contains_key(&address) {
                 continue;

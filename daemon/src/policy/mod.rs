@@ -517,6 +517,22 @@ impl PolicyState {
         let (peers, ports, slots) = datapath.policy_keys()?;
         let endpoints = datapath.policy_endpoints()?;
         let old_tables: BTreeSet<u32> = endpoints.iter().map(|(_, e)| e.table).collect();
+        // New tables get ids above every id still in the maps, even when the counter in
+        // TWILL_POL_STATE is behind them (the map was reset or replaced at an upgrade):
+        // a reused id would put a new table's entries into a live old table's scope.
+        let highest = old_tables
+            .iter()
+            .copied()
+            .chain(peers.iter().map(|(_, k)| table_of(k.scope)))
+            .chain(ports.iter().map(|(_, k)| table_of(k.scope)))
+            .chain(slots.iter().map(|s| s.table))
+            .max()
+            .unwrap_or(0);
+        if highest != 0 && datapath.policy_next_table()? <= highest {
+            datapath.set_policy_next_table(
+                highest.wrapping_add(1).max(1) & twill_abi::policy::MAX_TABLE_ID,
+            )?;
+        }
         for (ip, e) in endpoints {
             self.endpoints.insert(ip, (e, None));
         }
