@@ -226,11 +226,7 @@ async fn daemon(config: Config, bumped: Vec<String>) -> anyhow::Result<()> {
             let device = vxlan::ensure_device(
                 &handle,
                 &underlay,
-                vxlan::Settings {
-                    vni: config.vxlan_vni,
-                    port: config.vxlan_port,
-                    mtu: underlay.mtu.saturating_sub(config.overlay.overhead()),
-                },
+                vxlan::Settings::of_node(&config, &underlay),
             )
             .await
             .with_context(|| format!("creating the VXLAN device {}", vxlan::DEVICE))?;

@@ -5,7 +5,7 @@
 //! VXLAN mode programs a peer (route, neighbour, FDB entry), with the node's VTEP MAC from
 //! its node record. No I/O; [`crate::bgp::kernel`] and [`crate::overlay::vxlan`] apply it.
 
-use std::net::Ipv4Addr;
+use std::{collections::HashMap, net::Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
 use twill_api::cluster::NodeRecord;
@@ -43,8 +43,10 @@ pub fn split<'a>(
     desired: Routes,
     underlay: Ipv4Network,
     fallback: bool,
-    records: impl IntoIterator<Item = &'a NodeRecord> + Clone,
+    records: impl IntoIterator<Item = &'a NodeRecord>,
 ) -> Split {
+    let by_address: HashMap<Ipv4Addr, &NodeRecord> =
+        records.into_iter().map(|r| (r.underlay_ip, r)).collect();
     // Named by its network address in messages, not by this node's.
     let segment = Ipv4Network::new(underlay.network(), underlay.prefix()).unwrap_or(underlay);
     let mut out = Split::default();
@@ -56,7 +58,7 @@ pub fn split<'a>(
             out.plain.insert(subnet, via);
             continue;
         }
-        let record = records.clone().into_iter().find(|r| r.underlay_ip == via);
+        let record = by_address.get(&via).copied();
         let node = record.map_or_else(|| via.to_string(), |r| format!("node {} ({via})", r.name));
         if !fallback {
             out.refused.push(format!(

@@ -54,7 +54,7 @@ use twill_k8s::{BgpPeer, Object};
 
 use crate::{
     bgp::routes::{ConfiguredPeer, Learned},
-    config::{BgpConfig, Config, OverlayMode},
+    config::{BgpConfig, Config},
     overlay::{peers, underlay::Underlay, vxlan},
 };
 
@@ -783,11 +783,7 @@ pub async fn fallback_device(
     {
         remove().await?;
     }
-    let settings = vxlan::Settings {
-        vni: config.vxlan_vni,
-        port: config.vxlan_port,
-        mtu: underlay.mtu.saturating_sub(OverlayMode::Vxlan.overhead()),
-    };
+    let settings = vxlan::Settings::of_node(config, underlay);
     let device = vxlan::ensure_device(handle, underlay, settings)
         .await
         .with_context(|| format!("creating the VXLAN device {}", vxlan::DEVICE))?;
@@ -820,9 +816,8 @@ pub async fn run(
     restarting: bool,
 ) {
     let (records_tx, mut records_rx) = watch::channel(None);
-    tokio::spawn(watch_records(config.clone(), records_tx));
     let (peers_tx, mut peers_rx) = watch::channel(None);
-    tokio::spawn(watch_peers(config.clone(), peers_tx));
+    tokio::spawn(watch_store(config.clone(), records_tx, peers_tx));
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let (ended, mut ended_rx) = mpsc::unbounded_channel();
     let mut local = speaker.local.subscribe();
@@ -947,57 +942,63 @@ pub async fn run(
     }
 }
 
-/// A stored BGPPeer; `None` for every other key.
-fn parse_peer(key: &str, value: &[u8]) -> Option<BgpPeer> {
+/// What the BGP loop keeps of the store: BGPPeers and node records.
+#[derive(Clone)]
+enum Stored {
+    Peer(BgpPeer),
+    Node(NodeRecord),
+}
+
+/// A stored BGPPeer or node record; `None` for every other key.
+fn parse_stored(key: &str, value: &[u8]) -> Option<Stored> {
+    if key.starts_with(cluster::NODES) {
+        return serde_json::from_slice(value).ok().map(Stored::Node);
+    }
     key.strip_prefix(cluster::OBJECTS)?
         .starts_with("bgppeers/")
         .then_some(())?;
     match serde_json::from_slice::<Object>(value).ok()? {
-        Object::BgpPeer(p) => Some(p),
+        Object::BgpPeer(p) => Some(Stored::Peer(p)),
         _ => None,
     }
 }
 
-/// The BGPPeers in etcd, followed as the other loops follow the store: a snapshot, then
-/// changes; sent on when they differ from the last. While etcd is unreachable the last
-/// ones stand.
-async fn watch_peers(config: Config, out: watch::Sender<Option<Vec<BgpPeer>>>) {
-    crate::watch::follow(&config, "BGP peers", parse_peer, |store, _| {
-        let peers: Vec<BgpPeer> = store.values().cloned().collect();
-        out.send_if_modified(|last| {
-            if last.as_ref() == Some(&peers) {
-                false
-            } else {
-                *last = Some(peers);
-                true
-            }
-        });
-    })
-    .await;
+/// Sends `now` on when it differs from the last value sent.
+fn send_changed<T: PartialEq>(out: &watch::Sender<Option<T>>, now: T) {
+    out.send_if_modified(|last| {
+        if last.as_ref() == Some(&now) {
+            false
+        } else {
+            *last = Some(now);
+            true
+        }
+    });
 }
 
-fn parse_record(key: &str, value: &[u8]) -> Option<NodeRecord> {
-    key.strip_prefix(cluster::NODES)?;
-    serde_json::from_slice(value).ok()
-}
-
-/// The node records, by node name, after each change (a snapshot, then the store's watch;
-/// reconnects when etcd goes away). While etcd is unreachable, or replaced by an empty
-/// one, the last records stand and the routing stays as it is.
-async fn watch_records(config: Config, out: watch::Sender<Option<BTreeMap<String, NodeRecord>>>) {
-    crate::watch::follow(&config, "BGP node records", parse_record, |store, _| {
-        let records: BTreeMap<String, NodeRecord> = store
-            .iter()
-            .filter_map(|(key, r)| Some((key.strip_prefix(cluster::NODES)?.to_owned(), r.clone())))
-            .collect();
-        out.send_if_modified(|last| {
-            if last.as_ref() == Some(&records) {
-                false
-            } else {
-                *last = Some(records);
-                true
+/// The node records (by node name) and the BGPPeers in etcd, followed with one watch as
+/// the other loops follow the store: a snapshot, then changes; each sent on when it
+/// differs from the last. While etcd is unreachable, or replaced by an empty one, the last
+/// ones stand and the routing stays as it is.
+async fn watch_store(
+    config: Config,
+    records: watch::Sender<Option<BTreeMap<String, NodeRecord>>>,
+    peers: watch::Sender<Option<Vec<BgpPeer>>>,
+) {
+    crate::watch::follow(&config, "BGP", parse_stored, |store, _| {
+        let mut now_records = BTreeMap::new();
+        let mut now_peers = Vec::new();
+        for (key, entry) in store {
+            match entry {
+                Stored::Peer(p) => now_peers.push(p.clone()),
+                Stored::Node(r) => {
+                    if let Some(name) = key.strip_prefix(cluster::NODES) {
+                        now_records.insert(name.to_owned(), r.clone());
+                    }
+                }
             }
-        });
+        }
+        send_changed(&records, now_records);
+        send_changed(&peers, now_peers);
     })
     .await;
 }

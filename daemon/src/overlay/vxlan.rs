@@ -18,9 +18,12 @@ use rtnetlink::{Handle, LinkVxlan, RouteMessageBuilder};
 use twill_ipam::ClusterCidr;
 use twill_netlink::{StepError, delete_link, link_by_name, link_mac_bytes, link_up};
 
-use crate::overlay::{
-    peers::{self, Changes, Mac, Programmed},
-    underlay::Underlay,
+use crate::{
+    config::{Config, OverlayMode},
+    overlay::{
+        peers::{self, Changes, Mac, Programmed},
+        underlay::Underlay,
+    },
 };
 
 /// The device's name.
@@ -41,6 +44,18 @@ pub struct Settings {
     pub vni: u32,
     pub port: u16,
     pub mtu: u32,
+}
+
+impl Settings {
+    /// The node's VXLAN device, for the overlay or for BGP's cross-subnet fallback: the
+    /// configured VNI and port, and the underlay's MTU less the encapsulation.
+    pub fn of_node(config: &Config, underlay: &Underlay) -> Settings {
+        Settings {
+            vni: config.vxlan_vni,
+            port: config.vxlan_port,
+            mtu: underlay.mtu.saturating_sub(OverlayMode::Vxlan.overhead()),
+        }
+    }
 }
 
 /// `ip link add twill-vxlan type vxlan id VNI dev UNDERLAY local IP dstport PORT nolearning`
