@@ -123,14 +123,11 @@ fn cluster_ip(lab: &Lab, name: &str) -> String {
         .to_owned()
 }
 
-fn connect_many(client: &Pod, vip: &str, n: u32) -> serde_json::Value {
-    connect_port(client, vip, 80, n)
-}
-
-fn connect_port(client: &Pod, vip: &str, port: u16, n: u32) -> serde_json::Value {
-    let ns = NetNs::from_path(&client.netns).unwrap();
+/// Runs python3 `script` in the pod's network namespace; its JSON output.
+fn pod_python(pod: &Pod, script: &str, args: &[&str]) -> serde_json::Value {
+    let ns = NetNs::from_path(&pod.netns).unwrap();
     let mut cmd = Command::new("python3");
-    cmd.args(["-c", CLIENT, vip, &port.to_string(), &n.to_string()]);
+    cmd.arg("-c").arg(script).args(args);
     let out = ns.run(move || cmd.output()).unwrap().unwrap();
     assert!(
         out.status.success(),
@@ -138,6 +135,14 @@ fn connect_port(client: &Pod, vip: &str, port: u16, n: u32) -> serde_json::Value
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn connect_many(client: &Pod, vip: &str, n: u32) -> serde_json::Value {
+    connect_port(client, vip, 80, n)
+}
+
+fn connect_port(client: &Pod, vip: &str, port: u16, n: u32) -> serde_json::Value {
+    pod_python(client, CLIENT, &[vip, &port.to_string(), &n.to_string()])
 }
 
 fn backend_pod(name: &str) -> String {
@@ -679,6 +684,45 @@ fn node_ports_cluster_ips_and_policy(overlay: Overlay) {
         serde_json::json!([client.ip.to_string()]),
         "the backends see the pod's own address: {got}"
     );
+
+    // NodePorts from inside the cluster. To its own node's address the pod is translated
+    // on its veth: both backends (on other nodes), which see the pod's own address, and
+    // UDP replies from the address and port it sent to.
+    let got = pod_python(&client, CLIENT, &[&node1, "30080", "40"]);
+    assert_eq!(got["failures"], 0, "pod -> own node's NodePort: {got}");
+    assert_eq!(counts_of(&got).len(), 2, "both remote backends: {got}");
+    assert_eq!(
+        got["peers"],
+        serde_json::json!([client.ip.to_string()]),
+        "the backends see the pod's own address: {got}"
+    );
+    let udp = pod_python(&client, UDP_CLIENT, &[&node1, "30053", "20"]);
+    assert_eq!(udp["failures"], 0, "{udp}");
+    assert_eq!(udp["sources"], serde_json::json!([node1]), "{udp}");
+    assert_eq!(counts_of(&udp).len(), 2, "{udp}");
+    // To another node's address it leaves like any traffic to a node and is translated
+    // where it arrives.
+    let node2 = nodes[1].plan.underlay_ip.to_string();
+    let got = pod_python(&client, CLIENT, &[&node2, "30080", "20"]);
+    assert_eq!(got["failures"], 0, "pod -> another node's NodePort: {got}");
+    assert_eq!(counts_of(&got).len(), 2, "{got}");
+    // externalTrafficPolicy: Local on a node without a backend of its own: refused at
+    // once (the node's stack answers), not a timeout.
+    let start = Instant::now();
+    let got = pod_python(&client, CLIENT, &[&node1, "30081", "2"]);
+    assert_eq!(got["failures"], 2, "{got}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "refused, not timed out: {:?}",
+        start.elapsed()
+    );
+    // A host process of node1 (its namespace and cgroup): translated per socket.
+    let got = host_python(&nodes[0], CLIENT, &[&node1, "30080", "20"]);
+    assert_eq!(got["failures"], 0, "host -> own node's NodePort: {got}");
+    assert_eq!(counts_of(&got).len(), 2, "{got}");
+    let udp = host_python(&nodes[0], UDP_CLIENT, &[&node1, "30053", "10"]);
+    assert_eq!(udp["failures"], 0, "{udp}");
+    assert_eq!(udp["sources"], serde_json::json!([node1]), "{udp}");
 
     // A NetworkPolicy isolating the backends' ingress: the pod is refused across nodes,
     // and reaches them again when it goes.

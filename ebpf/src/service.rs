@@ -15,7 +15,8 @@ use twill_abi::{
     lb::{
         Affinity, AffinityKey, Backend, BackendKey, FLOW_HAIRPIN, FLOW_NODE_PORT,
         FRONTEND_AFFINITY, FlowKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, MemberKey,
-        RevNat, SCOPE_CLUSTER_IP, SockKey, pick_slot,
+        NODE_PORT_MAX, NODE_PORT_MIN, RevNat, SCOPE_CLUSTER_IP, SCOPE_NODE_PORT, SockKey,
+        pick_slot,
     },
     metrics::Reason,
 };
@@ -24,19 +25,47 @@ use crate::{
     delivery::hairpin,
     maps::{
         TWILL_AFFINITY, TWILL_BACKENDS, TWILL_CT, TWILL_DNS_LOCAL, TWILL_MEMBERS, TWILL_POD_NETNS,
-        TWILL_REVNAT, TWILL_SOCK_NAT, TWILL_SVC, lookup, maybe_service,
+        TWILL_REVNAT, TWILL_SOCK_NAT, TWILL_SVC, lookup, maybe_service, node_config,
     },
     nat::{record_flow, translate_reply, translate_request},
     parse::L4,
 };
 
+/// The frontend a new flow to `ip:port` (wire order) looks for: a ClusterIP's, or, to the
+/// node's own address at a port of the NodePort range, the NodePort's (pods and host
+/// processes reach their own node's NodePorts, translated where they start instead of
+/// where they enter the node). `None`: not a Service address.
+#[inline(always)]
+fn frontend_key(ip: u32, port: u16, protocol: u8) -> Option<FrontendKey> {
+    if maybe_service(ip) {
+        return Some(FrontendKey {
+            ip,
+            port,
+            protocol,
+            scope: SCOPE_CLUSTER_IP,
+        });
+    }
+    if !(NODE_PORT_MIN..=NODE_PORT_MAX).contains(&u16::from_be(port)) {
+        return None;
+    }
+    let node = node_config()?;
+    (node.node_ip != 0 && ip == node.node_ip).then_some(FrontendKey {
+        ip: 0,
+        port,
+        protocol,
+        scope: SCOPE_NODE_PORT,
+    })
+}
+
 /// From a pod: a packet to a frontend goes to a backend.
 #[inline(always)]
 pub(crate) fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
-    // Conntrack entries exist only for flows to frontends, all inside the service CIDR.
-    if !maybe_service(l4.flow.dst_ip) {
+    // Conntrack entries exist only for flows to frontends: inside the service CIDR, or to
+    // the node's address in the NodePort range.
+    let Some(frontend_key) = frontend_key(l4.flow.dst_ip, l4.flow.dst_port, l4.flow.protocol)
+    else {
         return Reason::Forwarded;
-    }
+    };
     // A connection opening (SYN) is a new flow even if its ports were used before: the
     // backend is chosen again (the same one, for a retransmitted SYN: the choice is a hash
     // of the flow) and both entries are written afresh.
@@ -48,23 +77,23 @@ pub(crate) fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
     let flow = match known {
         Some(flow) => flow,
         None => {
-            let frontend_key = FrontendKey {
-                ip: l4.flow.dst_ip,
-                port: l4.flow.dst_port,
-                protocol: l4.flow.protocol,
-                scope: SCOPE_CLUSTER_IP,
-            };
             let Some(frontend) = lookup!(TWILL_SVC, &frontend_key) else {
                 return Reason::Forwarded;
             };
-            // No backend: the node's stack refuses it (unreachable route over the service
-            // CIDR), so the client learns at once instead of timing out.
             let backend = match local_backend(ctx.as_ptr(), &frontend_key) {
                 Some(local) => Some(local),
                 None => choose_backend(&l4.flow, l4.flow.src_ip, &frontend),
             };
             let Some(backend) = backend else {
-                return Reason::NoBackend;
+                // No backend: the node's stack refuses it (unreachable route over the
+                // service CIDR), so the client learns at once instead of timing out. To
+                // the node's address it goes on as any packet to the node does, through
+                // the pod's egress policy, and the node's stack refuses it there.
+                return if frontend_key.scope == SCOPE_NODE_PORT {
+                    Reason::Forwarded
+                } else {
+                    Reason::NoBackend
+                };
             };
             // Hairpin: the pod is its own backend. It sees the frontend's address as the
             // peer (its own would be dropped by its kernel).
@@ -226,14 +255,11 @@ pub(crate) fn socket_to_backend(ctx: &SockAddrContext) -> Reason {
             core::ptr::read_volatile(&(*sa).protocol) as u8,
         )
     };
-    if !maybe_service(ip) || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) {
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
         return Reason::Forwarded;
     }
-    let frontend_key = FrontendKey {
-        ip,
-        port,
-        protocol,
-        scope: SCOPE_CLUSTER_IP,
+    let Some(frontend_key) = frontend_key(ip, port, protocol) else {
+        return Reason::Forwarded;
     };
     let Some(frontend) = lookup!(TWILL_SVC, &frontend_key) else {
         return Reason::Forwarded;
