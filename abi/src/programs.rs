@@ -15,15 +15,17 @@ pub const CONNECT4: &str = "twill_connect4";
 pub const SENDMSG4: &str = "twill_sendmsg4";
 /// cgroup `recvmsg4` on the node's cgroup: a host process receiving UDP.
 pub const RECVMSG4: &str = "twill_recvmsg4";
+/// cgroup `getpeername4` on the node's cgroup: a host process asking for a socket's peer.
+pub const GETPEERNAME4: &str = "twill_getpeername4";
 
 /// The tc programs attached to each pod's interface.
 pub const POD: [&str; 2] = [FROM_POD, TO_POD];
 /// Every tc program.
 pub const TC: [&str; 4] = [FROM_POD, TO_POD, FROM_WORLD, FROM_OVERLAY];
 /// The socket programs, attached once per node to its cgroup.
-pub const SOCKET: [&str; 3] = [CONNECT4, SENDMSG4, RECVMSG4];
+pub const SOCKET: [&str; 4] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
 /// Every program in the object, for loaders and for `twilld check`.
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     FROM_POD,
     TO_POD,
     FROM_WORLD,
@@ -31,4 +33,5 @@ pub const ALL: [&str; 7] = [
     CONNECT4,
     SENDMSG4,
     RECVMSG4,
+    GETPEERNAME4,
 ];

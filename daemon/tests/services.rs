@@ -76,6 +76,20 @@ for _ in range(n):\n\
 \x20   u.close()\n\
 print(json.dumps({'counts': counts, 'sources': sorted(sources), 'failures': failures}))\n";
 
+/// Connects 10 times to host:port (argv 3: tcp, or udp for a connected UDP socket that
+/// sends and waits for the answer) and prints the peers `getpeername` gave.
+const PEER_CLIENT: &str = "import socket,sys,json\n\
+host, port, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3]\n\
+peers = set()\n\
+for _ in range(10):\n\
+\x20   if proto == 'tcp':\n\
+\x20       c = socket.create_connection((host, port), timeout=2); c.recv(200)\n\
+\x20   else:\n\
+\x20       c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(2)\n\
+\x20       c.connect((host, port)); c.send(b'hi'); c.recv(200)\n\
+\x20   peers.add('%s:%d' % c.getpeername()); c.close()\n\
+print(json.dumps({'peers': sorted(peers)}))\n";
+
 /// Runs python3 `script` on `host` as one of its host processes: in its network
 /// namespace and cgroup (joined before the script starts).
 fn host_python(host: &Host, script: &str, args: &[&str]) -> serde_json::Value {
@@ -226,6 +240,13 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
     let counts: BTreeMap<String, u64> =
         serde_json::from_value(from_host["counts"].clone()).unwrap();
     assert!(counts.len() >= 2, "host connections spread: {counts:?}");
+    // Its sockets' peer is the ClusterIP, not the backend they were translated to.
+    let peers = host_python(&nodes[1], PEER_CLIENT, &[&vip, "80", "tcp"]);
+    assert_eq!(
+        peers["peers"],
+        serde_json::json!([format!("{vip}:80")]),
+        "getpeername: {peers}"
+    );
 
     // UDP, from the pod and from a host process: replies come from the ClusterIP.
     yaml = String::from(
@@ -263,6 +284,12 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
         udp_host["sources"],
         serde_json::json!([dns_vip]),
         "{udp_host}"
+    );
+    let peers = host_python(&nodes[2], PEER_CLIENT, &[&dns_vip, "53", "udp"]);
+    assert_eq!(
+        peers["peers"],
+        serde_json::json!([format!("{dns_vip}:53")]),
+        "getpeername of a connected UDP socket: {peers}"
     );
 
     // Hairpin: a pod that is its Service's only backend reaches itself through it, and

@@ -178,6 +178,14 @@ pub fn twill_recvmsg4(ctx: SockAddrContext) -> i32 {
     SOCK_ALLOW
 }
 
+/// A host process asking for the peer of a socket it connected to a frontend (TCP,
+/// connected UDP) gets the frontend, not the backend it was translated to.
+#[cgroup_sock_addr(getpeername4)]
+pub fn twill_getpeername4(ctx: SockAddrContext) -> i32 {
+    count(Direction::HostSocket, socket_from_backend(&ctx), 0);
+    SOCK_ALLOW
+}
+
 /// Socket hooks return 1 to let the call proceed (0 would fail it with EPERM).
 const SOCK_ALLOW: i32 = 1;
 

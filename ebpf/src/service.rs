@@ -298,7 +298,9 @@ pub(crate) fn socket_to_backend(ctx: &SockAddrContext) -> Reason {
     let Some(backend) = backend else {
         return Reason::NoBackend;
     };
-    if protocol == IPPROTO_UDP {
+    // The socket's translation, for UDP replies (`recvmsg`) and for `getpeername`, which
+    // show the frontend, not the backend, as an iptables DNAT's reverse translation does.
+    {
         // SAFETY: the helper reads the socket of this context; always valid here.
         let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.sock_addr.cast()) };
         let key = SockKey {
