@@ -299,7 +299,8 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
         &lab,
         &["apply", "-f", "-"],
         &format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: itself}}\nspec:\n  ports: [{{port: 80, targetPort: 8080}}]\n---\n\
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: itself}}\nspec:\n  type: NodePort\n  \
+             ports: [{{port: 80, targetPort: 8080, nodePort: 30090}}]\n---\n\
              apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: itself-1\n  \
              labels: {{kubernetes.io/service-name: itself}}\naddressType: IPv4\n\
              endpoints: [{{addresses: [\"{}\"]}}]\nports: [{{port: 8080}}]\n",
@@ -323,6 +324,16 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
         "{hairpin}"
     );
     assert_eq!(hairpin["peers"], serde_json::json!([self_vip]), "{hairpin}");
+    // The same through its node's address at the NodePort: it sees the node's address.
+    let node1_ip = nodes[0].plan.underlay_ip.to_string();
+    let hairpin = connect_port(web1, &node1_ip, 30090, 20);
+    assert_eq!(hairpin["failures"], 0, "hairpin through the NodePort: {hairpin}");
+    assert_eq!(
+        hairpin["counts"],
+        serde_json::json!({"web-1": 20}),
+        "{hairpin}"
+    );
+    assert_eq!(hairpin["peers"], serde_json::json!([node1_ip]), "{hairpin}");
 
     // What the node's maps hold, as an operator sees it.
     let bpf = |what: &str| netctl(&lab, &["bpf", what, "--node", "node1"], "");
