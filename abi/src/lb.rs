@@ -12,6 +12,11 @@
 pub const SCOPE_CLUSTER_IP: u8 = 0;
 /// A NodePort: reached on the node's underlay address (the key's `ip` is 0) from outside.
 pub const SCOPE_NODE_PORT: u8 = 1;
+/// An `externalTrafficPolicy: Local` NodePort as the node's own pods and host processes
+/// reach it at the node's address (the key's `ip` is 0): every ready backend, as kube-proxy
+/// sends traffic from inside the node. Only Local NodePorts have one; for the others the
+/// [`SCOPE_NODE_PORT`] entry serves both.
+pub const SCOPE_NODE_PORT_INTERNAL: u8 = 2;
 
 /// The NodePort range Kubernetes allocates from; only these ports are looked up on the
 /// underlay, so other traffic to the node (VXLAN, etcd, ssh) pays a comparison, no lookup.

@@ -327,7 +327,10 @@ fn connections_to_a_cluster_ip_spread_over_backends_on_every_node() {
     // The same through its node's address at the NodePort: it sees the node's address.
     let node1_ip = nodes[0].plan.underlay_ip.to_string();
     let hairpin = connect_port(web1, &node1_ip, 30090, 20);
-    assert_eq!(hairpin["failures"], 0, "hairpin through the NodePort: {hairpin}");
+    assert_eq!(
+        hairpin["failures"], 0,
+        "hairpin through the NodePort: {hairpin}"
+    );
     assert_eq!(
         hairpin["counts"],
         serde_json::json!({"web-1": 20}),
@@ -744,15 +747,34 @@ fn node_ports_cluster_ips_and_policy(overlay: Overlay) {
     let got = pod_python(&client, CLIENT, &[&node2, "30080", "20"]);
     assert_eq!(got["failures"], 0, "pod -> another node's NodePort: {got}");
     assert_eq!(counts_of(&got).len(), 2, "{got}");
-    // externalTrafficPolicy: Local on a node without a backend of its own: refused at
-    // once (the node's stack answers), not a timeout.
+    // externalTrafficPolicy: Local on a node without a backend of its own: from inside
+    // the node every ready backend serves, as kube-proxy sends the node's own traffic.
+    let got = pod_python(&client, CLIENT, &[&node1, "30081", "20"]);
+    assert_eq!(
+        got["failures"], 0,
+        "pod -> own node's Local NodePort: {got}"
+    );
+    assert_eq!(counts_of(&got).len(), 2, "{got}");
+    // A NodePort without backends: refused at once (the node's stack answers), not a
+    // timeout.
+    let no_backends = "apiVersion: v1\nkind: Service\nmetadata: {name: np-none}\nspec:\n  \
+                       type: NodePort\n  selector: {app: nothing}\n  \
+                       ports: [{port: 80, targetPort: http, nodePort: 30082}]\n";
+    netctl(&lab, &["apply", "-f", "-"], no_backends);
+    thread::sleep(Duration::from_millis(500));
     let start = Instant::now();
-    let got = pod_python(&client, CLIENT, &[&node1, "30081", "2"]);
+    let got = pod_python(&client, CLIENT, &[&node1, "30082", "2"]);
     assert_eq!(got["failures"], 2, "{got}");
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "refused, not timed out: {:?}",
         start.elapsed()
+    );
+    netctl(&lab, &["delete", "-f", "-"], no_backends);
+    let got = host_python(&nodes[0], CLIENT, &[&node1, "30081", "10"]);
+    assert_eq!(
+        got["failures"], 0,
+        "host -> own node's Local NodePort: {got}"
     );
     // A host process of node1 (its namespace and cgroup): translated per socket.
     let got = host_python(&nodes[0], CLIENT, &[&node1, "30080", "20"]);

@@ -15,8 +15,8 @@ use twill_abi::{
     lb::{
         Affinity, AffinityKey, Backend, BackendKey, FLOW_HAIRPIN, FLOW_NODE_PORT,
         FRONTEND_AFFINITY, FlowKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, MemberKey,
-        NODE_PORT_MAX, NODE_PORT_MIN, RevNat, SCOPE_CLUSTER_IP, SCOPE_NODE_PORT, SockKey,
-        pick_slot,
+        NODE_PORT_MAX, NODE_PORT_MIN, RevNat, SCOPE_CLUSTER_IP, SCOPE_NODE_PORT,
+        SCOPE_NODE_PORT_INTERNAL, SockKey, pick_slot,
     },
     metrics::Reason,
 };
@@ -57,6 +57,22 @@ fn frontend_key(ip: u32, port: u16, protocol: u8) -> Option<FrontendKey> {
     })
 }
 
+/// The frontend of `key`. For the node's own clients a NodePort is its internal entry when
+/// it has one (a Local NodePort: every ready backend), else the NodePort's own.
+#[inline(always)]
+fn frontend(key: &FrontendKey) -> Option<Frontend> {
+    if key.scope == SCOPE_NODE_PORT {
+        let internal = FrontendKey {
+            scope: SCOPE_NODE_PORT_INTERNAL,
+            ..*key
+        };
+        if let Some(found) = lookup!(TWILL_SVC, &internal) {
+            return Some(found);
+        }
+    }
+    lookup!(TWILL_SVC, key)
+}
+
 /// From a pod: a packet to a frontend goes to a backend.
 #[inline(always)]
 pub(crate) fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
@@ -77,7 +93,7 @@ pub(crate) fn to_backend(ctx: &TcContext, l4: &L4) -> Reason {
     let flow = match known {
         Some(flow) => flow,
         None => {
-            let Some(frontend) = lookup!(TWILL_SVC, &frontend_key) else {
+            let Some(frontend) = frontend(&frontend_key) else {
                 return Reason::Forwarded;
             };
             let backend = match local_backend(ctx.as_ptr(), &frontend_key) {
@@ -261,7 +277,7 @@ pub(crate) fn socket_to_backend(ctx: &SockAddrContext) -> Reason {
     let Some(frontend_key) = frontend_key(ip, port, protocol) else {
         return Reason::Forwarded;
     };
-    let Some(frontend) = lookup!(TWILL_SVC, &frontend_key) else {
+    let Some(frontend) = frontend(&frontend_key) else {
         return Reason::Forwarded;
     };
     // No source port yet: a random one spreads the sockets over the backends. The

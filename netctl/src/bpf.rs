@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use twill_abi::lb::{
     FLOW_NODE_PORT, FLOW_SNAT, FRONTEND_AFFINITY, FRONTEND_LOCAL, IPPROTO_TCP, SCOPE_NODE_PORT,
+    SCOPE_NODE_PORT_INTERNAL,
 };
 use twill_lab::Manifest;
 
@@ -149,6 +150,8 @@ pub fn run(cmd: BpfCommand) -> anyhow::Result<()> {
                     "{:<24} {:<6} {:<11} {:<9} {}",
                     if e.key.scope == SCOPE_NODE_PORT {
                         format!("<node>:{} NodePort", port(e.key.port))
+                    } else if e.key.scope == SCOPE_NODE_PORT_INTERNAL {
+                        format!("<node>:{} internal", port(e.key.port))
                     } else {
                         format!("{}:{}", ip(e.key.ip), port(e.key.port))
                     },

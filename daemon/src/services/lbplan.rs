@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use twill_abi::lb::{
     Backend, FRONTEND_AFFINITY, FRONTEND_LOCAL, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
-    SCOPE_CLUSTER_IP, SCOPE_NODE_PORT, wire_ip, wire_port,
+    SCOPE_CLUSTER_IP, SCOPE_NODE_PORT, SCOPE_NODE_PORT_INTERNAL, wire_ip, wire_port,
 };
 use twill_k8s::{
     ClusterIp, EndpointSlice, Pod, Protocol, Service,
@@ -27,7 +27,8 @@ pub struct DesiredFrontend {
 
 /// The frontends of every Service, as node `me` should balance them: one per ClusterIP
 /// port (`internalTrafficPolicy: Local` keeps only `me`'s backends) and one per NodePort
-/// (`externalTrafficPolicy: Local` keeps only `me`'s backends and the client's address).
+/// (`externalTrafficPolicy: Local` keeps only `me`'s backends and the client's address; such
+/// a NodePort has a second frontend with every ready backend, for the node's own clients).
 pub fn compile(
     me: &str,
     services: &[&Service],
@@ -107,6 +108,22 @@ pub fn compile(
             let Some(node_port) = port.node_port else {
                 continue;
             };
+            if svc.external_local {
+                out.insert(
+                    FrontendKey {
+                        ip: 0,
+                        port: wire_port(node_port),
+                        protocol,
+                        scope: SCOPE_NODE_PORT_INTERNAL,
+                    },
+                    DesiredFrontend {
+                        service: format!("{name} (NodePort {node_port}, from this node)"),
+                        backends: ready(false),
+                        affinity_timeout,
+                        flags: affinity,
+                    },
+                );
+            }
             out.insert(
                 FrontendKey {
                     ip: 0,
@@ -239,6 +256,15 @@ spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
         }];
         assert_eq!(node_port.flags, FRONTEND_LOCAL);
         assert_eq!(node_port.backends.len(), 1);
+        // The node's own clients reach a Local NodePort's every ready backend, as
+        // kube-proxy sends them.
+        let internal = &plan[&FrontendKey {
+            ip: 0,
+            port: wire_port(30080),
+            protocol: IPPROTO_TCP,
+            scope: SCOPE_NODE_PORT_INTERNAL,
+        }];
+        assert_eq!((internal.flags, internal.backends.len()), (0, 2));
         with_node_ports[0].external_local = false;
         let plan = compile(
             "node1",
@@ -251,6 +277,8 @@ spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
             .find(|f| f.service.contains("NodePort"))
             .unwrap();
         assert_eq!((cluster.flags, cluster.backends.len()), (0, 2));
+        // A Cluster NodePort serves the node's own clients with its one entry.
+        assert!(plan.keys().all(|k| k.scope != SCOPE_NODE_PORT_INTERNAL));
 
         let on_node2 = compile("node2", &services.iter().collect::<Vec<_>>(), &pods, &[]);
         assert_eq!(
