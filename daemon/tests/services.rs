@@ -783,6 +783,13 @@ fn node_ports_cluster_ips_and_policy(overlay: Overlay) {
     let udp = host_python(&nodes[0], UDP_CLIENT, &[&node1, "30053", "10"]);
     assert_eq!(udp["failures"], 0, "{udp}");
     assert_eq!(udp["sources"], serde_json::json!([node1]), "{udp}");
+    // And at localhost, as with kube-proxy's iptables mode.
+    let got = host_python(&nodes[0], CLIENT, &["127.0.0.1", "30080", "20"]);
+    assert_eq!(got["failures"], 0, "host -> localhost NodePort: {got}");
+    assert_eq!(counts_of(&got).len(), 2, "{got}");
+    let udp = host_python(&nodes[0], UDP_CLIENT, &["127.0.0.1", "30053", "10"]);
+    assert_eq!(udp["failures"], 0, "{udp}");
+    assert_eq!(udp["sources"], serde_json::json!(["127.0.0.1"]), "{udp}");
 
     // A NetworkPolicy isolating the backends' ingress: the pod is refused across nodes,
     // and reaches them again when it goes.
@@ -900,10 +907,10 @@ fn pods_in_the_nodes_cgroup_are_translated_per_socket_with_their_own_affinity() 
     }
 
     // Each client, run as a real node runs pods: its namespace, the node's cgroup.
-    let in_cgroup = |client: &Pod, n: u32| -> serde_json::Value {
+    let connect_in_cgroup = |client: &Pod, to: &str, port: &str, n: u32| -> serde_json::Value {
         let ns = NetNs::from_path(&client.netns).unwrap();
         let mut cmd = Command::new("python3");
-        cmd.args(["-c", CLIENT, &vip, "80", &n.to_string()])
+        cmd.args(["-c", CLIENT, to, port, &n.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let out = node.spawn_in(&ns, cmd).unwrap().wait_with_output().unwrap();
@@ -914,6 +921,7 @@ fn pods_in_the_nodes_cgroup_are_translated_per_socket_with_their_own_affinity() 
         );
         serde_json::from_slice(&out.stdout).unwrap()
     };
+    let in_cgroup = |client: &Pod, n: u32| connect_in_cgroup(client, &vip, "80", n);
     let per_packet_before = twill_bpf::read_metrics(&pin_dir)
         .unwrap()
         .get(Direction::FromPod, Reason::ServiceTranslated)
@@ -957,6 +965,23 @@ fn pods_in_the_nodes_cgroup_are_translated_per_socket_with_their_own_affinity() 
     let mut want: Vec<Ipv4Addr> = clients.iter().map(|c| c.ip).collect();
     want.sort();
     assert_eq!(clients_seen, want, "affinity entries by client");
+
+    // localhost NodePorts are the node's: a host process reaches one, a pod's loopback
+    // stays its own.
+    let node_port = "apiVersion: v1\nkind: Service\nmetadata: {name: np-loop}\nspec:\n  \
+                     type: NodePort\n  selector: {app: web}\n  \
+                     ports: [{port: 80, targetPort: http, nodePort: 30085}]\n";
+    netctl(&lab, &["apply", "-f", "-"], node_port);
+    let start = Instant::now();
+    while host_python(&node, CLIENT, &["127.0.0.1", "30085", "1"])["failures"] != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "localhost:30085 never answered the node"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let from_pod = connect_in_cgroup(&clients[1], "127.0.0.1", "30085", 2);
+    assert_eq!(from_pod["failures"], 2, "a pod's localhost: {from_pod}");
 
     // A deleted pod's namespace is forgotten.
     let recorded = |ip: Ipv4Addr| {

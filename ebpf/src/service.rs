@@ -259,6 +259,35 @@ fn pick(flow: &FlowKey, frontend: &Frontend) -> Option<Backend> {
     lookup!(TWILL_BACKENDS, &key)
 }
 
+/// 127.0.0.1 in wire order.
+const LOOPBACK: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+
+/// A NodePort at `127.0.0.1`, for a socket of the node's own network namespace (a host
+/// process; not a pod, whose loopback is its own): `localhost:30080` on a node reaches the
+/// NodePort, as with kube-proxy's iptables mode.
+#[inline(always)]
+fn loopback_node_port(
+    ctx: &SockAddrContext,
+    ip: u32,
+    port: u16,
+    protocol: u8,
+) -> Option<FrontendKey> {
+    if ip != LOOPBACK || !(NODE_PORT_MIN..=NODE_PORT_MAX).contains(&u16::from_be(port)) {
+        return None;
+    }
+    // SAFETY: the helper reads the network namespace of this context's socket.
+    let netns = unsafe { aya_ebpf::helpers::bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    if lookup!(TWILL_POD_NETNS, &netns).is_some() {
+        return None;
+    }
+    Some(FrontendKey {
+        ip: 0,
+        port,
+        protocol,
+        scope: SCOPE_NODE_PORT,
+    })
+}
+
 #[inline(always)]
 pub(crate) fn socket_to_backend(ctx: &SockAddrContext) -> Reason {
     let sa = ctx.sock_addr;
@@ -274,7 +303,9 @@ pub(crate) fn socket_to_backend(ctx: &SockAddrContext) -> Reason {
     if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
         return Reason::Forwarded;
     }
-    let Some(frontend_key) = frontend_key(ip, port, protocol) else {
+    let Some(frontend_key) =
+        frontend_key(ip, port, protocol).or_else(|| loopback_node_port(ctx, ip, port, protocol))
+    else {
         return Reason::Forwarded;
     };
     let Some(frontend) = frontend(&frontend_key) else {
