@@ -113,6 +113,10 @@ pub struct VersionedNodeRecord {
     /// address replaced by the underlay address); absent when it does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flows_listen: Option<std::net::SocketAddr>,
+    /// The node's labels from its configuration (`node_labels`), besides
+    /// `kubernetes.io/hostname`, which every node has; absent when there are none.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[cfg(test)]
@@ -131,6 +135,7 @@ mod tests {
             record: record.clone(),
             version: Some("0.1.0 (abc1234)".into()),
             flows_listen: None,
+            labels: Default::default(),
         })
         .unwrap();
         assert_eq!(

@@ -4,7 +4,7 @@
 //! configuration or an error that names the key. Unknown keys are errors, so a typo never
 //! silently falls back to a default.
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use ipnetwork::Ipv4Network;
 use serde::Deserialize;
@@ -49,6 +49,7 @@ impl OverlayMode {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     node_name: Option<String>,
+    node_labels: Option<BTreeMap<String, String>>,
     #[serde(default)]
     etcd: twill_store::EtcdSection,
     #[serde(default)]
@@ -172,6 +173,9 @@ pub use twill_store::EtcdTls;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub node_name: String,
+    /// Labels of this node besides `kubernetes.io/hostname` (`node_labels`), for
+    /// `BGPPeer.spec.nodeSelector`; published in the node record.
+    pub node_labels: BTreeMap<String, String>,
     pub etcd_endpoints: Vec<String>,
     pub etcd_tls: Option<EtcdTls>,
     pub etcd_timeout: Duration,
@@ -334,6 +338,8 @@ impl Config {
             .or(file.node_name)
             .unwrap_or_else(|| hostname.to_owned());
         check_node_name(&node_name).map_err(|m| invalid("node_name", m))?;
+        let node_labels = file.node_labels.unwrap_or_default();
+        check_node_labels(&node_labels).map_err(|m| invalid("node_labels", m))?;
 
         let etcd = file
             .etcd
@@ -567,6 +573,7 @@ impl Config {
 
         Ok(Self {
             node_name,
+            node_labels,
             etcd_endpoints,
             etcd_tls,
             etcd_timeout,
@@ -691,6 +698,31 @@ fn check_bgp(file: FileBgp) -> Result<BgpConfig, (&'static str, String)> {
 }
 
 /// Node names become etcd keys and log fields: keep them to DNS-label-like characters.
+/// Label keys and values as Kubernetes takes them; `kubernetes.io/hostname` is the node
+/// name, always, and cannot be set.
+fn check_node_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    for (key, value) in labels {
+        if key == HOSTNAME_LABEL {
+            return Err(format!("{key} is always the node name and cannot be set"));
+        }
+        twill_k8s::names::label_key(key).map_err(|m| format!("{key:?}: {m}"))?;
+        twill_k8s::names::label_value(value).map_err(|m| format!("{key}: {value:?}: {m}"))?;
+    }
+    Ok(())
+}
+
+/// The label every node has: its name, as Kubernetes sets it.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+impl Config {
+    /// This node's labels: `kubernetes.io/hostname` (its name) and `node_labels`.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.node_labels.clone();
+        labels.insert(HOSTNAME_LABEL.to_owned(), self.node_name.clone());
+        labels
+    }
+}
+
 fn check_node_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 253
@@ -781,6 +813,22 @@ mod tests {
         assert_eq!(m.listen.port(), 9962);
         assert!(m.listen.is_ipv6());
         assert_eq!(m.map_walk, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn node_labels_add_to_the_hostname_label() {
+        let c = parse("node_labels = { rack = \"r1\", \"topology.kubernetes.io/zone\" = \"a\" }\n")
+            .unwrap();
+        assert_eq!(
+            c.labels(),
+            BTreeMap::from([
+                ("kubernetes.io/hostname".to_owned(), c.node_name.clone()),
+                ("rack".to_owned(), "r1".to_owned()),
+                ("topology.kubernetes.io/zone".to_owned(), "a".to_owned()),
+            ])
+        );
+        assert_eq!(c.node_labels.len(), 2);
+        assert_eq!(parse("").unwrap().labels().len(), 1);
     }
 
     #[test]
@@ -893,6 +941,18 @@ mod tests {
             (
                 "node_name = \"Node_1\"",
                 "node_name: \"Node_1\" is not a valid node name",
+            ),
+            (
+                "node_labels = { \"kubernetes.io/hostname\" = \"x\" }",
+                "node_labels: kubernetes.io/hostname is always the node name and cannot be set",
+            ),
+            (
+                "node_labels = { \"bad key\" = \"x\" }",
+                "node_labels: \"bad key\": ",
+            ),
+            (
+                "node_labels = { rack = \"-r1\" }",
+                "node_labels: rack: \"-r1\": ",
             ),
             ("[lease]\nttl_seconds = \"ten\"", "invalid type"),
             (

@@ -45,6 +45,8 @@ pub struct LeaseSpec {
     pub timeout: Duration,
     /// Where the node serves flow records over TCP, published in its node record.
     pub flows_listen: Option<std::net::SocketAddr>,
+    /// The node's configured labels, published in its node record.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A subnet this node holds, and the etcd leases that hold it.
@@ -186,6 +188,7 @@ async fn claim(
             },
             version: Some(crate::VERSION.to_owned()),
             flows_listen: spec.flows_listen,
+            labels: spec.labels.clone(),
         })
         .expect("plain record");
         let txn = Txn::new().when([guard]).and_then([

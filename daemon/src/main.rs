@@ -400,6 +400,7 @@ async fn daemon(config: Config, bumped: Vec<String>) -> anyhow::Result<()> {
             .remote
             .as_ref()
             .and_then(|r| r.advertised(underlay.ip)),
+        labels: config.node_labels.clone(),
     };
     tokio::select! {
         () = lease_loop(&config, &spec, &node, &routing) => unreachable!("the lease loop never ends"),

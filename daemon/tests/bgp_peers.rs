@@ -397,7 +397,21 @@ fn a_top_of_rack_router_learns_every_pod_subnet_and_its_own_routes_are_refused()
     let nodes = lab.nodes();
     let node_ips: Vec<Ipv4Addr> = nodes.iter().map(|n| n.plan.underlay_ip).collect();
     let bird = Bird::start(&lab.host("ext1").unwrap(), &tor_config(&node_ips));
-    let mut daemons = Twilld::start_on_every_node(Path::new(TWILLD), &lab, CONFIG);
+    // node1 is in rack r1, by its configuration.
+    let mut daemons: Vec<Twilld> = nodes
+        .iter()
+        .map(|n| {
+            let config = if n.name() == "node1" {
+                format!("node_labels = {{ rack = \"r1\" }}\n{CONFIG}")
+            } else {
+                CONFIG.to_owned()
+            };
+            Twilld::start(Path::new(TWILLD), &lab, n, &config, &[])
+        })
+        .collect();
+    for d in &daemons {
+        d.wait_status("ready", Duration::from_secs(10), |s| s.not_ready.is_none());
+    }
     let names: Vec<String> = nodes.iter().map(|n| n.name().to_owned()).collect();
     let mesh_of = |i: usize| -> Vec<&str> {
         names
@@ -501,11 +515,28 @@ spec:
         "{peers}"
     );
 
-    // The BGPPeer changed: another hold time, and node1 only. node1's session starts again
-    // with the new hold time; node2's and node3's end.
-    let changed = format!(
-        "{tor}  holdSeconds: 6\n  nodeSelector: {{matchLabels: {{kubernetes.io/hostname: node1}}}}\n"
+    // The BGPPeer changed: another hold time, and rack r1 only, which is node1 by its
+    // configured labels (`netctl get nodes` shows them). node1's session starts again with
+    // the new hold time; node2's and node3's end.
+    let listed: serde_json::Value =
+        serde_json::from_str(&netctl(&lab, &["get", "nodes", "-o", "json"], "")).unwrap();
+    let racks: Vec<(&str, Option<&str>)> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["metadata"]["name"].as_str().unwrap(),
+                n["metadata"]["labels"]["rack"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        racks,
+        [("node1", Some("r1")), ("node2", None), ("node3", None)],
+        "{listed}"
     );
+    let changed = format!("{tor}  holdSeconds: 6\n  nodeSelector: {{matchLabels: {{rack: r1}}}}\n");
     let changed_at = Instant::now();
     let out = netctl(&lab, &["apply", "-f", "-"], &changed);
     assert!(out.contains("bgppeer/tor configured"), "{out}");

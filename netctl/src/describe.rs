@@ -390,7 +390,7 @@ fn service(c: &Cluster, nodes: &Nodes, s: &Service) -> String {
     }
     l.line("Node Frontends:");
     let mut rows = Vec::new();
-    let mut names: Vec<&str> = c.nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut names: Vec<&str> = c.nodes.iter().map(|n| n.record.name.as_str()).collect();
     names.sort_unstable();
     for node in names {
         let expected = expected_frontends(s, &backends, node);

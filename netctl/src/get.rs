@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum, builder::PossibleValue};
 use etcd_client::GetOptions;
 use ipnetwork::Ipv4Network;
 use serde_json::{Value, json};
-use twill_api::cluster::{self, NodeRecord, PodRecord, SubnetRecord};
+use twill_api::cluster::{self, PodRecord, SubnetRecord};
 use twill_k8s::{
     LabelSelector, Object,
     endpoints::{Backend, PodPlacement},
@@ -258,12 +258,9 @@ pub struct GetArgs {
 pub struct Cluster {
     pub objects: Vec<Object>,
     pub records: Vec<PodRecord>,
-    pub nodes: Vec<NodeRecord>,
-    /// Node name -> the version of the twilld that wrote its record (records of older
-    /// daemons have none).
-    pub node_versions: BTreeMap<String, String>,
-    /// Node name -> where its twilld serves flow records over TCP (`flows.listen`).
-    pub node_flows: BTreeMap<String, String>,
+    /// Node records as their twilld wrote them: the record, and the daemon's version
+    /// (records of older daemons have none), flow address and labels.
+    pub nodes: Vec<cluster::VersionedNodeRecord>,
     /// Subnet key and holder.
     pub subnets: Vec<(String, SubnetRecord)>,
 }
@@ -331,15 +328,8 @@ impl Cluster {
                 c.records
                     .extend(serde_json::from_slice::<PodRecord>(&value).ok());
             } else if key.starts_with(cluster::NODES) {
-                if let Ok(r) = serde_json::from_slice::<cluster::VersionedNodeRecord>(&value) {
-                    if let Some(v) = r.version {
-                        c.node_versions.insert(r.record.name.clone(), v);
-                    }
-                    if let Some(addr) = r.flows_listen {
-                        c.node_flows.insert(r.record.name.clone(), addr.to_string());
-                    }
-                    c.nodes.push(r.record);
-                }
+                c.nodes
+                    .extend(serde_json::from_slice::<cluster::VersionedNodeRecord>(&value).ok());
             } else if key.starts_with(cluster::SUBNETS) {
                 c.subnets.extend(
                     serde_json::from_slice::<SubnetRecord>(&value)
@@ -885,7 +875,7 @@ fn network_policies(c: &Cluster, store: &StoreArgs, table: bool) -> (Table, Vec<
     let pods: Vec<twill_k8s::Pod> = c.pods().cloned().collect();
     // Only a table shows the counters; the daemons are not asked otherwise.
     let counts = if table {
-        let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+        let names: Vec<String> = c.nodes.iter().map(|n| n.record.name.clone()).collect();
         policy_counts(store, &names)
     } else {
         PolicyCounts::default()
@@ -985,13 +975,9 @@ fn bgp_peers(c: &Cluster) -> (Table, Vec<Item>) {
 fn nodes(c: &Cluster) -> (Table, Vec<Item>) {
     let items = node_rows(&c.nodes, &c.subnets)
         .into_iter()
-        .map(|mut r| {
-            r.version = c.node_versions.get(&r.name).cloned();
-            r.flows_listen = c.node_flows.get(&r.name).cloned();
-            r
-        })
         .map(|r| {
-            let labels = BTreeMap::from([("kubernetes.io/hostname".to_owned(), r.name.clone())]);
+            let mut labels = r.labels.clone();
+            labels.insert("kubernetes.io/hostname".to_owned(), r.name.clone());
             let ready = r.underlay_ip.is_some();
             let mut status = json!({
                 "conditions": [{
@@ -1204,13 +1190,19 @@ struct NodeRow {
     version: Option<String>,
     /// Its flow API over TCP (`flows.listen`).
     flows_listen: Option<String>,
+    /// Its configured labels (`node_labels`), without `kubernetes.io/hostname`.
+    labels: BTreeMap<String, String>,
 }
 
 /// Live nodes from their records; nodes whose record expired but whose subnet is still
 /// held (the quarantine) as not ready.
-fn node_rows(nodes: &[NodeRecord], subnets: &[(String, SubnetRecord)]) -> Vec<NodeRow> {
+fn node_rows(
+    nodes: &[cluster::VersionedNodeRecord],
+    subnets: &[(String, SubnetRecord)],
+) -> Vec<NodeRow> {
     let mut rows: BTreeMap<String, NodeRow> = BTreeMap::new();
-    for r in nodes {
+    for n in nodes {
+        let r = &n.record;
         rows.insert(
             r.name.clone(),
             NodeRow {
@@ -1219,8 +1211,9 @@ fn node_rows(nodes: &[NodeRecord], subnets: &[(String, SubnetRecord)]) -> Vec<No
                 underlay_ip: Some(r.underlay_ip.to_string()),
                 subnet: r.subnet,
                 vtep_mac: r.vtep_mac.clone(),
-                version: None,
-                flows_listen: None,
+                version: n.version.clone(),
+                flows_listen: n.flows_listen.map(|a| a.to_string()),
+                labels: n.labels.clone(),
             },
         );
     }
@@ -1238,6 +1231,7 @@ fn node_rows(nodes: &[NodeRecord], subnets: &[(String, SubnetRecord)]) -> Vec<No
                     vtep_mac: None,
                     version: None,
                     flows_listen: None,
+                    labels: BTreeMap::new(),
                 },
             );
         }
@@ -1247,6 +1241,8 @@ fn node_rows(nodes: &[NodeRecord], subnets: &[(String, SubnetRecord)]) -> Vec<No
 
 #[cfg(test)]
 mod tests {
+    use twill_api::cluster::NodeRecord;
+
     use super::*;
 
     fn pod(namespace: &str, name: &str, app: &str) -> twill_k8s::Pod {
@@ -1365,7 +1361,15 @@ mod tests {
             subnet: "10.244.0.0/24".parse().unwrap(),
             underlay_ip: "172.30.0.11".parse().unwrap(),
             vtep_mac: None,
-        }];
+        }]
+        .into_iter()
+        .map(|record| cluster::VersionedNodeRecord {
+            record,
+            version: None,
+            flows_listen: None,
+            labels: BTreeMap::new(),
+        })
+        .collect::<Vec<_>>();
         let subnets = vec![
             (
                 "/twill/v1/subnets/10.244.0.0-24".to_owned(),

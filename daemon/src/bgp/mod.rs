@@ -350,7 +350,7 @@ impl Mesh {
             BTreeMap::new()
         };
         let (configured, mut problems) = routes::configured(
-            &self.config.node_name,
+            &self.config.labels(),
             self.underlay.ip,
             &self.bgp_peers,
             &mesh,

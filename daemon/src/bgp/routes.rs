@@ -13,15 +13,6 @@ use twill_api::cluster::NodeRecord;
 use twill_ipam::ClusterCidr;
 use twill_k8s::BgpPeer;
 
-/// The label every node has, for `BGPPeer.spec.nodeSelector`: node records carry no labels
-/// yet, so this one (as Kubernetes sets it) is all a selector can match on.
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
-
-/// The labels of node `name`.
-pub fn node_labels(name: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([(HOSTNAME_LABEL.to_owned(), name.to_owned())])
-}
-
 /// A `BGPPeer` this node keeps a session with, as the session needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfiguredPeer {
@@ -34,18 +25,18 @@ pub struct ConfiguredPeer {
     pub password_file: Option<String>,
 }
 
-/// The BGPPeers node `me` (underlay address `my_ip`) peers with, by address, and why the
+/// The BGPPeers node `me` (with `labels`, for their `nodeSelector`; underlay address
+/// `my_ip`) peers with, by address, and why the
 /// others that select it are not peered: an IPv6 address (the speaker is IPv4 only), this
 /// node's own address, a mesh peer's address (the mesh session stands), or an address
 /// another BGPPeer has (the first by name stands).
 pub fn configured<'a>(
-    me: &str,
+    labels: &BTreeMap<String, String>,
     my_ip: Ipv4Addr,
     peers: impl IntoIterator<Item = &'a BgpPeer>,
     mesh: &BTreeMap<Ipv4Addr, MeshPeer>,
 ) -> (BTreeMap<Ipv4Addr, ConfiguredPeer>, Vec<String>) {
-    let labels = node_labels(me);
-    let mut peers: Vec<&BgpPeer> = peers.into_iter().filter(|p| p.selects(&labels)).collect();
+    let mut peers: Vec<&BgpPeer> = peers.into_iter().filter(|p| p.selects(labels)).collect();
     peers.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out: BTreeMap<Ipv4Addr, ConfiguredPeer> = BTreeMap::new();
     let mut problems = Vec::new();
@@ -555,6 +546,11 @@ mod tests {
                 "  peerIP: 172.30.0.103\n  asNumber: 65001\n  \
                  nodeSelector: {matchLabels: {kubernetes.io/hostname: node2}}\n",
             ),
+            peer(
+                "tor-rack-b",
+                "  peerIP: 172.30.0.104\n  asNumber: 65001\n  \
+                 nodeSelector: {matchLabels: {rack: b}}\n",
+            ),
             peer("v6", "  peerIP: fd00::1\n  asNumber: 65001\n"),
             peer("self", "  peerIP: 172.30.0.11\n  asNumber: 65001\n"),
             peer("node2", "  peerIP: 172.30.0.12\n  asNumber: 64512\n"),
@@ -567,10 +563,24 @@ mod tests {
                 passive: false,
             },
         )]);
-        let (out, problems) = configured("node1", ip("172.30.0.11"), &peers, &mesh);
+        let node1 = BTreeMap::from([
+            ("kubernetes.io/hostname".to_owned(), "node1".to_owned()),
+            ("rack".to_owned(), "a".to_owned()),
+        ]);
+        let (out, problems) = configured(&node1, ip("172.30.0.11"), &peers, &mesh);
         assert_eq!(
             out.keys().copied().collect::<Vec<_>>(),
             [ip("172.30.0.101"), ip("172.30.0.102")]
+        );
+        // A selector on a label the node's configuration gives it.
+        let rack_b = BTreeMap::from([
+            ("kubernetes.io/hostname".to_owned(), "node1".to_owned()),
+            ("rack".to_owned(), "b".to_owned()),
+        ]);
+        let (out_b, _) = configured(&rack_b, ip("172.30.0.11"), &peers, &mesh);
+        assert_eq!(
+            out_b.keys().copied().collect::<Vec<_>>(),
+            [ip("172.30.0.101"), ip("172.30.0.102"), ip("172.30.0.104")]
         );
         assert_eq!(
             out[&ip("172.30.0.102")],
