@@ -17,10 +17,9 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
     io::Write as _,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -28,7 +27,7 @@ use std::{
 
 use ipnetwork::Ipv4Network;
 use twill_lab::{Host, Lab, LabSpec};
-use twill_tests::{daemon::Twilld, require_root, scripts::ECHO};
+use twill_tests::{bird::Bird, daemon::Twilld, require_root, scripts::ECHO};
 
 mod common;
 use common::{Pod, add_pod, sibling, twill_routes, until};
@@ -42,82 +41,21 @@ const TOR_OWN: &str = "192.0.2.0/24";
 const CONFIG: &str = "[network]\noverlay = \"bgp\"\nresync_seconds = 1\n\
 [bgp]\nhold_seconds = 3\nkeepalive_seconds = 1\nrestart_seconds = 15\n";
 
-/// BIRD 2 in a lab host's namespace (`bird -c CONF -s SOCK -f`), stopped when dropped; its
-/// log is printed when a test fails.
-struct Bird {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
+/// What these tests ask BIRD (`twill_tests::bird::Bird`, BIRD 2 in a lab host).
+trait Ask {
+    /// `birdc show route all`.
+    fn routes(&self) -> String;
+    /// `birdc show protocols all NAME`.
+    fn protocol(&self, name: &str) -> String;
 }
 
-impl Bird {
-    fn start(host: &Host, config: &str) -> Bird {
-        assert!(
-            Command::new("bird").arg("--version").output().is_ok(),
-            "bird is missing: apt-get install bird2 (scripts/setup installs it)"
-        );
-        let dir = host.state_dir.clone();
-        let conf = dir.join("bird.conf");
-        let config = config.replace("LOG", &dir.join("bird.log").display().to_string());
-        fs::write(&conf, config).expect("write bird.conf");
-        let socket = dir.join("bird.ctl");
-        let mut cmd = Command::new("bird");
-        cmd.arg("-c")
-            .arg(&conf)
-            .arg("-s")
-            .arg(&socket)
-            .arg("-f")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.join("bird.stderr")).expect("bird stderr"));
-        let child = host.spawn(cmd).expect("start bird");
-        let bird = Bird { child, dir, socket };
-        let start = Instant::now();
-        while !bird.birdc(&["show", "status"]).contains("Daemon is up") {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "bird did not come up: {}",
-                bird.logs()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        bird
-    }
-
-    fn birdc(&self, args: &[&str]) -> String {
-        Command::new("birdc")
-            .arg("-s")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    }
-
-    /// `birdc show route all`.
+impl Ask for Bird {
     fn routes(&self) -> String {
         self.birdc(&["show", "route", "all"])
     }
 
-    /// `birdc show protocols all NAME`.
     fn protocol(&self, name: &str) -> String {
         self.birdc(&["show", "protocols", "all", name])
-    }
-
-    fn logs(&self) -> String {
-        let log = fs::read_to_string(self.dir.join("bird.log")).unwrap_or_default();
-        let stderr = fs::read_to_string(self.dir.join("bird.stderr")).unwrap_or_default();
-        format!("--- bird.log\n{log}--- bird stderr\n{stderr}")
-    }
-}
-
-impl Drop for Bird {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("{}", self.logs());
-        }
     }
 }
 

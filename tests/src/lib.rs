@@ -130,6 +130,7 @@ pub fn netctl(bin: &std::path::Path, lab: &twill_lab::Lab, args: &[&str], stdin:
     text
 }
 
+pub mod bird;
 pub mod prometheus;
 
 pub mod packet {

@@ -5,15 +5,12 @@
 #![allow(dead_code)] // each test uses its own part
 
 use std::{
-    fs,
     future::Future,
     net::{Ipv4Addr, SocketAddrV4},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
-use nix::{sys::signal, unistd::Pid};
 use tokio::{sync::mpsc, time::Instant};
 use twill_bgp::{
     fsm::{self, RouteEvent, State},
@@ -77,7 +74,8 @@ impl BirdPeer {
         }
     }
 
-    fn config(&self, dir: &std::path::Path) -> String {
+    /// BIRD's configuration (`LOG` is the log file, filled in by the shared wrapper).
+    fn config(&self) -> String {
         let password = self
             .password
             .as_ref()
@@ -90,7 +88,7 @@ impl BirdPeer {
             ""
         };
         format!(
-            r#"log "{log}" all;
+            r#"log "LOG" all;
 router id {BIRD_IP};
 protocol device {{ scan time 10; }}
 # eth0's subnet in BIRD's table resolves iBGP next hops (gateway recursive).
@@ -110,7 +108,6 @@ protocol bgp twill {{
 {password}{passive}{allow_lp}  ipv4 {{ import all; export where source = RTS_STATIC; }};
 }}
 "#,
-            log = dir.join("bird.log").display(),
             bird_as = self.bird_as,
             twill_as = self.twill_as,
             hold = self.hold_time,
@@ -118,57 +115,20 @@ protocol bgp twill {{
     }
 }
 
-/// BIRD in a lab host's namespace, stopped (and continued first, if frozen) when dropped.
-pub struct Bird {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-}
+/// BIRD with a [`BirdPeer`]'s configuration; its control commands are async here, so they
+/// do not block the runtime twill-bgp's session runs on.
+pub struct Bird(twill_tests::bird::Bird);
 
 impl Bird {
     pub fn start(host: &Host, peer: &BirdPeer) -> Bird {
-        let dir = host.state_dir.clone();
-        let conf = dir.join("bird.conf");
-        fs::write(&conf, peer.config(&dir)).expect("write bird.conf");
-        let socket = dir.join("bird.ctl");
-        let mut cmd = Command::new("bird");
-        cmd.arg("-c")
-            .arg(&conf)
-            .arg("-s")
-            .arg(&socket)
-            .arg("-f")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.join("bird.stderr")).expect("bird stderr"));
-        let child = host.spawn(cmd).expect("start bird");
-        let bird = Bird { child, dir, socket };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !bird.birdc_raw(&["show", "status"]).contains("Daemon is up") {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "bird did not come up: {}",
-                bird.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bird
-    }
-
-    fn birdc_raw(&self, args: &[&str]) -> String {
-        Command::new("birdc")
-            .arg("-s")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        Bird(twill_tests::bird::Bird::start(host, &peer.config()))
     }
 
     /// `birdc -s SOCK ARGS...`, without blocking the runtime the session runs on.
     pub async fn birdc(&self, args: &[&str]) -> String {
         let out = tokio::process::Command::new("birdc")
             .arg("-s")
-            .arg(&self.socket)
+            .arg(self.0.socket())
             .args(args)
             .output()
             .await
@@ -191,49 +151,21 @@ impl Bird {
         self.birdc(&["show", "protocols", "all", "twill"]).await
     }
 
-    /// Kills BIRD with SIGKILL, as a crash would: its TCP connections close without a
-    /// NOTIFICATION.
-    pub fn crash(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Kills BIRD with SIGKILL, as a crash would.
+    pub fn crash(self) {
+        self.0.crash();
     }
 
     pub fn freeze(&self) {
-        self.signal(signal::Signal::SIGSTOP);
+        self.0.freeze();
     }
 
     pub fn thaw(&self) {
-        self.signal(signal::Signal::SIGCONT);
-    }
-
-    fn signal(&self, s: signal::Signal) {
-        signal::kill(Pid::from_raw(self.child.id() as i32), s).expect("signal bird");
+        self.0.thaw();
     }
 
     pub fn logs(&self) -> String {
-        let log = fs::read_to_string(self.dir.join("bird.log")).unwrap_or_default();
-        let stderr = fs::read_to_string(self.dir.join("bird.stderr")).unwrap_or_default();
-        format!("--- bird.log\n{log}--- bird stderr\n{stderr}")
-    }
-}
-
-impl Drop for Bird {
-    fn drop(&mut self) {
-        let pid = Pid::from_raw(self.child.id() as i32);
-        let _ = signal::kill(pid, signal::Signal::SIGCONT);
-        let _ = signal::kill(pid, signal::Signal::SIGTERM);
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
-        }
+        self.0.logs()
     }
 }
 
