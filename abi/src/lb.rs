@@ -23,6 +23,12 @@ pub const SCOPE_NODE_PORT_INTERNAL: u8 = 2;
 pub const NODE_PORT_MIN: u16 = 30000;
 pub const NODE_PORT_MAX: u16 = 32767;
 
+/// Whether `port` (wire order) is in the NodePort range.
+#[inline(always)]
+pub fn is_node_port(port: u16) -> bool {
+    (NODE_PORT_MIN..=NODE_PORT_MAX).contains(&u16::from_be(port))
+}
+
 /// Source ports for NodePort flows translated to the node's VTEP address (above Linux's
 /// default ephemeral range, so they do not collide with the node's own connections).
 pub const SNAT_PORT_MIN: u16 = 61000;
@@ -36,6 +42,20 @@ pub struct FrontendKey {
     pub port: u16,
     pub protocol: u8,
     pub scope: u8,
+}
+
+impl FrontendKey {
+    /// The NodePort frontend of `port` (wire order): reached at a node address, so its
+    /// key has no address.
+    #[inline(always)]
+    pub const fn node_port(port: u16, protocol: u8) -> FrontendKey {
+        FrontendKey {
+            ip: 0,
+            port,
+            protocol,
+            scope: SCOPE_NODE_PORT,
+        }
+    }
 }
 
 /// What a frontend balances to: backends `0..backend_count` of `service_id`.

@@ -98,6 +98,20 @@ pub struct NodeRecord {
     pub vtep_mac: Option<String>,
 }
 
+/// The label every node has: its name, as Kubernetes sets it.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+/// Node `name`'s labels: `kubernetes.io/hostname` (its name) and its `configured` ones
+/// (twilld's `node_labels`, which cannot set the hostname label).
+pub fn node_labels(
+    name: &str,
+    configured: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut labels = configured.clone();
+    labels.insert(HOSTNAME_LABEL.to_owned(), name.to_owned());
+    labels
+}
+
 /// A node record as `twilld` writes it: the record, and the version of the daemon that
 /// wrote it (absent in records of daemons before it was added). Kept beside
 /// [`NodeRecord`] rather than in it, so code that builds records field by field is not

@@ -295,6 +295,11 @@ pub const DEFAULT_LEASE_TTL: u64 = 30;
 pub const DEFAULT_QUARANTINE: u64 = 300;
 
 impl Config {
+    /// This node's labels: `kubernetes.io/hostname` (its name) and `node_labels`.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        twill_api::cluster::node_labels(&self.node_name, &self.node_labels)
+    }
+
     /// Bytes the routing between nodes may add to a pod's packet: the default pod MTU is
     /// the underlay MTU minus this. VXLAN's in the VXLAN mode, and in the BGP-routed mode
     /// with `bgp.cross_subnet` (any peer may be reached through VXLAN); none otherwise.
@@ -697,12 +702,11 @@ fn check_bgp(file: FileBgp) -> Result<BgpConfig, (&'static str, String)> {
     })
 }
 
-/// Node names become etcd keys and log fields: keep them to DNS-label-like characters.
 /// Label keys and values as Kubernetes takes them; `kubernetes.io/hostname` is the node
 /// name, always, and cannot be set.
 fn check_node_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
     for (key, value) in labels {
-        if key == HOSTNAME_LABEL {
+        if key == twill_api::cluster::HOSTNAME_LABEL {
             return Err(format!("{key} is always the node name and cannot be set"));
         }
         twill_k8s::names::label_key(key).map_err(|m| format!("{key:?}: {m}"))?;
@@ -711,18 +715,7 @@ fn check_node_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
     Ok(())
 }
 
-/// The label every node has: its name, as Kubernetes sets it.
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
-
-impl Config {
-    /// This node's labels: `kubernetes.io/hostname` (its name) and `node_labels`.
-    pub fn labels(&self) -> BTreeMap<String, String> {
-        let mut labels = self.node_labels.clone();
-        labels.insert(HOSTNAME_LABEL.to_owned(), self.node_name.clone());
-        labels
-    }
-}
-
+/// Node names become etcd keys and log fields: keep them to DNS-label-like characters.
 fn check_node_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 253

@@ -821,6 +821,17 @@ fn node_ports_cluster_ips_and_policy(overlay: Overlay) {
 
     let counters = netctl(&lab, &["bpf", "metrics", "--node", "node1"], "");
     assert!(counters.contains("nodeport-redirected"), "{counters}");
+    // What `netctl describe` expects each node to hold (the ClusterIP, the NodePort and
+    // the Local NodePort's frontend for the node's own clients) is what the nodes hold.
+    let described = netctl(&lab, &["describe", "service", "np-local"], "");
+    for node in &nodes {
+        assert!(
+            described.lines().any(|l| {
+                l.split_whitespace().collect::<Vec<_>>() == [node.name(), "3", "match"]
+            }),
+            "{described}"
+        );
+    }
     let frontends = netctl(&lab, &["bpf", "services", "--node", "node2"], "");
     assert!(
         frontends

@@ -46,27 +46,30 @@ impl Key {
 
 const HEADER: usize = 12;
 
-/// The key of `query`, over `transport` (0: UDP, 1: TCP). `None` for what is not one
-/// question with a plain name (a pointer, a runt): such queries are answered the long way.
-pub fn key(query: &[u8], transport: u8) -> Option<Key> {
-    if query.len() < HEADER + 5 || query[4..6] != [0, 1] {
-        return None;
-    }
+/// Where the first question's name ends in `message` (a query or an answer; the name
+/// starts after the 12-byte header), past its terminating zero. `None` for a name that is
+/// not plain labels (a pointer, a reserved label type) or that runs past the message.
+pub(crate) fn question_name_end(message: &[u8]) -> Option<usize> {
     let mut at = HEADER;
     loop {
-        let len = usize::from(*query.get(at)?);
+        let len = usize::from(*message.get(at)?);
         if len == 0 {
-            at += 1;
-            break;
+            return Some(at + 1);
         }
         if len > 63 {
             return None; // a pointer or a reserved label type
         }
         at += 1 + len;
     }
-    if at > query.len() {
+}
+
+/// The key of `query`, over `transport` (0: UDP, 1: TCP). `None` for what is not one
+/// question with a plain name (a pointer, a runt): such queries are answered the long way.
+pub fn key(query: &[u8], transport: u8) -> Option<Key> {
+    if query.len() < HEADER + 5 || query[4..6] != [0, 1] {
         return None;
     }
+    let at = question_name_end(query)?;
     let mut bytes = Vec::with_capacity(query.len() - 1);
     bytes.push(transport);
     bytes.extend_from_slice(&query[2..HEADER]);

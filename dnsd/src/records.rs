@@ -151,20 +151,9 @@ impl FoldKey {
         if b.len() < 12 || u16::from_be_bytes([b[4], b[5]]) == 0 {
             return None;
         }
-        let mut i = 12;
-        loop {
-            let len = usize::from(*b.get(i)?);
-            if len == 0 {
-                i += 1;
-                break;
-            }
-            if len > 63 {
-                return None;
-            }
-            i += 1 + len;
-        }
+        let end = crate::answers::question_name_end(b)?;
         // QTYPE and QCLASS.
-        let question = b.get(12..i + 4)?.to_ascii_lowercase();
+        let question = b.get(12..end + 4)?.to_ascii_lowercase();
         Some(FoldKey {
             client: a.client.ip(),
             question,

@@ -6,7 +6,7 @@ use aya_ebpf::programs::TcContext;
 use twill_abi::{
     lb::{
         Backend, FLOW_HAIRPIN, FLOW_NODE_PORT, FLOW_SNAT, FRONTEND_LOCAL, FlowKey, FrontendKey,
-        NODE_PORT_MAX, NODE_PORT_MIN, SCOPE_NODE_PORT, SNAT_PORT_COUNT, SNAT_PORT_MIN,
+        SNAT_PORT_COUNT, SNAT_PORT_MIN, is_node_port,
     },
     metrics::Reason,
 };
@@ -27,8 +27,7 @@ use crate::{
 /// the stack would drop a packet arriving with one of its own addresses as the source.
 #[inline(always)]
 pub(crate) fn node_port_request(ctx: &TcContext, l4: &L4, ev: &mut Event) -> Reason {
-    let port = u16::from_be(l4.flow.dst_port);
-    if !(NODE_PORT_MIN..=NODE_PORT_MAX).contains(&port) {
+    if !is_node_port(l4.flow.dst_port) {
         return Reason::Forwarded;
     }
     let Some(node) = node_config() else {
@@ -40,12 +39,7 @@ pub(crate) fn node_port_request(ctx: &TcContext, l4: &L4, ev: &mut Event) -> Rea
     let flow = match lookup!(TWILL_CT, &l4.flow) {
         Some(flow) => flow,
         None => {
-            let frontend_key = FrontendKey {
-                ip: 0,
-                port: l4.flow.dst_port,
-                protocol: l4.flow.protocol,
-                scope: SCOPE_NODE_PORT,
-            };
+            let frontend_key = FrontendKey::node_port(l4.flow.dst_port, l4.flow.protocol);
             let Some(frontend) = lookup!(TWILL_SVC, &frontend_key) else {
                 return Reason::Forwarded;
             };

@@ -15,8 +15,8 @@ use twill_abi::{
     lb::{
         Affinity, AffinityKey, Backend, BackendKey, FLOW_HAIRPIN, FLOW_NODE_PORT,
         FRONTEND_AFFINITY, FlowKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, MemberKey,
-        NODE_PORT_MAX, NODE_PORT_MIN, RevNat, SCOPE_CLUSTER_IP, SCOPE_NODE_PORT,
-        SCOPE_NODE_PORT_INTERNAL, SockKey, pick_slot,
+        RevNat, SCOPE_CLUSTER_IP, SCOPE_NODE_PORT, SCOPE_NODE_PORT_INTERNAL, SockKey, is_node_port,
+        pick_slot,
     },
     metrics::Reason,
 };
@@ -45,16 +45,11 @@ fn frontend_key(ip: u32, port: u16, protocol: u8) -> Option<FrontendKey> {
             scope: SCOPE_CLUSTER_IP,
         });
     }
-    if !(NODE_PORT_MIN..=NODE_PORT_MAX).contains(&u16::from_be(port)) {
+    if !is_node_port(port) {
         return None;
     }
     let node = node_config()?;
-    (node.node_ip != 0 && ip == node.node_ip).then_some(FrontendKey {
-        ip: 0,
-        port,
-        protocol,
-        scope: SCOPE_NODE_PORT,
-    })
+    (node.node_ip != 0 && ip == node.node_ip).then_some(FrontendKey::node_port(port, protocol))
 }
 
 /// The frontend of `key`. For the node's own clients a NodePort is its internal entry when
@@ -272,7 +267,7 @@ fn loopback_node_port(
     port: u16,
     protocol: u8,
 ) -> Option<FrontendKey> {
-    if ip != LOOPBACK || !(NODE_PORT_MIN..=NODE_PORT_MAX).contains(&u16::from_be(port)) {
+    if ip != LOOPBACK || !is_node_port(port) {
         return None;
     }
     // SAFETY: the helper reads the network namespace of this context's socket.
@@ -280,12 +275,7 @@ fn loopback_node_port(
     if lookup!(TWILL_POD_NETNS, &netns).is_some() {
         return None;
     }
-    Some(FrontendKey {
-        ip: 0,
-        port,
-        protocol,
-        scope: SCOPE_NODE_PORT,
-    })
+    Some(FrontendKey::node_port(port, protocol))
 }
 
 #[inline(always)]

@@ -18,7 +18,7 @@ use anyhow::bail;
 use clap::Args;
 use twill_abi::lb::{
     FRONTEND_AFFINITY, FRONTEND_LOCAL, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SCOPE_CLUSTER_IP,
-    SCOPE_NODE_PORT, wire_ip, wire_port,
+    SCOPE_NODE_PORT_INTERNAL, wire_ip, wire_port,
 };
 use twill_api::cluster::{self, PodRecord};
 use twill_k8s::{ClusterIp, Object, Protocol, Service, ServiceType, TargetPort};
@@ -193,7 +193,8 @@ struct Expected {
 /// The frontends of `s` on node `node`, as twilld compiles them (daemon/src/services/
 /// lbplan.rs): one per ClusterIP port with the ready backends (only `node`'s with
 /// `internalTrafficPolicy: Local`), one per NodePort (only `node`'s with
-/// `externalTrafficPolicy: Local`, which also sets the local flag).
+/// `externalTrafficPolicy: Local`, which also sets the local flag, and then a second one
+/// with every ready backend for the node's own clients).
 fn expected_frontends(
     s: &Service,
     backends: &[Vec<twill_k8s::endpoints::Backend>],
@@ -233,18 +234,26 @@ fn expected_frontends(
             flags: affinity,
         });
         if let Some(np) = port.node_port {
+            let key = FrontendKey::node_port(wire_port(np), protocol);
             out.push(Expected {
                 label: format!("NodePort {np}/{}", port.protocol),
-                key: FrontendKey {
-                    ip: 0,
-                    port: wire_port(np),
-                    protocol,
-                    scope: SCOPE_NODE_PORT,
-                },
+                key,
                 backends: ready(s.external_local),
                 affinity_timeout,
                 flags: affinity | if s.external_local { FRONTEND_LOCAL } else { 0 },
             });
+            if s.external_local {
+                out.push(Expected {
+                    label: format!("NodePort {np}/{} from the node", port.protocol),
+                    key: FrontendKey {
+                        scope: SCOPE_NODE_PORT_INTERNAL,
+                        ..key
+                    },
+                    backends: ready(false),
+                    affinity_timeout,
+                    flags: affinity,
+                });
+            }
         }
     }
     out

@@ -976,8 +976,7 @@ fn nodes(c: &Cluster) -> (Table, Vec<Item>) {
     let items = node_rows(&c.nodes, &c.subnets)
         .into_iter()
         .map(|r| {
-            let mut labels = r.labels.clone();
-            labels.insert("kubernetes.io/hostname".to_owned(), r.name.clone());
+            let labels = cluster::node_labels(&r.name, &r.labels);
             let ready = r.underlay_ip.is_some();
             let mut status = json!({
                 "conditions": [{

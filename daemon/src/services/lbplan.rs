@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use twill_abi::lb::{
     Backend, FRONTEND_AFFINITY, FRONTEND_LOCAL, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
-    SCOPE_CLUSTER_IP, SCOPE_NODE_PORT, SCOPE_NODE_PORT_INTERNAL, wire_ip, wire_port,
+    SCOPE_CLUSTER_IP, SCOPE_NODE_PORT_INTERNAL, wire_ip, wire_port,
 };
 use twill_k8s::{
     ClusterIp, EndpointSlice, Pod, Protocol, Service,
@@ -108,13 +108,12 @@ pub fn compile(
             let Some(node_port) = port.node_port else {
                 continue;
             };
+            let key = FrontendKey::node_port(wire_port(node_port), protocol);
             if svc.external_local {
                 out.insert(
                     FrontendKey {
-                        ip: 0,
-                        port: wire_port(node_port),
-                        protocol,
                         scope: SCOPE_NODE_PORT_INTERNAL,
+                        ..key
                     },
                     DesiredFrontend {
                         service: format!("{name} (NodePort {node_port}, from this node)"),
@@ -125,12 +124,7 @@ pub fn compile(
                 );
             }
             out.insert(
-                FrontendKey {
-                    ip: 0,
-                    port: wire_port(node_port),
-                    protocol,
-                    scope: SCOPE_NODE_PORT,
-                },
+                key,
                 DesiredFrontend {
                     service: format!("{name} (NodePort {node_port})"),
                     backends: ready(svc.external_local),
@@ -152,6 +146,7 @@ pub fn compile(
 mod tests {
     use std::net::Ipv4Addr;
 
+    use twill_abi::lb::SCOPE_NODE_PORT;
     use twill_k8s::{Object, parse};
 
     use super::*;
